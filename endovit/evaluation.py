@@ -1,0 +1,63 @@
+"""Validation with fixed masks, and reconstruction pictures."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from endovit.data.transforms import denormalize, normalize, sample_seed
+
+__all__ = ["fixed_noise", "validate", "reconstruction_grid"]
+
+
+def fixed_noise(indices, num_patches: int, seed: int, device) -> torch.Tensor:
+    """Masking noise that depends only on (seed, sample index): the same mask for an image at every validation."""
+    rows = [
+        torch.rand(num_patches, generator=torch.Generator().manual_seed(sample_seed(seed, 7919, int(i))))
+        for i in indices
+    ]
+    return torch.stack(rows).to(device)
+
+
+@torch.no_grad()
+def validate(model, mae, loader, accelerator, mean, std, mask_ratio: float, seed: int) -> float:
+    """Mean per-image masked-patch loss over the whole validation set, across all processes.
+
+    ``model`` is what runs the forward (possibly wrapped); ``mae`` the plain module with
+    ``forward_loss``. Duplicated samples that pad the last batch are dropped (``gather_for_metrics``).
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    count = 0
+    for batch in loader:
+        images = normalize(batch["pixels"], mean, std)
+        noise = fixed_noise(batch["index"].tolist(), mae.num_patches, seed, accelerator.device)
+        with accelerator.autocast():
+            _, pred, mask = model(images, mask_ratio, noise)
+        per_image = accelerator.gather_for_metrics(mae.forward_loss(images, pred, mask, reduction="none"))
+        total += per_image.double().sum()
+        count += per_image.numel()
+    model.train(was_training)
+    return (total / max(count, 1)).item()
+
+
+@torch.no_grad()
+def reconstruction_grid(mae, images: torch.Tensor, noise: torch.Tensor, mean, std, mask_ratio: float) -> np.ndarray:
+    """One row per image: original | masked | reconstruction | reconstruction + visible. HWC uint8."""
+    was_training = mae.training
+    mae.eval()
+    _, pred, mask = mae(images, mask_ratio, noise)
+    mae.train(was_training)
+    pred = pred.float()
+    if mae.norm_pix_loss:
+        target = mae.patchify(images)
+        pred = pred * (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+    recon = mae.unpatchify(pred)
+    mask_img = mae.unpatchify(mask.unsqueeze(-1).expand(-1, -1, mae.patch_size**2 * mae.in_chans))
+    original = denormalize(images, mean, std)
+    masked = original * (1 - mask_img) + 0.15 * mask_img
+    reconstruction = denormalize(recon, mean, std)
+    pasted = original * (1 - mask_img) + reconstruction * mask_img
+    rows = [torch.cat(list(cols), dim=-1) for cols in zip(original, masked, reconstruction, pasted, strict=True)]
+    grid = torch.cat(rows, dim=-2)
+    return (grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)

@@ -1,0 +1,32 @@
+"""Write synthetic endoscopy-like frames in the Cholec80 layout (the embedded default data).
+
+    python scripts/make_sample_data.py --out data/sample --videos 4 --frames 50
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from endovit.data.synthetic import write_sample_frames
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder to write frames/videoNN/*.png into")
+    parser.add_argument("--videos", type=int, default=4, help="number of videos")
+    parser.add_argument("--frames", type=int, default=50, help="frames per video")
+    parser.add_argument("--first_video", type=int, default=1, help="number of the first video folder")
+    parser.add_argument("--height", type=int, default=480, help="frame height (Cholec80: 480)")
+    parser.add_argument("--width", type=int, default=854, help="frame width (Cholec80: 854)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if min(args.videos, args.frames, args.height, args.width) <= 0:
+        parser.error("--videos, --frames, --height and --width must be positive")
+    start = time.perf_counter()
+    written = write_sample_frames(args.out, args.videos, args.frames, args.height, args.width, args.seed,
+                                  args.first_video)
+    print(f"wrote {len(written)} frames to {args.out}/frames in {time.perf_counter() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
