@@ -69,13 +69,23 @@ class Recipe:
     keep_checkpoints: int = 3
     num_recon_images: int = 4
     report_to: str = "tensorboard"  # tensorboard | wandb | tensorboard,wandb | none
-    output_dir: str = "outputs/run"
+    output_dir: str = "outputs/run"  # final weights, config.yaml, reconstruction.png
+    checkpoint_dir: str = ""  # training checkpoints; empty = <output_dir>/checkpoints
+    logging_dir: str = ""  # TensorBoard events; empty = <output_dir>/tensorboard
     resume: str = "none"  # none | auto (newest complete checkpoint in output_dir) | a checkpoint folder
     stop_at_step: typing.Optional[int] = None  # stop early at this optimizer step; the schedule is unchanged
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, int):
             self.img_size = [self.img_size, self.img_size]
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return Path(self.checkpoint_dir or Path(self.output_dir) / "checkpoints")
+
+    @property
+    def logging_path(self) -> Path:
+        return Path(self.logging_dir or Path(self.output_dir) / "tensorboard")
 
     @property
     def patch_size(self) -> int:

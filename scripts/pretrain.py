@@ -84,15 +84,15 @@ def train(recipe: Recipe) -> None:
         gradient_accumulation_steps=recipe.grad_accum_steps,
         mixed_precision=None if recipe.mixed_precision == "auto" else recipe.mixed_precision,
         log_with=trackers or None,
-        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir)),
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(recipe.logging_path.parent)),
     )
     set_seed(recipe.seed)
     micro_batch = micro_batch_size(recipe, accelerator.num_processes)
-    checkpoints_dir = out_dir / "checkpoints"
+    checkpoints_dir = recipe.checkpoints_path
     resume_from = resolve_resume(recipe.resume, checkpoints_dir)
     if recipe.resume == "none" and latest_checkpoint(checkpoints_dir):
-        raise RecipeError(f"--output_dir {out_dir} already holds checkpoints; pass --resume auto to continue "
-                          "or choose another --output_dir")
+        raise RecipeError(f"--checkpoint_dir {checkpoints_dir} already holds checkpoints; pass --resume auto to "
+                          "continue or choose another --output_dir")
 
     train_frames = load_frames(recipe.train_data)
     val_frames = load_frames(recipe.val_data) if recipe.val_data else None
@@ -138,7 +138,7 @@ def train(recipe: Recipe) -> None:
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     if trackers:
         accelerator.init_trackers(
-            "tensorboard", config={k: str(v) if isinstance(v, (list, type(None))) else v
+            recipe.logging_path.name, config={k: str(v) if isinstance(v, (list, type(None))) else v
                                    for k, v in recipe.to_dict().items()})
     accelerator.print(
         f"{len(train_frames)} training frames, {len(val_frames) if val_frames is not None else 0} validation "
@@ -238,7 +238,7 @@ def train(recipe: Recipe) -> None:
               f"(timm {TIMM_ENCODERS[recipe.model]})\n"
               f"  best by val:    {out_dir / 'best'}\n"
               f"  checkpoints:    {checkpoints_dir} (resume with --resume auto)\n"
-              f"  tensorboard:    tensorboard --logdir {out_dir / 'tensorboard'}\n"
+              f"  tensorboard:    tensorboard --logdir {recipe.logging_path}\n"
               f"  reconstruction: {picture}")
     accelerator.end_training()
 
