@@ -81,6 +81,7 @@ def train(recipe: Recipe) -> None:
     out_dir = Path(recipe.output_dir)
     trackers = [t for t in recipe.report_to.split(",") if t and t != "none"]
     accelerator = Accelerator(
+        cpu=not torch.accelerator.is_available(),
         gradient_accumulation_steps=recipe.grad_accum_steps,
         mixed_precision=None if recipe.mixed_precision == "auto" else recipe.mixed_precision,
         log_with=trackers or None,

@@ -1,0 +1,65 @@
+"""Recipes: YAML + explicit-value CLI overrides, EndoViT's published values, clear errors."""
+from __future__ import annotations
+
+import pytest
+
+from endovit.recipe import RecipeError, parse_recipe
+
+
+def test_endovit_seg_matches_the_published_pretraining_config():
+    recipe = parse_recipe(["--train_data", "frames"])
+    assert recipe.model == "mae_vit_base_patch16"
+    assert recipe.init_from.endswith("mae_pretrain_vit_base_full.pth")
+    assert (recipe.batch_size, recipe.epochs, recipe.warmup_epochs) == (256, 15, 1.0)
+    assert recipe.blr * recipe.batch_size / 256 == pytest.approx(1.5e-3) and recipe.lr is None
+    assert (recipe.min_lr, recipe.weight_decay, recipe.layer_decay, recipe.mask_ratio) == (1e-6, 0.05, 0.75, 0.75)
+    assert recipe.norm_pix_loss is False
+    assert recipe.mean == [0.3464, 0.2280, 0.2228] and recipe.std == [0.2520, 0.2128, 0.2093]
+    assert (recipe.seed, recipe.val_every_steps, recipe.img_size, recipe.crop_scale) == (1665, 500, [224, 224],
+                                                                                          [0.6, 1.0])
+    assert (recipe.swa, recipe.swa_start_epoch, recipe.swa_every_steps, recipe.swa_lr) == (True, 10, 500, 4e-4)
+
+
+def test_cli_overrides_take_explicit_values():
+    recipe = parse_recipe(["--recipe", "demo", "--train_data", "x", "--norm_pix_loss", "true", "--img_size",
+                           "224,384", "--lr", "none", "--clip_grad", "1.0", "--mean", "[0.5, 0.5, 0.5]"])
+    assert recipe.norm_pix_loss is True
+    assert recipe.img_size == [224, 384]
+    assert recipe.lr is None and recipe.clip_grad == 1.0
+    assert recipe.mean == [0.5, 0.5, 0.5]
+    assert parse_recipe(["--recipe", "demo", "--train_data", "x", "--img_size", "64"]).img_size == [64, 64]
+
+
+def test_bare_switch_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        parse_recipe(["--train_data", "x", "--norm_pix_loss"])
+    assert "expected one argument" in capsys.readouterr().err
+
+
+def test_recipe_file_by_path_and_unknown_key(tmp_path):
+    good = tmp_path / "mine.yaml"
+    good.write_text("model: mae_vit_large_patch16\nmin_lr: 1e-6\ntrain_data: /data\n")
+    recipe = parse_recipe(["--recipe", str(good)])
+    assert recipe.model == "mae_vit_large_patch16" and recipe.min_lr == 1e-6
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("mask_ration: 0.5\n")
+    with pytest.raises(RecipeError, match=r"typo.yaml: unknown key 'mask_ration' \(did you mean 'mask_ratio'\?\)"):
+        parse_recipe(["--recipe", str(bad)])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mask_ratio", "1.0"], "--mask_ratio 1.0: must be strictly between 0 and 1"),
+    (["--img_size", "200"], "--img_size [200, 200]: each side must be divisible by the patch size 16"),
+    (["--model", "vit_giant"], "--model 'vit_giant': unknown model"),
+    (["--warmup_epochs", "20"], "--warmup_epochs 20.0: must be in [0, epochs=15)"),
+    (["--mixed_precision", "fp8"], "--mixed_precision 'fp8': choose auto, no, fp16 or bf16"),
+])
+def test_bad_values_name_the_flag(flags, message):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(["--train_data", "x", *flags])
+    assert message in str(err.value)
+
+
+def test_unknown_recipe_name_lists_the_shipped_ones():
+    with pytest.raises(RecipeError, match="one of demo, endovit_seg"):
+        parse_recipe(["--recipe", "endovit_segg"])
