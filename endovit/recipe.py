@@ -54,7 +54,10 @@ class Recipe:
     weight_decay: float = 0.05
     layer_decay: float = 0.75
     clip_grad: typing.Optional[float] = None
-    mixed_precision: str = "auto"  # auto (accelerate's launch config) | no | fp16 | bf16
+    mixed_precision: str = "auto"  # auto = bf16 where the GPU/CPU runs it natively, else no | no | fp16 | bf16
+    torch_compile: str = "auto"  # auto = on for CUDA GPUs | true | false (falls back to eager on failure)
+    fused_optimizer: bool = True  # fused AdamW kernel instead of a per-parameter loop
+    grad_checkpointing: bool = False  # recompute block activations in backward (saves memory for ViT-L/H)
     seed: int = 1665
     # stochastic weight averaging
     swa: bool = False
@@ -119,6 +122,8 @@ class Recipe:
             raise bad("warmup_epochs", f"must be in [0, epochs={self.epochs})")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise bad("mixed_precision", "choose auto, no, fp16 or bf16")
+        if self.torch_compile not in ("auto", "true", "false"):
+            raise bad("torch_compile", "choose auto, true or false")
         if not self.train_data:
             raise bad("train_data", "give a folder of frames or a prepared dataset")
         if self.stop_at_step is not None and self.stop_at_step <= 0:

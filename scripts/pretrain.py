@@ -33,6 +33,7 @@ from endovit.checkpoint import (
 )
 from endovit.data import DataError, EvalTransform, build_train_loader, build_val_loader, decode_image, load_frames
 from endovit.data.transforms import normalize, sample_seed
+from endovit.engine import build_optimizer, compile_model, resolve_mixed_precision, sdpa_active, train_step
 from endovit.evaluation import fixed_noise, reconstruction_grid, validate
 from endovit.models.mae import TIMM_ENCODERS, create_mae
 from endovit.optim import lr_at_step, param_groups, set_lr
@@ -48,6 +49,16 @@ def micro_batch_size(recipe: Recipe, num_processes: int) -> int:
             f"{recipe.grad_accum_steps} accumulation steps; choose a multiple of {per_step}"
         )
     return recipe.batch_size // per_step
+
+
+def compile_trial(accelerator, model, mae, micro_batch: int, recipe: Recipe) -> None:
+    """One forward/backward on blank frames (compiles the graph); leaves no gradients behind."""
+    blank = torch.zeros(micro_batch, 3, *recipe.img_size, device=accelerator.device)
+    noise = torch.rand(micro_batch, mae.num_patches, generator=torch.Generator().manual_seed(0)).to(blank.device)
+    with accelerator.autocast():
+        loss, _, _ = model(blank, recipe.mask_ratio, noise)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
 
 
 def export_info(recipe: Recipe, mae, step: int, val_loss: float | None) -> dict:
@@ -80,10 +91,11 @@ def save_picture(accelerator, mae, images, noise, recipe: Recipe, step: int, out
 def train(recipe: Recipe) -> None:
     out_dir = Path(recipe.output_dir)
     trackers = [t for t in recipe.report_to.split(",") if t and t != "none"]
+    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
     accelerator = Accelerator(
-        cpu=not torch.accelerator.is_available(),
+        cpu=device.type == "cpu",
         gradient_accumulation_steps=recipe.grad_accum_steps,
-        mixed_precision=None if recipe.mixed_precision == "auto" else recipe.mixed_precision,
+        mixed_precision=resolve_mixed_precision(recipe.mixed_precision, device),
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(recipe.logging_path.parent)),
     )
@@ -103,9 +115,10 @@ def train(recipe: Recipe) -> None:
     mae = create_mae(recipe.model, img_size=tuple(recipe.img_size), norm_pix_loss=recipe.norm_pix_loss)
     if recipe.init_from:
         load_pretrained(mae, recipe.init_from)
+    mae.set_grad_checkpointing(recipe.grad_checkpointing)
     lr = recipe.lr if recipe.lr is not None else recipe.blr * recipe.batch_size / 256
-    optimizer = torch.optim.AdamW(param_groups(mae, recipe.weight_decay, recipe.layer_decay), lr=lr,
-                                  betas=(0.9, 0.95))
+    optimizer = build_optimizer(param_groups(mae, recipe.weight_decay, recipe.layer_decay), lr,
+                                recipe.fused_optimizer, accelerator.device)
     train_loader = build_train_loader(train_frames, recipe.img_size, recipe.crop_scale, micro_batch, recipe.seed,
                                       recipe.num_workers)
     val_loader = (build_val_loader(val_frames, recipe.img_size, recipe.val_batch_size or micro_batch,
@@ -114,6 +127,9 @@ def train(recipe: Recipe) -> None:
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     mae = accelerator.unwrap_model(model)
+    model, compile_seconds = compile_model(
+        model, lambda m: compile_trial(accelerator, m, mae, micro_batch, recipe),
+        recipe.torch_compile == "true" or (recipe.torch_compile == "auto" and accelerator.device.type == "cuda"))
 
     steps_per_epoch = math.ceil(len(train_loader) / recipe.grad_accum_steps)
     total_steps = recipe.epochs * steps_per_epoch
@@ -144,7 +160,9 @@ def train(recipe: Recipe) -> None:
     accelerator.print(
         f"{len(train_frames)} training frames, {len(val_frames) if val_frames is not None else 0} validation "
         f"frames; {accelerator.num_processes} process(es) x {recipe.grad_accum_steps} accumulation x "
-        f"{micro_batch} = batch {recipe.batch_size}; {steps_per_epoch} steps/epoch, {total_steps} steps; lr {lr:.3g}"
+        f"{micro_batch} = batch {recipe.batch_size}; {steps_per_epoch} steps/epoch, {total_steps} steps; lr {lr:.3g}; "
+        f"precision {accelerator.mixed_precision}, compiled {model is not mae and compile_seconds > 0} "
+        f"({compile_seconds:.0f}s), fused attention {sdpa_active(mae)}"
     )
 
     noise_generator = torch.Generator(device=accelerator.device)
@@ -181,20 +199,15 @@ def train(recipe: Recipe) -> None:
             with accelerator.accumulate(model):
                 set_lr(optimizer, lr_at_step(step, steps_per_epoch, lr, recipe.min_lr, recipe.epochs,
                                              recipe.warmup_epochs, recipe.swa, recipe.swa_start_epoch, recipe.swa_lr))
-                images = normalize(batch["pixels"], recipe.mean, recipe.std)
                 noise_generator.manual_seed(sample_seed(recipe.seed, step, micro_steps, accelerator.process_index))
-                noise = torch.rand(images.shape[0], mae.num_patches, generator=noise_generator,
+                noise = torch.rand(batch["pixels"].shape[0], mae.num_patches, generator=noise_generator,
                                    device=accelerator.device)
-                loss, _, _ = model(images, recipe.mask_ratio, noise)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and recipe.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running_loss += loss.detach()
+                loss = train_step(accelerator, model, optimizer, batch["pixels"], noise, recipe.mean, recipe.std,
+                                  recipe.mask_ratio, recipe.clip_grad)
+            running_loss += loss
             micro_steps += 1
             log_micro_steps += 1
-            log_images += images.shape[0]
+            log_images += batch["pixels"].shape[0]
             if not accelerator.sync_gradients:
                 continue
             step += 1

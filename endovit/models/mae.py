@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed, to_2tuple
 from timm.models.vision_transformer import Block
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "MaskedAutoencoderViT",
@@ -85,6 +86,7 @@ class MaskedAutoencoderViT(nn.Module):
             "norm_pix_loss": norm_pix_loss,
         }
         self.img_size = img_size
+        self.grad_checkpointing = False
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.norm_pix_loss = norm_pix_loss
@@ -128,6 +130,18 @@ class MaskedAutoencoderViT(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid_size)[None])
             self.decoder_pos_embed.copy_(sincos_pos_embed_2d(self.decoder_pos_embed.shape[-1], self.grid_size)[None])
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations during backward instead of storing them."""
+        self.grad_checkpointing = enable
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
 
     @staticmethod
     def _init_layer(module: nn.Module) -> None:
@@ -184,8 +198,7 @@ class MaskedAutoencoderViT(nn.Module):
         x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
         cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls_tokens, x], dim=1)
-        for block in self.blocks:
-            x = block(x)
+        x = self._run_blocks(self.blocks, x)
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -195,8 +208,7 @@ class MaskedAutoencoderViT(nn.Module):
         patches = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
         patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
         x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed
-        for block in self.decoder_blocks:
-            x = block(x)
+        x = self._run_blocks(self.decoder_blocks, x)
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:, :]
 
