@@ -1,0 +1,181 @@
+"""Training-step speed: analytic MAE FLOPs, and timed runs of the real step under chosen switches.
+
+FLOPs of one image's forward pass (multiply-adds count 2; norms, softmax, GELU ignored), with L
+patches, K = int(L * (1 - mask_ratio)) kept, encoder width D and depth B, decoder width d and depth b,
+MLP ratio m, patch p and C channels:
+
+    patch embedding   2 * L * C p^2 * D                    (every patch is embedded before masking)
+    encoder blocks    B * (2 (K+1) D^2 (4 + 2m) + 4 (K+1)^2 D)
+    decoder embed     2 * (K+1) * D * d
+    decoder blocks    b * (2 (L+1) d^2 (4 + 2m) + 4 (L+1)^2 d)
+    prediction head   2 * (L+1) * d * C p^2
+
+A training step costs 3x the forward (the backward pass is twice the forward).
+"""
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from endovit.engine import build_optimizer, compile_model, resolve_mixed_precision, sdpa_active, train_step
+from endovit.models.mae import MaskedAutoencoderViT, create_mae
+from endovit.optim import param_groups
+
+__all__ = ["forward_flops", "train_flops", "BenchConfig", "baseline_of", "run_benchmark", "PEAK_TFLOPS"]
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) by GPU name fragment.
+PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+
+
+def forward_flops(mae: MaskedAutoencoderViT, mask_ratio: float) -> int:
+    """FLOPs of one image's MAE forward pass (formula in the module docstring)."""
+    cfg = mae.config
+    patches = mae.num_patches
+    kept = int(patches * (1 - mask_ratio)) + 1
+    full = patches + 1
+    pixels = cfg["in_chans"] * cfg["patch_size"] ** 2
+    width, dec_width, ratio = cfg["embed_dim"], cfg["decoder_embed_dim"], cfg["mlp_ratio"]
+
+    def blocks(depth: int, tokens: int, dim: int) -> float:
+        return depth * (2 * tokens * dim * dim * (4 + 2 * ratio) + 4 * tokens * tokens * dim)
+
+    total = (2 * patches * pixels * width + blocks(cfg["depth"], kept, width) + 2 * kept * width * dec_width
+             + blocks(cfg["decoder_depth"], full, dec_width) + 2 * full * dec_width * pixels)
+    return int(total)
+
+
+def train_flops(mae: MaskedAutoencoderViT, mask_ratio: float) -> int:
+    return 3 * forward_flops(mae, mask_ratio)
+
+
+@dataclass
+class BenchConfig:
+    """One configuration of the training step to time."""
+
+    name: str = "endovit"
+    model: str = "mae_vit_base_patch16"
+    img_size: list = field(default_factory=lambda: [224, 224])
+    batch_size: int = 8
+    mask_ratio: float = 0.75
+    mixed_precision: str = "auto"
+    torch_compile: bool = False
+    fused_optimizer: bool = True
+    grad_scaler_fp16: bool = False  # EndoViT: fp16 autocast with a GradScaler (CUDA only)
+    sync_every_step: bool = False  # EndoViT: loss.item(), grad norm and synchronize every step
+    steps: int = 10
+    warmup: int = 3
+    seed: int = 0
+
+
+def baseline_of(config: BenchConfig) -> BenchConfig:
+    """The same step with every optimisation off, as EndoViT runs it."""
+    return BenchConfig(**{**asdict(config), "name": "baseline (EndoViT settings)", "mixed_precision": "no",
+                          "torch_compile": False, "fused_optimizer": False, "grad_scaler_fp16": True,
+                          "sync_every_step": True})
+
+
+def _fresh_accelerator(mixed_precision: str, device: torch.device) -> Accelerator:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_tflops: float | None = None) -> dict:
+    """Time ``config.steps`` optimizer steps after ``config.warmup`` and return every figure as a dict.
+
+    ``batches`` is an iterator of uint8 pixel batches (a real DataLoader); by default one random
+    batch already on the device is reused, so only the step is timed.
+    """
+    precision = resolve_mixed_precision(config.mixed_precision, device)
+    if config.grad_scaler_fp16:
+        precision = "fp16" if device.type == "cuda" else "no"
+    accelerator = _fresh_accelerator(precision, device)
+    torch.manual_seed(config.seed)
+    mae = create_mae(config.model, img_size=tuple(config.img_size))
+    optimizer = build_optimizer(param_groups(mae, 0.05, 0.75), 1e-4, config.fused_optimizer, accelerator.device)
+    model, optimizer = accelerator.prepare(mae, optimizer)
+    mae = accelerator.unwrap_model(model)
+    generator = torch.Generator(device=accelerator.device).manual_seed(config.seed)
+    shape = (config.batch_size, 3, *config.img_size)
+    fixed_batch = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator, device=accelerator.device)
+    mean, std = [0.3464, 0.2280, 0.2228], [0.2520, 0.2128, 0.2093]
+    clip = math.inf if config.sync_every_step else None
+
+    def step(pixels: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(pixels.shape[0], mae.num_patches, generator=generator, device=accelerator.device)
+        with accelerator.accumulate(model):
+            loss = train_step(accelerator, model, optimizer, pixels, noise, mean, std, config.mask_ratio, clip)
+        if config.sync_every_step:
+            loss.item()
+            _synchronize(accelerator.device)
+        return loss
+
+    def trial(candidate) -> None:
+        images = torch.zeros(shape, device=accelerator.device)
+        noise = torch.rand(config.batch_size, mae.num_patches, generator=generator, device=accelerator.device)
+        with accelerator.autocast():
+            loss, _, _ = candidate(images, config.mask_ratio, noise)
+        loss.backward()
+        candidate.zero_grad(set_to_none=True)
+
+    model, compile_seconds = compile_model(model, trial, config.torch_compile)
+
+    def next_batch() -> torch.Tensor:
+        if batches is None:
+            return fixed_batch
+        return next(batches)["pixels"].to(accelerator.device, non_blocking=True)
+
+    losses = [step(next_batch()).float() for _ in range(config.warmup)]
+    _synchronize(accelerator.device)
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
+    data_wait = 0.0
+    start = time.perf_counter()
+    for _ in range(config.steps):
+        waited = time.perf_counter()
+        pixels = next_batch()
+        data_wait += time.perf_counter() - waited
+        losses.append(step(pixels).float())
+    _synchronize(accelerator.device)
+    elapsed = time.perf_counter() - start
+
+    images_per_sec = config.steps * config.batch_size / elapsed
+    flops = train_flops(mae, config.mask_ratio)
+    achieved = flops * images_per_sec / 1e12
+    if peak_tflops is None and accelerator.device.type == "cuda" and precision in ("bf16", "fp16"):
+        name = torch.cuda.get_device_name(accelerator.device)
+        peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return {
+        **asdict(config),
+        "device": (torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda"
+                   else f"cpu ({torch.get_num_threads()} threads)"),
+        "precision": precision,
+        "compiled": model is not mae,
+        "compile_seconds": round(compile_seconds, 2),
+        "fused_attention": sdpa_active(mae),
+        "data": "synthetic on device" if batches is None else "DataLoader",
+        "images_per_sec": round(images_per_sec, 2),
+        "ms_per_step": round(1000 * elapsed / config.steps, 2),
+        "data_wait_ms_per_step": round(1000 * data_wait / config.steps, 2),
+        "compute_ms_per_step": round(1000 * (elapsed - data_wait) / config.steps, 2),
+        "train_gflops_per_image": round(flops / 1e9, 3),
+        "achieved_tflops": round(achieved, 3),
+        "peak_tflops": peak_tflops,
+        "mfu": round(achieved / peak_tflops, 4) if peak_tflops else None,
+        "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_device_mem_mb": (round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
+                               if accelerator.device.type == "cuda" else None),
+        "loss_first": round(losses[0].item(), 5),
+        "loss_last": round(losses[-1].item(), 5),
+    }
