@@ -77,7 +77,9 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, int):
-            self.img_size = [self.img_size, self.img_size]
+            self.img_size = [self.img_size]
+        if len(self.img_size) == 1:  # `--img_size 32` arrives as [32]
+            self.img_size = [self.img_size[0], self.img_size[0]]
 
     @property
     def checkpoints_path(self) -> Path:
