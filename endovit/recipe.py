@@ -1,19 +1,23 @@
 """Every training setting in one dataclass: YAML recipes plus ``--key value`` overrides.
 
 One name per concept: a recipe key is also the CLI flag and the SageMaker hyperparameter.
+Inside a SageMaker training job the job's folders and data channels are the defaults (``endovit.sagemaker``).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
+import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
 from endovit.models.mae import MODEL_ARCHS
+from endovit.sagemaker import job_defaults
 
 __all__ = ["Recipe", "RecipeError", "RECIPES_DIR", "load_recipe", "build_parser", "recipe_from_args", "parse_recipe"]
 
@@ -215,9 +219,10 @@ def load_recipe(name_or_path: str) -> dict:
     return data
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """Recipe file values, then CLI overrides; validated."""
+def recipe_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Recipe:
+    """Recipe file values, then SageMaker job defaults (only inside a job), then CLI overrides; validated."""
     values = load_recipe(args.recipe)
+    values.update(job_defaults(os.environ if environ is None else environ))
     values.update({k: v for k, v in vars(args).items() if k != "recipe"})
     return Recipe(**values).validate()
 

@@ -1,0 +1,53 @@
+"""Start scripts/pretrain.py as an Amazon SageMaker training job, configured by an accelerate SageMaker config.
+
+    python scripts/launch_sagemaker.py --config_file accelerate_configs/sagemaker.yaml scripts/pretrain.py \
+        --recipe endovit_seg --train_data s3://my-bucket/endovit/data/train --val_data data/cholec80/val
+
+Use it instead of `accelerate launch` for SageMaker configs (accelerate 1.15 cannot start them). Script flags
+become hyperparameters; --train_data / --val_data become the job's input channels (a local folder is uploaded
+first). --dry-run prints the CreateTrainingJob request without sending anything; --wait streams the job's logs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from accelerate.commands.config.config_args import default_config_file
+
+from endovit.sagemaker import LaunchError, launch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config_file", default=default_config_file,
+                        help="accelerate SageMaker config (default: the one `accelerate config` wrote)")
+    parser.add_argument("--job_name", default=None, help="training job name (default: base_job_name + timestamp)")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="print the training-job request; upload nothing, start nothing")
+    parser.add_argument("--wait", action="store_true", help="stream the job's logs until it ends")
+    parser.add_argument("training_script", help="the entry script, scripts/pretrain.py")
+    parser.add_argument("training_script_args", nargs=argparse.REMAINDER, help="its --key value flags")
+    args = parser.parse_args(argv)
+    try:
+        job = launch(args.config_file, args.training_script, args.training_script_args, job_name=args.job_name,
+                     dry_run=args.dry_run, wait=args.wait)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps(job.request, indent=2, sort_keys=True))
+        for channel, (folder, uri) in job.uploads.items():
+            print(f"would upload {folder} -> {uri} (channel {channel})", file=sys.stderr)
+        print("dry run: nothing uploaded, no training job created", file=sys.stderr)
+        return 0
+    print(f"training job {job.job_name} {'finished' if args.wait else 'started'} in {job.region}\n"
+          f"  console: https://{job.region}.console.aws.amazon.com/sagemaker/home?region={job.region}"
+          f"#/jobs/{job.job_name}\n"
+          f"  logs:    aws logs tail /aws/sagemaker/TrainingJobs --log-stream-name-prefix {job.job_name} --follow\n"
+          f"  model:   {job.model_uri} (model.safetensors, encoder.safetensors, endovit_config.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
