@@ -23,12 +23,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
+from endovit.data.transforms import normalize
 from endovit.engine import build_optimizer, compile_model, resolve_mixed_precision, sdpa_active, train_step
 from endovit.models.mae import MaskedAutoencoderViT, create_mae
 from endovit.optim import param_groups
 
-__all__ = ["forward_flops", "train_flops", "BenchConfig", "baseline_of", "run_benchmark", "PEAK_TFLOPS"]
+__all__ = ["forward_flops", "train_flops", "BenchConfig", "baseline_of", "run_benchmark", "PEAK_TFLOPS",
+           "endovit_batches", "our_batches"]
 
+MEAN, STD = [0.3464, 0.2280, 0.2228], [0.2520, 0.2128, 0.2093]
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) by GPU name fragment.
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 
@@ -94,8 +97,9 @@ def _synchronize(device: torch.device) -> None:
 def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_tflops: float | None = None) -> dict:
     """Time ``config.steps`` optimizer steps after ``config.warmup`` and return every figure as a dict.
 
-    ``batches`` is an iterator of uint8 pixel batches (a real DataLoader); by default one random
-    batch already on the device is reused, so only the step is timed.
+    ``batches`` iterates dicts with uint8 ``pixels`` (normalised on the device, as in pretrain.py) or
+    already normalised float ``images``; by default one random uint8 batch already on the device is
+    reused, so only the step is timed.
     """
     precision = resolve_mixed_precision(config.mixed_precision, device)
     if config.grad_scaler_fp16:
@@ -109,13 +113,12 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
     generator = torch.Generator(device=accelerator.device).manual_seed(config.seed)
     shape = (config.batch_size, 3, *config.img_size)
     fixed_batch = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator, device=accelerator.device)
-    mean, std = [0.3464, 0.2280, 0.2228], [0.2520, 0.2128, 0.2093]
     clip = math.inf if config.sync_every_step else None
 
-    def step(pixels: torch.Tensor) -> torch.Tensor:
-        noise = torch.rand(pixels.shape[0], mae.num_patches, generator=generator, device=accelerator.device)
+    def step(images: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(images.shape[0], mae.num_patches, generator=generator, device=accelerator.device)
         with accelerator.accumulate(model):
-            loss = train_step(accelerator, model, optimizer, pixels, noise, mean, std, config.mask_ratio, clip)
+            loss = train_step(accelerator, model, optimizer, images, noise, config.mask_ratio, clip)
         if config.sync_every_step:
             loss.item()
             _synchronize(accelerator.device)
@@ -132,9 +135,10 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
     model, compile_seconds = compile_model(model, trial, config.torch_compile)
 
     def next_batch() -> torch.Tensor:
-        if batches is None:
-            return fixed_batch
-        return next(batches)["pixels"].to(accelerator.device, non_blocking=True)
+        batch = {"pixels": fixed_batch} if batches is None else next(batches)
+        if "images" in batch:
+            return batch["images"].to(accelerator.device, non_blocking=True)
+        return normalize(batch["pixels"].to(accelerator.device, non_blocking=True), MEAN, STD)
 
     losses = [step(next_batch()).float() for _ in range(config.warmup)]
     _synchronize(accelerator.device)
@@ -179,3 +183,38 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
         "loss_first": round(losses[0].item(), 5),
         "loss_last": round(losses[-1].item(), 5),
     }
+
+
+def _cycle(loader, set_epoch=None):
+    epoch = 0
+    while True:
+        if set_epoch is not None:
+            set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def endovit_batches(frames_dir: str, img_size, batch_size: int, num_workers: int):
+    """EndoViT's input pipeline: torchvision ImageFolder + RandomResizedCrop/flip/ToTensor/Normalize,
+    its loader settings (pin_memory, drop_last, workers not persistent). Yields float batches."""
+    from torchvision import datasets as tv_datasets
+    from torchvision import transforms as T
+
+    transform = T.Compose([
+        T.RandomResizedCrop(list(img_size), scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(), T.ToTensor(),
+        T.Normalize(MEAN, STD),
+    ])
+    loader = torch.utils.data.DataLoader(
+        tv_datasets.ImageFolder(frames_dir, transform=transform), batch_size=batch_size, shuffle=True,
+        num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True)
+    return ({"images": images} for images, _ in _cycle(loader))
+
+
+def our_batches(frames_dir: str, img_size, batch_size: int, num_workers: int):
+    """Our input pipeline (the one pretrain.py uses) over the same frames. Yields uint8 batches."""
+    from endovit.data import build_train_loader, load_frames
+
+    loader = build_train_loader(load_frames(frames_dir), img_size, [0.6, 1.0], batch_size, seed=0,
+                                num_workers=num_workers)
+    return _cycle(loader, loader.sampler.set_epoch)

@@ -6,8 +6,6 @@ import warnings
 
 import torch
 
-from endovit.data.transforms import normalize
-
 __all__ = ["resolve_mixed_precision", "bf16_supported", "build_optimizer", "compile_model", "train_step",
            "sdpa_active"]
 
@@ -60,12 +58,11 @@ def compile_model(model: torch.nn.Module, trial, enabled: bool) -> tuple[torch.n
     return compiled, time.perf_counter() - start
 
 
-def train_step(accelerator, model, optimizer, pixels: torch.Tensor, noise: torch.Tensor, mean, std,
-               mask_ratio: float, clip_grad: float | None) -> torch.Tensor:
-    """One micro-batch: normalise on the device, forward with the given masks, backward, and (when
-    accelerate says gradients are synchronised) clip and step. Call inside ``accelerator.accumulate``.
+def train_step(accelerator, model, optimizer, images: torch.Tensor, noise: torch.Tensor, mask_ratio: float,
+               clip_grad: float | None) -> torch.Tensor:
+    """One micro-batch of normalised images: forward with the given masks, backward, and (when accelerate
+    says gradients are synchronised) clip and step. Call inside ``accelerator.accumulate``.
     Returns the detached loss without synchronising with the host."""
-    images = normalize(pixels, mean, std)
     loss, _, _ = model(images, mask_ratio, noise)
     accelerator.backward(loss)
     if accelerator.sync_gradients and clip_grad:

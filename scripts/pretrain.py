@@ -200,10 +200,10 @@ def train(recipe: Recipe) -> None:
                 set_lr(optimizer, lr_at_step(step, steps_per_epoch, lr, recipe.min_lr, recipe.epochs,
                                              recipe.warmup_epochs, recipe.swa, recipe.swa_start_epoch, recipe.swa_lr))
                 noise_generator.manual_seed(sample_seed(recipe.seed, step, micro_steps, accelerator.process_index))
-                noise = torch.rand(batch["pixels"].shape[0], mae.num_patches, generator=noise_generator,
+                images = normalize(batch["pixels"], recipe.mean, recipe.std)
+                noise = torch.rand(images.shape[0], mae.num_patches, generator=noise_generator,
                                    device=accelerator.device)
-                loss = train_step(accelerator, model, optimizer, batch["pixels"], noise, recipe.mean, recipe.std,
-                                  recipe.mask_ratio, recipe.clip_grad)
+                loss = train_step(accelerator, model, optimizer, images, noise, recipe.mask_ratio, recipe.clip_grad)
             running_loss += loss
             micro_steps += 1
             log_micro_steps += 1

@@ -1,0 +1,99 @@
+"""Time the real MAE training step (the one pretrain.py runs) and compare with EndoViT's settings.
+
+    python scripts/benchmark.py --model mae_vit_base_patch16 --batch_size 8 --configs endovit,endovit_fp32,baseline
+
+Configurations: ``endovit`` (our defaults: bf16 where native, fused AdamW, torch.compile on CUDA, no per-step
+host sync), ``endovit_fp32`` (the same in fp32), ``endovit_compiled`` (compile forced on), ``baseline``
+(every optimisation off: fp16 + GradScaler on CUDA / fp32 on CPU, eager, unfused AdamW, loss.item(), grad
+norm and synchronize every step, and with --frames, torchvision ImageFolder loading). Prints a table, the
+ratio of each configuration to the baseline, and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from endovit.benchmark import BenchConfig, baseline_of, endovit_batches, our_batches, run_benchmark
+
+COLUMNS = [("name", "config", 28), ("precision", "prec", 5), ("compiled", "compiled", 8),
+           ("images_per_sec", "img/s", 9), ("ms_per_step", "ms/step", 9), ("data_wait_ms_per_step", "data ms", 8),
+           ("compute_ms_per_step", "compute ms", 10), ("achieved_tflops", "TFLOP/s", 8), ("mfu", "MFU", 6),
+           ("peak_host_rss_mb", "RSS MB", 8), ("peak_device_mem_mb", "dev MB", 8)]
+
+
+def build_configs(names: list[str], base: BenchConfig) -> list[BenchConfig]:
+    variants = {
+        "endovit": base,
+        "endovit_fp32": replace(base, name="endovit_fp32", mixed_precision="no"),
+        "endovit_compiled": replace(base, name="endovit_compiled", torch_compile=True),
+        "baseline": baseline_of(base),
+    }
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        raise SystemExit(f"error: --configs {','.join(unknown)}: unknown; choose from {', '.join(variants)}")
+    return [variants[n] for n in names]
+
+
+def format_table(results: list[dict]) -> str:
+    header = " ".join(f"{title:>{width}}" for _, title, width in COLUMNS)
+    rows = [" ".join(f"{'-' if r[key] is None else r[key]!s:>{width}}" for key, _, width in COLUMNS)
+            for r in results]
+    return "\n".join([header, *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mae_vit_base_patch16")
+    parser.add_argument("--img_size", type=int, nargs="+", default=[224], help="H [W]")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
+    parser.add_argument("--torch_compile", default="auto", choices=["auto", "true", "false"],
+                        help="for the endovit configuration (auto = on for CUDA)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens before)")
+    parser.add_argument("--configs", default="endovit,baseline", help="comma-separated, run in this order")
+    parser.add_argument("--frames", default="", help="time the data pipelines too, on these frames")
+    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader workers with --frames")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (known GPUs: auto)")
+    parser.add_argument("--json", default="benchmark.json", help="where to write the results")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    img_size = args.img_size * 2 if len(args.img_size) == 1 else args.img_size[:2]
+    base = BenchConfig(model=args.model, img_size=img_size, batch_size=args.batch_size,
+                       mixed_precision=args.mixed_precision, steps=args.steps, warmup=args.warmup,
+                       torch_compile=args.torch_compile == "true" or (args.torch_compile == "auto"
+                                                                        and device.type == "cuda"))
+    results = []
+    for config in build_configs(args.configs.split(","), base):
+        batches = None
+        if args.frames:
+            make = endovit_batches if config.sync_every_step else our_batches
+            batches = make(args.frames, img_size, args.batch_size, args.num_workers)
+        result = run_benchmark(config, device, batches, args.peak_tflops)
+        results.append(result)
+        print(f"{config.name}: {result['images_per_sec']} images/s", file=sys.stderr, flush=True)
+
+    print(format_table(results))
+    baseline = next((r for r in results if r["sync_every_step"]), None)
+    if baseline:
+        for r in results:
+            if r is not baseline:
+                print(f"{r['name']} / baseline: {r['images_per_sec'] / baseline['images_per_sec']:.2f}x images/s")
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
