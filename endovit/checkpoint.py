@@ -22,6 +22,7 @@ __all__ = [
     "atomic_write_text",
     "checkpoint_dirs",
     "latest_checkpoint",
+    "is_complete_checkpoint",
     "prune_checkpoints",
     "checkpoint_name",
     "CHECKPOINT_PREFIX",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 CHECKPOINT_PREFIX = "step_"
+MANIFEST = "endovit_checkpoint.json"
 FIXED_POS_EMBEDS = ("pos_embed", "decoder_pos_embed")
 
 
@@ -155,12 +157,32 @@ def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
+def _write_manifest(folder: Path) -> None:
+    """Record every file's size; written last, so its presence and match mean the folder is whole."""
+    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    atomic_write_text(folder / MANIFEST, json.dumps(sizes, indent=1) + "\n")
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """True when the manifest exists and every file it lists has its recorded size.
+
+    Guards against folders that were only partly copied back, e.g. restored from S3 after a spot
+    interruption cut their upload short.
+    """
+    try:
+        sizes = json.loads((folder / MANIFEST).read_text())
+        return all((folder / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError):
+        return False
+
+
 def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
-    """Complete checkpoint folders under ``root``, oldest first (temporary folders are ignored)."""
+    """Complete checkpoint folders under ``root``, oldest first (temporary or partial folders are ignored)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)]
+    found = [p for p in root.iterdir()
+             if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name) and is_complete_checkpoint(p)]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
@@ -220,6 +242,7 @@ def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: i
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        _write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         prune_checkpoints(root, keep)
@@ -234,6 +257,7 @@ def resolve_resume(resume: str, root: str | os.PathLike) -> Path | None:
     if resume == "auto":
         return latest_checkpoint(root)
     path = Path(resume)
-    if not (path / "model.safetensors").is_file():
-        raise CheckpointError(f"--resume {resume}: not a complete checkpoint folder (no model.safetensors)")
+    if not is_complete_checkpoint(path):
+        raise CheckpointError(f"--resume {resume}: not a complete checkpoint folder (no {MANIFEST} matching "
+                              "its files); use --resume auto to take the newest complete one")
     return path

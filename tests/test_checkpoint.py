@@ -1,0 +1,35 @@
+"""Checkpoint folders: only complete ones are ever resumed from."""
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from endovit.checkpoint import CheckpointError, checkpoint_dirs, latest_checkpoint, resolve_resume, save_training_state
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(3, 2))
+    for step in (2, 4, 6):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        save_training_state(accelerator, tmp_path, step, keep=2)
+    return tmp_path
+
+
+def test_keeps_the_newest_and_resumes_from_the_last_complete(saved):
+    assert [p.name for p in checkpoint_dirs(saved)] == ["step_00000004", "step_00000006"]
+    assert resolve_resume("auto", saved) == saved / "step_00000006"
+    assert resolve_resume("none", saved) is None
+
+
+def test_interrupted_save_and_partial_copy_are_never_picked(saved):
+    (saved / ".tmp-step_00000008").mkdir()
+    (saved / ".tmp-step_00000008" / "model.safetensors").write_bytes(b"half")
+    truncated = saved / "step_00000006" / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:10])
+    assert latest_checkpoint(saved) == saved / "step_00000004"
+    with pytest.raises(CheckpointError, match="not a complete checkpoint folder"):
+        resolve_resume(str(saved / "step_00000006"), saved)
