@@ -53,6 +53,19 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
+    def draft_size(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest decode size (for ``PIL.Image.draft``) at which every crop is still >= the output size.
+
+        The smallest crop has sides sqrt(area * min scale * min aspect); the decode may shrink the frame
+        by 2, 4 or 8 only while that crop stays at least the larger output side. Returns the full size when
+        no reduction is safe.
+        """
+        smallest_crop = math.sqrt(width * height * self.scale[0] * min(self.ratio[0], 1 / self.ratio[1]))
+        factor = 1
+        while factor < 8 and (smallest_crop - 1) / (factor * 2) >= max(self.size):
+            factor *= 2
+        return math.ceil(width / factor), math.ceil(height / factor)
+
     def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
         top, left, h, w = self.crop_box(image.height, image.width, generator)
         image = TF.resized_crop(image, top, left, h, w, self.size, interpolation=InterpolationMode.BICUBIC)
