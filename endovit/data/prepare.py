@@ -238,7 +238,7 @@ def _resume_or_create(out: Path, plan: dict, overwrite: bool) -> dict:
         shutil.rmtree(out)
         started = False
     if not started:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(not entry.name.endswith(".tmp") for entry in out.iterdir()):
             raise DataError(f"--out {out} is not empty and holds no prepared dataset; choose an empty or new folder")
         out.mkdir(parents=True, exist_ok=True)
         plan = {**plan, "id": uuid.uuid4().hex}

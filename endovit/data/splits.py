@@ -69,7 +69,7 @@ def select_split(frames: datasets.Dataset, name: str, where: str) -> datasets.Da
     wanted = split_videos(name)
     if "video" not in frames.column_names:
         raise DataError(f"{where} has no 'video' column, so Cholec80 split {name} cannot be selected")
-    videos = frames.data.column("video").to_pylist()
+    videos = frames.with_format("arrow")["video"].to_pylist()
     _require_cholec80_videos(videos, where)
     indices = [i for i, v in enumerate(videos) if video_number(v) in wanted]
     if not indices:
