@@ -44,7 +44,7 @@ class Recipe:
     source_weights: list = field(default_factory=list)  # one weight per train_sources entry; empty = each frame once
     val_sources: list = field(default_factory=list)  # the same for val_data (or train_data when val_data is empty)
     stats_from_data: bool = False  # replace mean/std by the training data's stored stats (scripts/compute_stats.py)
-    jpeg_draft: bool = True  # decode JPEG training frames at 1/2, 1/4, 1/8 scale when every crop stays >= img_size
+    fast_decode: bool = True  # reduced-scale JPEG decode + uint8 tensor resize; false = PIL exactly as EndoViT
     # model
     model: str = "mae_vit_base_patch16"
     norm_pix_loss: bool = False

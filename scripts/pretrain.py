@@ -107,7 +107,7 @@ def train(recipe: Recipe) -> None:
     optimizer = torch.optim.AdamW(param_groups(mae, recipe.weight_decay, recipe.layer_decay), lr=lr,
                                   betas=(0.9, 0.95))
     train_loader = build_train_loader(train_frames, recipe.img_size, recipe.crop_scale, micro_batch, recipe.seed,
-                                      recipe.num_workers, run_data.mix, recipe.jpeg_draft)
+                                      recipe.num_workers, run_data.mix, recipe.fast_decode)
     val_loader = (build_val_loader(val_frames, recipe.img_size, recipe.val_batch_size or micro_batch,
                                    recipe.num_workers) if val_frames is not None else None)
     model, optimizer, train_loader = accelerator.prepare(mae, optimizer, train_loader)

@@ -31,6 +31,7 @@ from endovit.data import (
     prepare_frames,
     resolve_sources,
 )
+from endovit.data.loader import TrainFrames
 from endovit.data.splits import select_split, split_summary
 from endovit.data.store import MANIFEST
 from endovit.data.synthetic import write_sample_frames
@@ -309,6 +310,21 @@ def test_stats_from_data_without_stats_says_how_to_get_them(endo_root):
 
 
 # --- decoding --------------------------------------------------------------------------------------------------
+
+
+def test_fast_decode_gives_the_endovit_crops_up_to_rounding(cholec, tmp_path):
+    prepare_frames(cholec, tmp_path / "prep", PrepareSettings(short_side=0, image_format="png"), progress=False)
+    frames = load_frames(tmp_path / "prep")
+    keys = [(2, i) for i in range(len(frames))]
+    exact = TrainFrames(frames, TrainTransform((32, 32), (0.6, 1.0)), seed=3).__getitems__(keys)
+    fast = TrainFrames(frames, TrainTransform((32, 32), (0.6, 1.0), fast=True), seed=3).__getitems__(keys)
+    exact_pixels = torch.stack([s["pixels"] for s in exact])
+    fast_pixels = torch.stack([s["pixels"] for s in fast])
+    assert exact_pixels.dtype == fast_pixels.dtype == torch.uint8 and exact_pixels.shape == fast_pixels.shape
+    difference = (exact_pixels.int() - fast_pixels.int()).abs()
+    assert difference.max() <= 2 and (difference > 0).float().mean() < 0.01
+    loader = build_train_loader(frames, [32, 32], [0.6, 1.0], 4, seed=3, num_workers=0, fast_decode=True)
+    assert loader.dataset.transform.fast
 
 
 def test_jpeg_draft_never_decodes_smaller_than_the_smallest_crop_needs(tmp_path):

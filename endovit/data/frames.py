@@ -140,7 +140,8 @@ def decode_image(item: dict, draft: Callable[[int, int], tuple[int, int]] | None
         with Image.open(source) as img:
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft(*img.size))
-            return img.convert("RGB")
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise DataError(
             f"cannot decode frame {where}: {err}; remove or replace the file"

@@ -48,15 +48,15 @@ class TrainFrames(Dataset):
     """Decodes and augments one frame per ``(epoch, index)`` key; returns uint8 pixels.
 
     ``__getitems__`` fetches a whole batch of rows in one ``datasets`` call, so the per-sample Python
-    cost is the decode and crop alone. With ``jpeg_draft`` a JPEG is decoded at a reduced DCT scale
-    when even the smallest possible crop stays at least the output size (see ``TrainTransform.draft_size``).
+    cost is the decode and crop alone. With a ``fast`` transform a JPEG is also decoded at a reduced DCT
+    scale when even the smallest possible crop stays at least the output size (``TrainTransform.draft_size``).
     """
 
-    def __init__(self, frames: datasets.Dataset, transform: TrainTransform, seed: int, jpeg_draft: bool = False):
+    def __init__(self, frames: datasets.Dataset, transform: TrainTransform, seed: int):
         self.frames = frames.select_columns(["image"])
         self.transform = transform
         self.seed = seed
-        self.draft = transform.draft_size if jpeg_draft else None
+        self.draft = transform.draft_size if transform.fast else None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -82,12 +82,14 @@ def _loader_options(num_workers: int) -> dict:
 
 
 def build_train_loader(frames: datasets.Dataset, img_size, crop_scale, batch_size: int, seed: int,
-                       num_workers: int, mix: SourceMix | None = None, jpeg_draft: bool = False) -> DataLoader:
+                       num_workers: int, mix: SourceMix | None = None, fast_decode: bool = False) -> DataLoader:
     """Shuffled, augmented, ``drop_last`` loader of per-process micro-batches (call ``sampler.set_epoch``).
 
-    ``mix`` (from ``combine_sources``) with weights switches to the weighted ``MixSampler``.
+    ``mix`` (from ``combine_sources``) with weights switches to the weighted ``MixSampler``; ``fast_decode``
+    selects the fast decode and resize path (see ``transforms``), otherwise PIL exactly as EndoViT.
     """
-    dataset = TrainFrames(frames, TrainTransform(tuple(img_size), tuple(crop_scale)), seed, jpeg_draft)
+    transform = TrainTransform(tuple(img_size), tuple(crop_scale), fast=fast_decode)
+    dataset = TrainFrames(frames, transform, seed)
     if mix is not None and mix.weights is not None:
         sampler = MixSampler(mix, seed)
     else:
