@@ -233,11 +233,9 @@ def prepare_frames(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 def _resume_or_create(out: Path, plan: dict, overwrite: bool) -> dict:
     """Start ``out`` with ``plan``, or check an existing plan matches it (resume); returns the plan in force."""
-    started = (out / PLAN).is_file() or (out / MANIFEST).is_file()
-    if overwrite and started:
+    if overwrite and ((out / PLAN).is_file() or (out / MANIFEST).is_file()):
         shutil.rmtree(out)
-        started = False
-    if not started:
+    if not (out / PLAN).is_file():
         if out.exists() and any(not entry.name.endswith(".tmp") for entry in out.iterdir()):
             raise DataError(f"--out {out} is not empty and holds no prepared dataset; choose an empty or new folder")
         out.mkdir(parents=True, exist_ok=True)
