@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from endovit.data.splits import CHOLEC80_SPLITS
 from endovit.models.mae import MODEL_ARCHS
 from endovit.sagemaker import job_defaults
 
@@ -42,6 +44,11 @@ class Recipe:
     mean: list = field(default_factory=lambda: list(ENDOVIT_MEAN))
     std: list = field(default_factory=lambda: list(ENDOVIT_STD))
     num_workers: int = 8
+    train_sources: list = field(default_factory=list)  # sub-folders of train_data, Cholec80 split names or paths
+    source_weights: list = field(default_factory=list)  # one weight per train_sources entry; empty = each frame once
+    val_sources: list = field(default_factory=list)  # the same for val_data (or train_data when val_data is empty)
+    stats_from_data: bool = False  # replace mean/std by the training data's stored stats (scripts/compute_stats.py)
+    fast_decode: bool = True  # reduced-scale JPEG decode + uint8 tensor resize; false = PIL exactly as EndoViT
     # model
     model: str = "mae_vit_base_patch16"
     norm_pix_loss: bool = False
@@ -130,9 +137,34 @@ class Recipe:
             raise bad("torch_compile", "choose auto, true or false")
         if not self.train_data:
             raise bad("train_data", "give a folder of frames or a prepared dataset")
+        self._validate_sources()
         if self.stop_at_step is not None and self.stop_at_step <= 0:
             raise bad("stop_at_step", "must be a positive step number")
         return self
+
+    def _validate_sources(self) -> None:
+        def bad(key: str, why: str) -> RecipeError:
+            return RecipeError(f"--{key} {getattr(self, key)!r}: {why}")
+
+        for key in ("train_sources", "val_sources"):
+            names = [str(n) for n in getattr(self, key)]
+            if any(not n.strip() for n in names) or len(set(names)) != len(names):
+                raise bad(key, "give distinct, non-empty source names")
+            for name in names:
+                if name.startswith("Cholec80_for_") and name not in CHOLEC80_SPLITS:
+                    close = difflib.get_close_matches(name, CHOLEC80_SPLITS, n=1)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    raise bad(key, f"unknown Cholec80 split {name!r}{hint}; choose from {', '.join(CHOLEC80_SPLITS)}")
+            setattr(self, key, names)
+        if self.source_weights:
+            if len(self.source_weights) != len(self.train_sources):
+                raise bad("source_weights", f"give one weight per --train_sources entry ({len(self.train_sources)})")
+            try:
+                self.source_weights = [float(w) for w in self.source_weights]
+            except (TypeError, ValueError):
+                raise bad("source_weights", "weights must be numbers") from None
+            if any(not math.isfinite(w) or w <= 0 for w in self.source_weights):
+                raise bad("source_weights", "weights must be positive; drop a source instead of weighting it 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

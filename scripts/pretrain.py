@@ -31,7 +31,8 @@ from endovit.checkpoint import (
     resolve_resume,
     save_training_state,
 )
-from endovit.data import DataError, EvalTransform, build_train_loader, build_val_loader, decode_image, load_frames
+from endovit.data import DataError, EvalTransform, build_train_loader, build_val_loader, decode_image
+from endovit.data.sources import load_run_data
 from endovit.data.transforms import normalize, sample_seed
 from endovit.engine import build_optimizer, compile_model, resolve_mixed_precision, sdpa_active, train_step
 from endovit.evaluation import fixed_noise, reconstruction_grid, validate
@@ -107,8 +108,8 @@ def train(recipe: Recipe) -> None:
         raise RecipeError(f"--checkpoint_dir {checkpoints_dir} already holds checkpoints; pass --resume auto to "
                           "continue or choose another --output_dir")
 
-    train_frames = load_frames(recipe.train_data)
-    val_frames = load_frames(recipe.val_data) if recipe.val_data else None
+    run_data = load_run_data(recipe, accelerator.print)
+    train_frames, val_frames = run_data.train, run_data.val
     if len(train_frames) < micro_batch * accelerator.num_processes * recipe.grad_accum_steps:
         raise DataError(f"--train_data {recipe.train_data} has {len(train_frames)} frames, fewer than one "
                         f"batch of {recipe.batch_size}; lower --batch_size or add frames")
@@ -120,7 +121,7 @@ def train(recipe: Recipe) -> None:
     optimizer = build_optimizer(param_groups(mae, recipe.weight_decay, recipe.layer_decay), lr,
                                 recipe.fused_optimizer, accelerator.device)
     train_loader = build_train_loader(train_frames, recipe.img_size, recipe.crop_scale, micro_batch, recipe.seed,
-                                      recipe.num_workers)
+                                      recipe.num_workers, run_data.mix, recipe.fast_decode)
     val_loader = (build_val_loader(val_frames, recipe.img_size, recipe.val_batch_size or micro_batch,
                                    recipe.num_workers) if val_frames is not None else None)
     model, optimizer, train_loader = accelerator.prepare(mae, optimizer, train_loader)

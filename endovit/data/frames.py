@@ -1,27 +1,30 @@
 """Endoscopic frames as a Hugging Face ``datasets`` image dataset.
 
 Accepted inputs: a folder of image files in any nesting (Cholec80: ``frames/videoNN/videoNN_NNNNNN.png``),
-a folder written by ``Dataset.save_to_disk``, or a folder / file of parquet shards. Images stay
-undecoded (``Image(decode=False)``) until a DataLoader worker needs them, so a bad file is reported
-with its path at that moment and memory stays flat.
+a prepared dataset (``scripts/prepare_data.py``; local or ``s3://``), a folder written by
+``Dataset.save_to_disk`` (local or remote), or a folder / file of parquet shards. Images stay undecoded
+(``Image(decode=False)``) until a DataLoader worker needs them, so a bad file is reported with its path
+at that moment and memory stays flat.
 """
 from __future__ import annotations
 
 import io
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
+import fsspec
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "load_frames", "decode_image", "find_image_files"]
+from endovit.data.errors import DataError
+from endovit.data.store import MANIFEST, PLAN, is_remote, load_prepared
+
+__all__ = ["DataError", "IMAGE_EXTENSIONS", "load_frames", "decode_image", "find_image_files", "frame_number",
+           "video_name"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the path and what to do."""
 
 
 def find_image_files(root: Path) -> list[Path]:
@@ -35,9 +38,15 @@ def find_image_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _frame_index(path: Path) -> int:
+def frame_number(path: Path) -> int:
+    """The frame index in a file name: its last group of digits (``video01_000042.png`` -> 42), else -1."""
     digits = re.findall(r"\d+", path.stem)
     return int(digits[-1]) if digits else -1
+
+
+def video_name(path: Path, root: Path) -> str:
+    """The video a frame belongs to: its folder's name (``videoNN`` in Cholec80), empty at the top level."""
+    return path.parent.name if path.parent != root else ""
 
 
 def _from_image_folder(root: Path) -> datasets.Dataset:
@@ -49,12 +58,14 @@ def _from_image_folder(root: Path) -> datasets.Dataset:
         )
     table = {
         "image": [str(p) for p in files],
-        "video": [p.parent.name if p.parent != root else "" for p in files],
-        "frame_index": [_frame_index(p) for p in files],
+        "video": [video_name(p, root) for p in files],
+        "frame_index": [frame_number(p) for p in files],
     }
-    features = datasets.Features(
-        {"image": datasets.Image(decode=False), "video": datasets.Value("string"), "frame_index": datasets.Value("int64")}
-    )
+    features = datasets.Features({
+        "image": datasets.Image(decode=False),
+        "video": datasets.Value("string"),
+        "frame_index": datasets.Value("int64"),
+    })
     return datasets.Dataset.from_dict(table, features=features)
 
 
@@ -64,27 +75,50 @@ def _parquet_files(path: Path) -> list[str]:
     return sorted(str(p) for p in path.rglob("*.parquet"))
 
 
-def load_frames(path: str | os.PathLike, split: str = "train") -> datasets.Dataset:
-    """Load frames from an image folder, a ``save_to_disk`` folder, or parquet shards.
+def _load_remote(url: str, split: str, storage_options: dict | None, cache_dir) -> datasets.Dataset:
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    root = root.rstrip("/")
+    if fs.isfile(f"{root}/{MANIFEST}") or fs.isfile(f"{root}/{PLAN}"):
+        return load_prepared(url, storage_options, cache_dir)[0]
+    if fs.isfile(f"{root}/dataset_info.json") or fs.isfile(f"{root}/dataset_dict.json"):
+        return _pick_split(datasets.load_from_disk(url, storage_options=storage_options), url, split)
+    raise DataError(f"{url} is neither a prepared dataset ({MANIFEST}) nor a save_to_disk folder; remote data "
+                    "must be prepared first (scripts/prepare_data.py) and uploaded as a whole folder")
 
-    Returns a dataset with an undecoded ``image`` column (plus whatever metadata it carries).
+
+def _pick_split(loaded, path, split: str) -> datasets.Dataset:
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"dataset {path} has splits {list(loaded)}, not {split!r}")
+        return loaded[split]
+    return loaded
+
+
+def load_frames(path: str | os.PathLike, split: str = "train", storage_options: dict | None = None,
+                cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+    """Load frames from an image folder, a prepared dataset, a ``save_to_disk`` folder, or parquet shards.
+
+    ``path`` may be a URL (``s3://bucket/prefix``) of a prepared or ``save_to_disk`` dataset; credentials and
+    endpoint come from ``storage_options`` or the standard AWS environment (``AWS_ENDPOINT_URL``, ...), and
+    remote shards are cached under ``cache_dir``. Returns a dataset with an undecoded ``image`` column
+    (plus whatever metadata it carries).
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data path {path} does not exist; pass a folder of frames or a prepared dataset")
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise DataError(f"dataset {path} has splits {list(loaded)}, not {split!r}")
-            loaded = loaded[split]
-        dataset = loaded
-    elif parquet := _parquet_files(path):
-        dataset = datasets.Dataset.from_parquet(parquet)
-    elif path.is_dir():
-        dataset = _from_image_folder(path)
+    if is_remote(path):
+        dataset = _load_remote(str(path), split, storage_options, cache_dir)
     else:
-        raise DataError(f"data path {path} is a file; pass a folder of frames or a prepared dataset")
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"data path {path} does not exist; pass a folder of frames or a prepared dataset")
+        if path.is_dir() and ((path / MANIFEST).exists() or (path / PLAN).exists()):
+            dataset = load_prepared(path)[0]
+        elif path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            dataset = _pick_split(datasets.load_from_disk(str(path)), path, split)
+        elif parquet := _parquet_files(path):
+            dataset = datasets.Dataset.from_parquet(parquet)
+        elif path.is_dir():
+            dataset = _from_image_folder(path)
+        else:
+            raise DataError(f"data path {path} is a file; pass a folder of frames or a prepared dataset")
     if "image" not in dataset.column_names:
         raise DataError(f"dataset {path} has no 'image' column (columns: {', '.join(dataset.column_names)})")
     if len(dataset) == 0:
@@ -94,13 +128,20 @@ def load_frames(path: str | os.PathLike, split: str = "train") -> datasets.Datas
     return dataset
 
 
-def decode_image(item: dict) -> Image.Image:
-    """Decode one undecoded ``image`` cell ({'bytes', 'path'}) to RGB; errors name the file."""
+def decode_image(item: dict, draft: Callable[[int, int], tuple[int, int]] | None = None) -> Image.Image:
+    """Decode one undecoded ``image`` cell ({'bytes', 'path'}) to RGB; errors name the file.
+
+    ``draft(width, height)`` gives the smallest size the caller can use; a JPEG is then decoded at the
+    coarsest DCT scale (1/2, 1/4, 1/8) that is still at least that large. Other formats decode in full.
+    """
     where = item.get("path") or "<embedded image bytes>"
     try:
         source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
         with Image.open(source) as img:
-            return img.convert("RGB")
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB", draft(*img.size))
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise DataError(
             f"cannot decode frame {where}: {err}; remove or replace the file"

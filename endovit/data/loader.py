@@ -7,16 +7,17 @@ never see an epoch counter changed in the main process).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import datasets
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from endovit.data.frames import decode_image
+from endovit.data.mixing import MixSampler, SourceMix
 from endovit.data.transforms import EvalTransform, TrainTransform, sample_seed
 
-__all__ = ["EpochSampler", "TrainFrames", "build_train_loader", "build_val_loader"]
+__all__ = ["EpochSampler", "TrainFrames", "ValFrames", "build_train_loader", "build_val_loader"]
 
 
 class EpochSampler(Sampler):
@@ -44,21 +45,33 @@ class EpochSampler(Sampler):
 
 
 class TrainFrames(Dataset):
-    """Decodes and augments one frame per ``(epoch, index)`` key; returns uint8 pixels."""
+    """Decodes and augments one frame per ``(epoch, index)`` key; returns uint8 pixels.
+
+    ``__getitems__`` fetches a whole batch of rows in one ``datasets`` call, so the per-sample Python
+    cost is the decode and crop alone. With a ``fast`` transform a JPEG is also decoded at a reduced DCT
+    scale when even the smallest possible crop stays at least the output size (``TrainTransform.draft_size``).
+    """
 
     def __init__(self, frames: datasets.Dataset, transform: TrainTransform, seed: int):
         self.frames = frames.select_columns(["image"])
         self.transform = transform
         self.seed = seed
+        self.draft = transform.draft_size if transform.fast else None
 
     def __len__(self) -> int:
         return len(self.frames)
 
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict]:
+        items = self.frames[[index for _, index in keys]]["image"]
+        samples = []
+        for (epoch, index), item in zip(keys, items, strict=True):
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+            image = decode_image(item, self.draft)
+            samples.append({"pixels": self.transform(image, generator), "index": index})
+        return samples
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, index = key
-        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
-        image = decode_image(self.frames[index]["image"])
-        return {"pixels": self.transform(image, generator), "index": index}
+        return self.__getitems__([key])[0]
 
 
 def _loader_options(num_workers: int) -> dict:
@@ -69,25 +82,42 @@ def _loader_options(num_workers: int) -> dict:
 
 
 def build_train_loader(frames: datasets.Dataset, img_size, crop_scale, batch_size: int, seed: int,
-                       num_workers: int) -> DataLoader:
-    """Shuffled, augmented, ``drop_last`` loader of per-process micro-batches (call ``sampler.set_epoch``)."""
-    dataset = TrainFrames(frames, TrainTransform(tuple(img_size), tuple(crop_scale)), seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed),
-        drop_last=True,
-        **_loader_options(num_workers),
-    )
+                       num_workers: int, mix: SourceMix | None = None, fast_decode: bool = False) -> DataLoader:
+    """Shuffled, augmented, ``drop_last`` loader of per-process micro-batches (call ``sampler.set_epoch``).
+
+    ``mix`` (from ``combine_sources``) with weights switches to the weighted ``MixSampler``; ``fast_decode``
+    selects the fast decode and resize path (see ``transforms``), otherwise PIL exactly as EndoViT.
+    """
+    transform = TrainTransform(tuple(img_size), tuple(crop_scale), fast=fast_decode)
+    dataset = TrainFrames(frames, transform, seed)
+    if mix is not None and mix.weights is not None:
+        sampler = MixSampler(mix, seed)
+    else:
+        sampler = EpochSampler(len(dataset), seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                      **_loader_options(num_workers))
+
+
+class ValFrames(Dataset):
+    """Decodes and resizes frame ``index``; each item carries its index (for its fixed mask)."""
+
+    def __init__(self, frames: datasets.Dataset, transform: EvalTransform):
+        self.frames = frames.select_columns(["image"])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        items = self.frames[list(indices)]["image"]
+        return [{"pixels": self.transform(decode_image(item)), "index": index}
+                for index, item in zip(indices, items, strict=True)]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
 
 
 def build_val_loader(frames: datasets.Dataset, img_size, batch_size: int, num_workers: int) -> DataLoader:
     """Validation in a fixed order; each item carries its index (for its fixed mask)."""
-    transform = EvalTransform(tuple(img_size))
-
-    def to_pixels(batch: dict) -> dict:
-        return {"pixels": [transform(decode_image(item)) for item in batch["image"]], "index": batch["index"]}
-
-    indexed = frames.select_columns(["image"]).add_column("index", list(range(len(frames))))
-    return DataLoader(indexed.with_transform(to_pixels), batch_size=batch_size, shuffle=False,
+    return DataLoader(ValFrames(frames, EvalTransform(tuple(img_size))), batch_size=batch_size, shuffle=False,
                       **_loader_options(num_workers))

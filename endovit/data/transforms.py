@@ -3,6 +3,11 @@
 Train: RandomResizedCrop(scale=(0.6, 1.0), bicubic) + horizontal flip; validation: bicubic resize.
 Both return uint8 CHW tensors; normalisation with the dataset mean/std happens on the device
 (``normalize``), which is the same arithmetic as torchvision's ToTensor + Normalize.
+
+The training transform has two resize paths with the same crop and flip draws: ``fast`` crops the PIL
+image and resizes the uint8 tensor with torch's antialiased bicubic kernel (about 2.5x faster than
+PIL's; outputs differ from PIL by at most 1 grey level on a small fraction of pixels), otherwise PIL
+resizes as EndoViT does.
 """
 from __future__ import annotations
 
@@ -26,11 +31,12 @@ class TrainTransform:
     """RandomResizedCrop + horizontal flip, reproducible from a ``torch.Generator``."""
 
     def __init__(self, size: tuple[int, int], scale: tuple[float, float] = (0.6, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), fast: bool = False):
         self.size = list(size)
         self.scale = scale
         self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
         self.ratio = ratio
+        self.fast = fast
 
     def crop_box(self, height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
         """(top, left, h, w) with torchvision's RandomResizedCrop sampling rule."""
@@ -53,12 +59,29 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
+    def draft_size(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest decode size (for ``PIL.Image.draft``) at which every crop is still >= the output size.
+
+        The smallest crop has sides sqrt(area * min scale * min aspect); the decode may shrink the frame
+        by 2, 4 or 8 only while that crop stays at least the larger output side. Returns the full size when
+        no reduction is safe.
+        """
+        smallest_crop = math.sqrt(width * height * self.scale[0] * min(self.ratio[0], 1 / self.ratio[1]))
+        factor = 1
+        while factor < 8 and (smallest_crop - 1) / (factor * 2) >= max(self.size):
+            factor *= 2
+        return math.ceil(width / factor), math.ceil(height / factor)
+
     def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
         top, left, h, w = self.crop_box(image.height, image.width, generator)
-        image = TF.resized_crop(image, top, left, h, w, self.size, interpolation=InterpolationMode.BICUBIC)
-        if torch.rand(1, generator=generator).item() < 0.5:
-            image = TF.horizontal_flip(image)
-        return TF.pil_to_tensor(image)
+        flip = torch.rand(1, generator=generator).item() < 0.5
+        if self.fast:
+            pixels = TF.pil_to_tensor(image.crop((left, top, left + w, top + h)))
+            pixels = TF.resize(pixels, self.size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        else:
+            pixels = TF.pil_to_tensor(
+                TF.resized_crop(image, top, left, h, w, self.size, interpolation=InterpolationMode.BICUBIC))
+        return TF.horizontal_flip(pixels) if flip else pixels
 
 
 class EvalTransform:

@@ -1,0 +1,168 @@
+"""Which frames a run uses: the recipe's data roots and source names -> datasets, counts, mean/std.
+
+A source name (``train_sources`` / ``val_sources``, EndoViT's ``--train_datasets_to_take``) is looked up
+under its root (``train_data`` / ``val_data``, a local folder or an ``s3://`` URL) in this order:
+
+1. a Cholec80 split name (``Cholec80_for_Segmentation``, ...): a sub-folder of that name if there is one
+   (EndoViT's copied split folders), else the split's videos selected from ``<root>/Cholec80`` or from the
+   root itself when it holds Cholec80 frames;
+2. a sub-folder of the root: a folder of frames or a prepared dataset;
+3. a path or URL of its own.
+
+No names means the whole root: one dataset, or every prepared dataset directly inside it.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import datasets
+import fsspec
+
+from endovit.data.errors import DataError
+from endovit.data.frames import load_frames
+from endovit.data.mixing import Source, SourceMix, combine_sources
+from endovit.data.splits import CHOLEC80_SOURCE, CHOLEC80_SPLITS, select_split, split_videos, video_number
+from endovit.data.stats import pooled_stats
+from endovit.data.store import MANIFEST, PLAN, is_remote, load_prepared
+
+if TYPE_CHECKING:
+    from endovit.recipe import Recipe
+
+__all__ = ["RunData", "resolve_sources", "mix_stats", "load_run_data"]
+
+
+class _Root:
+    """A data root (local folder or URL) and lookups of its sub-folders."""
+
+    def __init__(self, path: str, storage_options: dict | None):
+        self.path = str(path).rstrip("/")
+        self.storage_options = storage_options
+        self.fs, self.fs_path = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
+        self.loaded: dict[str, tuple[datasets.Dataset, dict | None]] = {}
+
+    def child(self, name: str) -> str:
+        return f"{self.path}/{name}" if is_remote(self.path) else os.path.join(self.path, name)
+
+    def has_child(self, name: str) -> bool:
+        return self.fs.isdir(f"{self.fs_path.rstrip('/')}/{name}")
+
+    def is_prepared(self, path: str) -> bool:
+        fs, root = fsspec.core.url_to_fs(path, **(self.storage_options or {}))
+        return any(fs.isfile(f"{root.rstrip('/')}/{name}") for name in (MANIFEST, PLAN))
+
+    def prepared_children(self) -> list[str]:
+        if not self.fs.isdir(self.fs_path):
+            return []
+        names = sorted(os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.fs_path, detail=False))
+        return [n for n in names if not n.startswith(".") and self.is_prepared(self.child(n))]
+
+    def load(self, path: str) -> tuple[datasets.Dataset, dict | None]:
+        """A dataset and its manifest (None unless prepared), loaded once per path."""
+        if path not in self.loaded:
+            if self.is_prepared(path):
+                self.loaded[path] = load_prepared(path, self.storage_options)
+            else:
+                self.loaded[path] = load_frames(path, storage_options=self.storage_options), None
+        return self.loaded[path]
+
+
+def _stats_of(manifest: dict | None) -> dict | None:
+    stats = (manifest or {}).get("stats")
+    return dict(stats["by_video"]) if stats else None
+
+
+def _whole(root: _Root, path: str, name: str) -> Source:
+    frames, manifest = root.load(path)
+    return Source(name, frames, path, _stats_of(manifest))
+
+
+def _split_source(root: _Root, name: str) -> Source:
+    wanted = split_videos(name)
+    base = root.child(CHOLEC80_SOURCE) if root.has_child(CHOLEC80_SOURCE) else root.path
+    frames, manifest = root.load(base)
+    selected = select_split(frames, name, base)
+    stats = _stats_of(manifest)
+    if stats is not None:
+        stats = {video: sums for video, sums in stats.items() if video_number(video) in wanted}
+    return Source(name, selected, f"{base} [{name}]", stats)
+
+
+def _looks_like_path(name: str) -> bool:
+    return is_remote(name) or "/" in name or os.sep in name or os.path.exists(name)
+
+
+def resolve_sources(root_path: str, names: Sequence[str], role: str = "train",
+                    storage_options: dict | None = None) -> list[Source]:
+    """The sources ``names`` under ``root_path`` (see the module docstring); errors say what was expected."""
+    flag = f"--{role}_data"
+    if not root_path:
+        raise DataError(f"--{role}_sources {list(names)} needs {flag}, the folder or URL that holds them")
+    root = _Root(root_path, storage_options)
+    if not names:
+        if not root.is_prepared(root.path) and (children := root.prepared_children()):
+            return [_whole(root, root.child(n), n) for n in children]
+        frames, manifest = root.load(root.path)
+        name = manifest["source"] if manifest else os.path.basename(root.path) or root.path
+        return [Source(name, frames, root.path, _stats_of(manifest))]
+    sources = []
+    for name in names:
+        if name.startswith("Cholec80_for_") and not root.has_child(name):
+            sources.append(_split_source(root, name))
+        elif root.has_child(name):
+            sources.append(_whole(root, root.child(name), name))
+        elif _looks_like_path(name):
+            sources.append(_whole(root, name, os.path.basename(name.rstrip("/"))))
+        else:
+            found = sorted(os.path.basename(p.rstrip("/")) for p in root.fs.ls(root.fs_path, detail=False)
+                           if root.fs.isdir(p)) if root.fs.isdir(root.fs_path) else []
+            raise DataError(
+                f"--{role}_sources: no source {name!r} under {flag} {root.path} (sub-folders: "
+                f"{', '.join(found) or 'none'}); give a sub-folder name, a Cholec80 split "
+                f"({', '.join(CHOLEC80_SPLITS)}) or a path"
+            )
+    return sources
+
+
+def mix_stats(sources: Sequence[Source], mix: SourceMix) -> tuple[list[float], list[float]]:
+    """Mean/std of the training mix as sampled: each source's exact sums scaled by its draws per frame."""
+    missing = [s.origin for s in sources if s.stats is None]
+    if missing:
+        raise DataError(f"--stats_from_data true, but {missing[0]} has no stored stats; run "
+                        f"scripts/compute_stats.py on its prepared dataset, or pass --stats_from_data false")
+    groups = [(sums, draws / size) for source, size, draws in zip(sources, mix.sizes, mix.draws, strict=True)
+              for sums in source.stats.values()]
+    return pooled_stats(groups)
+
+
+@dataclass
+class RunData:
+    """The frames of one run and how they were put together."""
+
+    train: datasets.Dataset
+    mix: SourceMix
+    val: datasets.Dataset | None = None
+    val_mix: SourceMix | None = None
+
+
+def load_run_data(recipe: Recipe, log: Callable[[str], None] = print) -> RunData:
+    """Training and validation frames from the recipe; logs frames per source.
+
+    With ``stats_from_data`` the recipe's ``mean``/``std`` are replaced by the training mix's stats.
+    Validation uses ``val_data``, or ``train_data`` when only ``val_sources`` is given.
+    """
+    sources = resolve_sources(recipe.train_data, recipe.train_sources, "train")
+    train, mix = combine_sources(sources, recipe.source_weights or None)
+    log(mix.summary("train"))
+    val = val_mix = None
+    val_root = recipe.val_data or (recipe.train_data if recipe.val_sources else "")
+    if val_root:
+        val, val_mix = combine_sources(resolve_sources(val_root, recipe.val_sources, "val"))
+        log(val_mix.summary("val"))
+    if recipe.stats_from_data:
+        mean, std = mix_stats(sources, mix)
+        recipe.mean, recipe.std = [round(m, 6) for m in mean], [round(s, 6) for s in std]
+        log(f"mean {recipe.mean}, std {recipe.std} (from the training data's stored stats)")
+    return RunData(train, mix, val, val_mix)

@@ -1,0 +1,81 @@
+"""Cholec80 pretraining splits exactly as EndoViT defines them (``datasets/Cholec80/prepare_cholec80.py``).
+
+A split is a set of Cholec80 video numbers; frames belong to the video named by their folder
+(``frames/videoNN/videoNN_NNNNNN.png``), stored as the ``video`` column (``videoNN``).
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+
+import datasets
+
+from endovit.data.frames import DataError
+
+__all__ = ["CHOLEC80_SPLITS", "CHOLEC80_SOURCE", "video_number", "split_videos", "select_split", "split_counts",
+           "split_summary"]
+
+CHOLEC80_SOURCE = "Cholec80"
+CHOLEC80_SPLITS: dict[str, frozenset[int]] = {
+    "Cholec80_for_Segmentation": frozenset(range(1, 81)) - {12, 17, 27, 52},
+    "Cholec80_for_ActionTripletDetection": frozenset(range(1, 81)) - {1, 4, 13, 35, 43, 56, 62, 74, 78},
+    "Cholec80_for_SurgicalPhaseRecognition": frozenset(range(1, 41)),
+    "Cholec80_for_Validation": frozenset({2, 3, 6, 7, 8, 11, 14, 15, 16, 18, 19, 20, 21, 23, 24, 25, 29, 30, 31,
+                                          32, 33, 34, 37, 40}),
+}
+_VIDEO = re.compile(r"^video(\d+)$", re.IGNORECASE)
+
+
+def video_number(video: str) -> int | None:
+    """The number of a Cholec80 video folder name (``video07`` -> 7), or None for other names."""
+    match = _VIDEO.match(video)
+    return int(match.group(1)) if match else None
+
+
+def split_videos(name: str) -> frozenset[int]:
+    """Video numbers of one EndoViT split; an unknown name is a DataError listing the known ones."""
+    if name not in CHOLEC80_SPLITS:
+        close = difflib.get_close_matches(name, CHOLEC80_SPLITS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise DataError(f"unknown Cholec80 split {name!r}{hint}; choose one of {', '.join(CHOLEC80_SPLITS)}")
+    return CHOLEC80_SPLITS[name]
+
+
+def split_counts(video_frames: Mapping[str, int]) -> dict[str, int]:
+    """Frames per EndoViT split, from frames per video folder name."""
+    by_number = {video_number(v): n for v, n in video_frames.items()}
+    return {name: sum(by_number.get(v, 0) for v in videos) for name, videos in CHOLEC80_SPLITS.items()}
+
+
+def split_summary(video_frames: Mapping[str, int]) -> str:
+    """EndoViT's summary table: frames per split (right-aligned names and counts)."""
+    rows = [f"{name:>40}: {count:>10}" for name, count in split_counts(video_frames).items()]
+    return "\n".join(["Summary:", "-" * 10, *rows])
+
+
+def _require_cholec80_videos(videos: Iterable[str], where: str) -> None:
+    names = sorted(set(videos))
+    if not any(video_number(v) is not None for v in names):
+        shown = ", ".join(repr(v) for v in names[:5]) or "none"
+        raise DataError(
+            f"{where} is not in the Cholec80 layout: expected frames in video folders "
+            f"frames/videoNN/videoNN_NNNNNN.png, found folders {shown}"
+        )
+
+
+def select_split(frames: datasets.Dataset, name: str, where: str) -> datasets.Dataset:
+    """Rows of ``frames`` whose ``video`` is in split ``name``; an empty selection is a DataError."""
+    wanted = split_videos(name)
+    if "video" not in frames.column_names:
+        raise DataError(f"{where} has no 'video' column, so Cholec80 split {name} cannot be selected")
+    videos = frames.with_format("arrow")["video"].to_pylist()
+    _require_cholec80_videos(videos, where)
+    indices = [i for i, v in enumerate(videos) if video_number(v) in wanted]
+    if not indices:
+        found = sorted({n for v in videos if (n := video_number(v)) is not None})
+        raise DataError(
+            f"Cholec80 split {name} is empty in {where}: it takes videos {sorted(wanted)}, "
+            f"the data holds videos {found}"
+        )
+    return frames.select(indices)
