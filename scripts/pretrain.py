@@ -145,7 +145,8 @@ def train(recipe: Recipe) -> None:
         accelerator.print(f"resumed from {resume_from} at step {progress.step}")
 
     picture_frames = val_frames if val_frames is not None else train_frames
-    picture_ids = list(range(min(recipe.num_recon_images, len(picture_frames))))
+    picture_count = min(recipe.num_recon_images, len(picture_frames))
+    picture_ids = [i * len(picture_frames) // picture_count for i in range(picture_count)]
     to_pixels = EvalTransform(tuple(recipe.img_size))
     picture_images = normalize(
         torch.stack([to_pixels(decode_image(picture_frames[i]["image"])) for i in picture_ids]), recipe.mean,
@@ -162,7 +163,7 @@ def train(recipe: Recipe) -> None:
         f"{len(train_frames)} training frames, {len(val_frames) if val_frames is not None else 0} validation "
         f"frames; {accelerator.num_processes} process(es) x {recipe.grad_accum_steps} accumulation x "
         f"{micro_batch} = batch {recipe.batch_size}; {steps_per_epoch} steps/epoch, {total_steps} steps; lr {lr:.3g}; "
-        f"precision {accelerator.mixed_precision}, compiled {model is not mae and compile_seconds > 0} "
+        f"precision {accelerator.mixed_precision}, compiled {compile_seconds > 0} "
         f"({compile_seconds:.0f}s), fused attention {sdpa_active(mae)}"
     )
 
