@@ -139,3 +139,31 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, frames_dir, flags,
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert not out.exists()
+
+
+def test_prepared_mixed_sources_train_and_resume_exactly(tmp_path):
+    from endovit.data import PrepareSettings, compute_and_store_stats, prepare_frames
+    from endovit.data.synthetic import write_sample_frames
+
+    root = tmp_path / "prepared"
+    for name, videos, first in [("Cholec80", 3, 11), ("HeiCo", 1, 1)]:
+        write_sample_frames(tmp_path / "raw" / name, videos=videos, frames=8, height=60, width=100, first_video=first)
+        prepare_frames(tmp_path / "raw" / name / "frames", root / name,
+                       PrepareSettings(source=name, short_side=48, image_format="jpeg"), progress=False)
+        compute_and_store_stats(root / name, num_proc=1)
+    common = [*TINY_TRAINING, "--train_data", str(root), "--train_sources", "Cholec80_for_Segmentation,HeiCo",
+              "--source_weights", "1,3", "--val_sources", "Cholec80_for_Validation", "--stats_from_data", "true",
+              "--fast_decode", "true", "--batch_size", "4", "--epochs", "2", "--warmup_epochs", "1",
+              "--num_workers", "2", "--swa", "false", "--save_every_steps", "3", "--val_every_steps", "4"]
+    unbroken = run_script("scripts/pretrain.py", *common, "--output_dir", str(tmp_path / "unbroken"))
+    assert "HeiCo                              8 frames  weight 3" in unbroken.stdout
+    assert "24 training frames" in unbroken.stdout and "done at step 12/12" in unbroken.stdout
+    run_script("scripts/pretrain.py", *common, "--output_dir", str(tmp_path / "broken"), "--stop_at_step", "5")
+    resumed = run_script("scripts/pretrain.py", *common, "--output_dir", str(tmp_path / "broken"), "--resume", "auto")
+    assert "at step 5" in resumed.stdout
+    unbroken_weights = load_file(tmp_path / "unbroken" / "model.safetensors")
+    resumed_weights = load_file(tmp_path / "broken" / "model.safetensors")
+    for key, value in unbroken_weights.items():
+        assert torch.equal(value, resumed_weights[key]), key
+    config = json.loads((tmp_path / "unbroken" / "endovit_config.json").read_text())
+    assert config["mean"] != [0.3464, 0.2280, 0.2228] and all(0 < m < 1 for m in config["mean"])
