@@ -7,6 +7,7 @@ import re
 import pytest
 import timm
 import torch
+from accelerate.commands.config.config_args import load_config_from_file
 from conftest import TINY_TRAINING, accelerate_launch, run_script
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -97,11 +98,23 @@ def test_resumed_run_equals_unbroken_run(tmp_path, frames_dir, val_frames_dir):
     assert not (tmp_path / "broken" / "checkpoints" / ".tmp-step_00000099").exists()
 
 
+@pytest.mark.parametrize("name, distributed, processes, machines", [
+    ("cpu", "NO", 1, 1), ("single_gpu", "NO", 1, 1), ("multi_gpu", "MULTI_GPU", 8, 1),
+    ("multi_node", "MULTI_GPU", 16, 2),
+])
+def test_shipped_accelerate_configs_load(name, distributed, processes, machines):
+    config = load_config_from_file(f"accelerate_configs/{name}.yaml")
+    assert (config.distributed_type.value, config.num_processes, config.num_machines) == (distributed, processes,
+                                                                                           machines)
+
+
 def test_two_processes_split_the_data_and_the_batch(tmp_path, frames_dir):
+    """Runs the shipped multi-GPU config with 2 processes: on a machine without GPUs they form a gloo group."""
     result = run_script(
         "scripts/pretrain.py", *TINY_TRAINING, "--train_data", str(frames_dir), "--output_dir", str(tmp_path / "run"),
         "--batch_size", "8", "--epochs", "2", "--warmup_epochs", "1", "--log_every_steps", "1",
-        launcher=accelerate_launch("--multi_gpu", "--num_processes", "2", "--main_process_port", "29531"),
+        launcher=accelerate_launch("--config_file", "accelerate_configs/multi_gpu.yaml", "--num_processes", "2",
+                                   "--main_process_port", "29531"),
     )
     assert "2 process(es) x 1 accumulation x 4 = batch 8; 2 steps/epoch, 4 steps" in result.stdout
     assert "done at step 4/4" in result.stdout
