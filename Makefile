@@ -15,11 +15,13 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,sagemaker]'
 	touch $(STAMP)
 
-$(SAMPLE)/train/frames: | $(STAMP)
+$(SAMPLE)/.complete: | $(STAMP)
+	rm -rf $(SAMPLE)
 	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/train --videos 4 --frames 60 --height 240 --width 426
 	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/val --videos 1 --frames 24 --first_video 5 --height 240 --width 426
+	touch $@
 
-demo: $(STAMP) $(SAMPLE)/train/frames
+demo: $(STAMP) $(SAMPLE)/.complete
 	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml scripts/pretrain.py \
 		--recipe demo --train_data $(SAMPLE)/train --val_data $(SAMPLE)/val --output_dir $(DEMO_OUT) --resume auto
 

@@ -24,14 +24,22 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
 from endovit.data.transforms import normalize
-from endovit.engine import build_optimizer, compile_model, resolve_mixed_precision, sdpa_active, train_step
+from endovit.engine import (
+    build_optimizer,
+    compile_model,
+    compile_trial,
+    resolve_mixed_precision,
+    sdpa_active,
+    train_step,
+)
 from endovit.models.mae import MaskedAutoencoderViT, create_mae
 from endovit.optim import param_groups
+from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
 
 __all__ = ["forward_flops", "train_flops", "BenchConfig", "baseline_of", "run_benchmark", "PEAK_TFLOPS",
            "endovit_batches", "our_batches"]
 
-MEAN, STD = [0.3464, 0.2280, 0.2228], [0.2520, 0.2128, 0.2093]
+MEAN, STD = ENDOVIT_MEAN, ENDOVIT_STD
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) by GPU name fragment.
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 
@@ -124,15 +132,9 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
             _synchronize(accelerator.device)
         return loss
 
-    def trial(candidate) -> None:
-        images = torch.zeros(shape, device=accelerator.device)
-        noise = torch.rand(config.batch_size, mae.num_patches, generator=generator, device=accelerator.device)
-        with accelerator.autocast():
-            loss, _, _ = candidate(images, config.mask_ratio, noise)
-        loss.backward()
-        candidate.zero_grad(set_to_none=True)
-
-    model, compile_seconds = compile_model(model, trial, config.torch_compile)
+    model, compile_seconds = compile_model(
+        model, compile_trial(accelerator, mae, config.batch_size, config.img_size, config.mask_ratio),
+        config.torch_compile)
 
     def next_batch() -> torch.Tensor:
         batch = {"pixels": fixed_batch} if batches is None else next(batches)
@@ -216,5 +218,5 @@ def our_batches(frames_dir: str, img_size, batch_size: int, num_workers: int):
     from endovit.data import build_train_loader, load_frames
 
     loader = build_train_loader(load_frames(frames_dir), img_size, [0.6, 1.0], batch_size, seed=0,
-                                num_workers=num_workers)
+                                num_workers=num_workers, fast_decode=Recipe.fast_decode)
     return _cycle(loader, loader.sampler.set_epoch)

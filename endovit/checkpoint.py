@@ -14,12 +14,14 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from endovit.io import atomic_write_text
+
 __all__ = [
     "CheckpointError",
     "read_state_dict",
     "load_pretrained",
     "export_model",
-    "atomic_write_text",
+    "export_info",
     "checkpoint_dirs",
     "latest_checkpoint",
     "is_complete_checkpoint",
@@ -28,12 +30,14 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "temporary_checkpoint_dir",
     "TrainProgress",
+    "check_resumable",
     "save_training_state",
     "resolve_resume",
 ]
 
 CHECKPOINT_PREFIX = "step_"
-MANIFEST = "endovit_checkpoint.json"
+CHECKPOINT_MANIFEST = "endovit_checkpoint.json"
+EXPORT_FILES = ("model.safetensors", "encoder.safetensors", "endovit_config.json")
 FIXED_POS_EMBEDS = ("pos_embed", "decoder_pos_embed")
 
 
@@ -42,7 +46,8 @@ class CheckpointError(ValueError):
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("ENDOVIT_CACHE", Path.home() / ".cache" / "endovit"))
+    """Downloaded weights live beside torch.hub's (``$TORCH_HOME/hub/endovit``)."""
+    return Path(torch.hub.get_dir()) / "endovit"
 
 
 def _fetch(url: str) -> Path:
@@ -124,19 +129,8 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file via a temporary file and rename, so readers never see half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
 def export_model(model: nn.Module, out_dir: str | os.PathLike, info: dict) -> Path:
@@ -146,21 +140,42 @@ def export_model(model: nn.Module, out_dir: str | os.PathLike, info: dict) -> Pa
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "endovit": json.dumps({"model": info.get("model", "")})}
-    _atomic_save_safetensors(model.state_dict(), out_dir / "model.safetensors", metadata)
-    _atomic_save_safetensors(model.encoder_state_dict(), out_dir / "encoder.safetensors", metadata)
-    atomic_write_text(out_dir / "endovit_config.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    metadata = {"format": "pt", "endovit": json.dumps({"model": info.get("model", ""), "step": info.get("step")})}
+    staged = {name: out_dir / f".{name}.tmp-{os.getpid()}" for name in EXPORT_FILES}
+    _save_safetensors(model.state_dict(), staged["model.safetensors"], metadata)
+    _save_safetensors(model.encoder_state_dict(), staged["encoder.safetensors"], metadata)
+    staged["endovit_config.json"].write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    for name, tmp in staged.items():
+        os.replace(tmp, out_dir / name)
     return out_dir
+
+
+def export_info(recipe, mae, step: int, val_loss: float | None) -> dict:
+    """What ``endovit_config.json`` records beside exported weights: model, timm name, sizes, mean/std, recipe."""
+    from endovit.models.mae import TIMM_ENCODERS
+
+    return {
+        "model": recipe.model,
+        "timm_model": TIMM_ENCODERS[recipe.model],
+        "architecture": mae.config,
+        "img_size": recipe.img_size,
+        "patch_size": mae.patch_size,
+        "mean": recipe.mean,
+        "std": recipe.std,
+        "step": step,
+        "val_loss": val_loss,
+        "recipe": recipe.to_dict(),
+    }
 
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
-def _write_manifest(folder: Path) -> None:
-    """Record every file's size; written last, so its presence and match mean the folder is whole."""
+def _write_manifest(folder: Path, run: dict) -> None:
+    """Record every file's size and the run's signature; written last, so a matching manifest means a whole folder."""
     sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
-    atomic_write_text(folder / MANIFEST, json.dumps(sizes, indent=1) + "\n")
+    atomic_write_text(folder / CHECKPOINT_MANIFEST, json.dumps({"files": sizes, "run": run}, indent=1) + "\n")
 
 
 def is_complete_checkpoint(folder: Path) -> bool:
@@ -170,10 +185,20 @@ def is_complete_checkpoint(folder: Path) -> bool:
     interruption cut their upload short.
     """
     try:
-        sizes = json.loads((folder / MANIFEST).read_text())
+        sizes = json.loads((folder / CHECKPOINT_MANIFEST).read_text())["files"]
         return all((folder / name).stat().st_size == size for name, size in sizes.items())
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def check_resumable(folder: Path, run: dict) -> None:
+    """Refuse to resume a checkpoint written by a run that differs in what resuming depends on."""
+    saved = json.loads((folder / CHECKPOINT_MANIFEST).read_text())["run"]
+    changed = [f"{key}: {saved.get(key)!r} then, {value!r} now"
+               for key, value in run.items() if saved.get(key) != value]
+    if changed:
+        raise CheckpointError(f"cannot resume from {folder}: the run changed ({'; '.join(changed)}); restore those "
+                              "settings or start a new --output_dir")
 
 
 def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
@@ -208,29 +233,26 @@ def temporary_checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
 class TrainProgress:
     """Counters saved inside every training checkpoint (``accelerator.register_for_checkpointing``)."""
 
-    def __init__(self, steps_per_epoch: int = 0):
+    def __init__(self):
         self.step = 0
-        self.steps_per_epoch = steps_per_epoch
         self.best_val_loss = float("inf")
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "steps_per_epoch": self.steps_per_epoch, "best_val_loss": self.best_val_loss}
+        return {"step": self.step, "best_val_loss": self.best_val_loss}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise CheckpointError(
-                f"the checkpoint was written with {state['steps_per_epoch']} steps per epoch, this run has "
-                f"{self.steps_per_epoch}: resume with the same data, batch_size and grad_accum_steps"
-            )
         self.step = int(state["step"])
         self.best_val_loss = float(state["best_val_loss"])
 
 
-def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: int) -> Path:
+def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: int, run: dict) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename it complete; keep the newest ``keep``.
 
     Every process writes its own RNG state, so all of them call this. A process killed mid-save
-    leaves only a ``.tmp-`` folder, which ``latest_checkpoint`` never returns.
+    leaves only a ``.tmp-`` folder, which ``latest_checkpoint`` never returns. ``run`` (what resuming
+    depends on: model, sizes, seed, steps per epoch, ...) goes into the manifest. The main process seals and
+    renames the folder; then, where a node's checkpoint folder is its own disk (not shared), that node's
+    local main process seals its part too.
     """
     root = Path(root)
     tmp = temporary_checkpoint_dir(root, step)
@@ -242,12 +264,19 @@ def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: i
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_manifest(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        prune_checkpoints(root, keep)
+        _seal(tmp, final, root, keep, run)
+    accelerator.wait_for_everyone()
+    if accelerator.is_local_main_process and not accelerator.is_main_process and tmp.is_dir():
+        _seal(tmp, final, root, keep, run)
     accelerator.wait_for_everyone()
     return final
+
+
+def _seal(tmp: Path, final: Path, root: Path, keep: int, run: dict) -> None:
+    _write_manifest(tmp, run)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    prune_checkpoints(root, keep)
 
 
 def resolve_resume(resume: str, root: str | os.PathLike) -> Path | None:
@@ -258,6 +287,6 @@ def resolve_resume(resume: str, root: str | os.PathLike) -> Path | None:
         return latest_checkpoint(root)
     path = Path(resume)
     if not is_complete_checkpoint(path):
-        raise CheckpointError(f"--resume {resume}: not a complete checkpoint folder (no {MANIFEST} matching "
-                              "its files); use --resume auto to take the newest complete one")
+        raise CheckpointError(f"--resume {resume}: not a complete checkpoint folder (no {CHECKPOINT_MANIFEST} "
+                              "matching its files); use --resume auto to take the newest complete one")
     return path

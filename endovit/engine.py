@@ -6,14 +6,15 @@ import warnings
 
 import torch
 
-__all__ = ["resolve_mixed_precision", "bf16_supported", "build_optimizer", "compile_model", "train_step",
-           "sdpa_active"]
+__all__ = ["resolve_mixed_precision", "bf16_supported", "build_optimizer", "compile_model", "compile_trial",
+           "train_step", "sdpa_active"]
 
 
 def bf16_supported(device: torch.device) -> bool:
     """bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         cpu = torch.cpu
         return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
@@ -56,6 +57,19 @@ def compile_model(model: torch.nn.Module, trial, enabled: bool) -> tuple[torch.n
         warnings.warn(f"torch.compile failed, training eagerly instead: {type(err).__name__}: {err}", stacklevel=2)
         return model, 0.0
     return compiled, time.perf_counter() - start
+
+
+def compile_trial(accelerator, mae, batch_size: int, img_size, mask_ratio: float):
+    """A ``trial(model)`` for ``compile_model``: one forward/backward on blank frames, no gradients left."""
+    def trial(model) -> None:
+        blank = torch.zeros(batch_size, 3, *img_size, device=accelerator.device)
+        noise = torch.rand(batch_size, mae.num_patches, generator=torch.Generator().manual_seed(0))
+        with accelerator.autocast():
+            loss, _, _ = model(blank, mask_ratio, noise.to(accelerator.device))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return trial
 
 
 def train_step(accelerator, model, optimizer, images: torch.Tensor, noise: torch.Tensor, mask_ratio: float,

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from endovit.data.transforms import denormalize, normalize, sample_seed
+from endovit.data.frames import decode_image
+from endovit.data.transforms import EvalTransform, denormalize, normalize, sample_seed
 
-__all__ = ["fixed_noise", "validate", "reconstruction_grid"]
+__all__ = ["fixed_noise", "validate", "picture_batch", "reconstruction_grid"]
 
 
 def fixed_noise(indices, num_patches: int, seed: int, device) -> torch.Tensor:
@@ -39,6 +40,18 @@ def validate(model, mae, loader, accelerator, mean, std, mask_ratio: float, seed
         count += per_image.numel()
     model.train(was_training)
     return (total / max(count, 1)).item()
+
+
+def picture_batch(frames, count: int, img_size, mean, std, seed: int, num_patches: int, device):
+    """``count`` frames spread over ``frames``, normalised on ``device``, with their fixed masking noise
+    (the validation rule); None when ``count`` is 0."""
+    count = min(count, len(frames))
+    if count == 0:
+        return None
+    ids = [i * len(frames) // count for i in range(count)]
+    resize = EvalTransform(tuple(img_size))
+    pixels = torch.stack([resize(decode_image(frames[i]["image"])) for i in ids])
+    return normalize(pixels.to(device), mean, std), fixed_noise(ids, num_patches, seed, device)
 
 
 @torch.no_grad()

@@ -21,7 +21,8 @@ from endovit.data.splits import CHOLEC80_SPLITS
 from endovit.models.mae import MODEL_ARCHS
 from endovit.sagemaker import job_defaults
 
-__all__ = ["Recipe", "RecipeError", "RECIPES_DIR", "load_recipe", "build_parser", "recipe_from_args", "parse_recipe"]
+__all__ = ["Recipe", "RecipeError", "parse_bool", "RECIPES_DIR", "load_recipe", "build_parser", "recipe_from_args",
+           "parse_recipe"]
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 ENDOVIT_MEAN = [0.3464, 0.2280, 0.2228]
@@ -34,7 +35,11 @@ class RecipeError(ValueError):
 
 @dataclass
 class Recipe:
-    """The resolved settings of one pretraining run (defaults = EndoViT's published recipe)."""
+    """The resolved settings of one pretraining run.
+
+    Defaults follow EndoViT where that needs no download or long run (no `init_from`, no SWA);
+    `recipes/endovit_seg.yaml` holds its full published recipe.
+    """
 
     # data
     train_data: str = ""  # folder of frames (any nesting), a save_to_disk folder, or parquet shards
@@ -114,9 +119,12 @@ class Recipe:
 
         if self.model not in MODEL_ARCHS:
             raise bad("model", f"unknown model; choose one of {', '.join(MODEL_ARCHS)}")
-        if len(self.img_size) != 2 or any(int(s) <= 0 for s in self.img_size):
+        try:
+            self.img_size = [int(s) for s in self.img_size]
+        except (TypeError, ValueError):
+            raise bad("img_size", "give whole numbers: one size or height,width") from None
+        if len(self.img_size) != 2 or min(self.img_size) <= 0:
             raise bad("img_size", "give one size or [height, width]")
-        self.img_size = [int(s) for s in self.img_size]
         if any(s % self.patch_size for s in self.img_size):
             raise bad("img_size", f"each side must be divisible by the patch size {self.patch_size} of {self.model}")
         if not 0.0 < self.mask_ratio < 1.0:
@@ -129,6 +137,15 @@ class Recipe:
                     "save_every_steps", "swa_every_steps"):
             if getattr(self, key) <= 0:
                 raise bad(key, "must be a positive integer")
+        for key in ("num_workers", "num_recon_images", "blr", "min_lr", "weight_decay"):
+            if getattr(self, key) < 0:
+                raise bad(key, "must not be negative")
+        if self.lr is not None and self.lr <= 0:
+            raise bad("lr", "must be positive, or none to derive it from blr")
+        if self.keep_checkpoints < 1:
+            raise bad("keep_checkpoints", "keep at least 1, or resuming has nothing to start from")
+        if self.swa_start_epoch < 0:
+            raise bad("swa_start_epoch", "must not be negative")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise bad("warmup_epochs", f"must be in [0, epochs={self.epochs})")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
@@ -166,6 +183,21 @@ class Recipe:
             if any(not math.isfinite(w) or w <= 0 for w in self.source_weights):
                 raise bad("source_weights", "weights must be positive; drop a source instead of weighting it 0")
 
+    @property
+    def peak_lr(self) -> float:
+        """``lr`` if given, else MAE's scaling rule ``blr * batch_size / 256``."""
+        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+    def micro_batch_size(self, num_processes: int) -> int:
+        """Per-process batch so that processes x accumulation x micro-batch = ``batch_size``."""
+        per_step = num_processes * self.grad_accum_steps
+        if self.batch_size % per_step:
+            raise RecipeError(
+                f"--batch_size {self.batch_size} is not divisible by {num_processes} processes x "
+                f"{self.grad_accum_steps} accumulation steps; choose a multiple of {per_step}"
+            )
+        return self.batch_size // per_step
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -174,7 +206,7 @@ def _field_types() -> dict[str, type]:
     return typing.get_type_hints(Recipe)
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     lowered = str(text).strip().lower()
     if lowered in ("true", "1", "yes", "on"):
         return True
@@ -195,7 +227,7 @@ def _converter(hint):
     """A string -> value converter for one field's type hint ('none' means None where allowed)."""
     optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    convert = {bool: _parse_bool, int: int, float: float, str: str, list: _parse_list}[base]
+    convert = {bool: parse_bool, int: int, float: float, str: str, list: _parse_list}[base]
 
     def parse(text: str):
         if optional and str(text).strip().lower() in ("none", "null", ""):

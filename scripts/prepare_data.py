@@ -19,14 +19,7 @@ from endovit.data import DataError, PrepareSettings, prepare_frames
 from endovit.data.prepare import IMAGE_FORMATS
 from endovit.data.splits import CHOLEC80_SPLITS
 from endovit.data.stats import compute_and_store_stats
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+from endovit.recipe import parse_bool
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on_error", choices=("skip", "stop"), default=defaults.on_error,
                         help="corrupt frames: report and skip, or stop at the first")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="worker processes")
-    parser.add_argument("--overwrite", type=_bool, default=False, help="true: delete an existing --out first")
-    parser.add_argument("--stats", type=_bool, default=False, help="true: also compute mean/std into the manifest")
+    parser.add_argument("--overwrite", type=parse_bool, default=False, help="true: delete an existing --out first")
+    parser.add_argument("--stats", type=parse_bool, default=False, help="true: also compute mean/std into the manifest")
     args = parser.parse_args(argv)
     settings = PrepareSettings(source=args.source, split=args.split, short_side=args.short_side,
                                image_format=args.image_format, quality=args.quality, shard_size=args.shard_size,

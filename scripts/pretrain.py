@@ -9,14 +9,15 @@ overrides; the resolved recipe is saved as ``config.yaml`` in ``--output_dir``.
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, DynamoBackend, ProjectConfiguration, set_seed
 from PIL import Image
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
@@ -24,61 +25,37 @@ from tqdm.auto import tqdm
 from endovit.checkpoint import (
     CheckpointError,
     TrainProgress,
-    atomic_write_text,
+    check_resumable,
+    export_info,
     export_model,
     latest_checkpoint,
     load_pretrained,
     resolve_resume,
     save_training_state,
 )
-from endovit.data import DataError, EvalTransform, build_train_loader, build_val_loader, decode_image
+from endovit.data import DataError, build_train_loader, build_val_loader
 from endovit.data.sources import load_run_data
 from endovit.data.transforms import normalize, sample_seed
-from endovit.engine import build_optimizer, compile_model, resolve_mixed_precision, sdpa_active, train_step
-from endovit.evaluation import fixed_noise, reconstruction_grid, validate
+from endovit.engine import (
+    build_optimizer,
+    compile_model,
+    compile_trial,
+    resolve_mixed_precision,
+    sdpa_active,
+    train_step,
+)
+from endovit.evaluation import picture_batch, reconstruction_grid, validate
+from endovit.io import atomic_write_text
 from endovit.models.mae import TIMM_ENCODERS, create_mae
 from endovit.optim import lr_at_step, param_groups, set_lr
 from endovit.recipe import Recipe, RecipeError, parse_recipe
 
 
-def micro_batch_size(recipe: Recipe, num_processes: int) -> int:
-    """Per-process batch so that processes x accumulation x micro-batch = the recipe's batch_size."""
-    per_step = num_processes * recipe.grad_accum_steps
-    if recipe.batch_size % per_step:
-        raise RecipeError(
-            f"--batch_size {recipe.batch_size} is not divisible by {num_processes} processes x "
-            f"{recipe.grad_accum_steps} accumulation steps; choose a multiple of {per_step}"
-        )
-    return recipe.batch_size // per_step
-
-
-def compile_trial(accelerator, model, mae, micro_batch: int, recipe: Recipe) -> None:
-    """One forward/backward on blank frames (compiles the graph); leaves no gradients behind."""
-    blank = torch.zeros(micro_batch, 3, *recipe.img_size, device=accelerator.device)
-    noise = torch.rand(micro_batch, mae.num_patches, generator=torch.Generator().manual_seed(0)).to(blank.device)
-    with accelerator.autocast():
-        loss, _, _ = model(blank, recipe.mask_ratio, noise)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-
-
-def export_info(recipe: Recipe, mae, step: int, val_loss: float | None) -> dict:
-    return {
-        "model": recipe.model,
-        "timm_model": TIMM_ENCODERS[recipe.model],
-        "architecture": mae.config,
-        "img_size": recipe.img_size,
-        "patch_size": mae.patch_size,
-        "mean": recipe.mean,
-        "std": recipe.std,
-        "step": step,
-        "val_loss": val_loss,
-        "recipe": recipe.to_dict(),
-    }
-
-
-def save_picture(accelerator, mae, images, noise, recipe: Recipe, step: int, out_dir: Path) -> Path:
-    grid = reconstruction_grid(mae, images, noise, recipe.mean, recipe.std, recipe.mask_ratio)
+def save_picture(accelerator, mae, pictures, recipe: Recipe, step: int, out_dir: Path) -> Path | None:
+    """Reconstruction grid of the fixed picture frames: to TensorBoard and ``reconstruction.png``."""
+    if pictures is None:
+        return None
+    grid = reconstruction_grid(mae, *pictures, recipe.mean, recipe.std, recipe.mask_ratio)
     if "tensorboard" in recipe.report_to:
         accelerator.get_tracker("tensorboard", unwrap=True).add_image("val/reconstruction", grid, step,
                                                                       dataformats="HWC")
@@ -90,18 +67,19 @@ def save_picture(accelerator, mae, images, noise, recipe: Recipe, step: int, out
 
 
 def train(recipe: Recipe) -> None:
+    """Pretrain as the recipe says; everything the run writes goes under its output, checkpoint and log dirs."""
     out_dir = Path(recipe.output_dir)
     trackers = [t for t in recipe.report_to.split(",") if t and t != "none"]
-    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    process = PartialState(cpu=not torch.accelerator.is_available())
     accelerator = Accelerator(
-        cpu=device.type == "cpu",
         gradient_accumulation_steps=recipe.grad_accum_steps,
-        mixed_precision=resolve_mixed_precision(recipe.mixed_precision, device),
+        mixed_precision=resolve_mixed_precision(recipe.mixed_precision, process.device),
+        dataloader_config=DataLoaderConfiguration(non_blocking=process.device.type == "cuda"),
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(recipe.logging_path.parent)),
     )
     set_seed(recipe.seed)
-    micro_batch = micro_batch_size(recipe, accelerator.num_processes)
+    micro_batch = recipe.micro_batch_size(accelerator.num_processes)
     checkpoints_dir = recipe.checkpoints_path
     resume_from = resolve_resume(recipe.resume, checkpoints_dir)
     if recipe.resume == "none" and latest_checkpoint(checkpoints_dir):
@@ -115,9 +93,10 @@ def train(recipe: Recipe) -> None:
                         f"batch of {recipe.batch_size}; lower --batch_size or add frames")
     mae = create_mae(recipe.model, img_size=tuple(recipe.img_size), norm_pix_loss=recipe.norm_pix_loss)
     if recipe.init_from:
-        load_pretrained(mae, recipe.init_from)
+        with accelerator.local_main_process_first():
+            load_pretrained(mae, recipe.init_from)
     mae.set_grad_checkpointing(recipe.grad_checkpointing)
-    lr = recipe.lr if recipe.lr is not None else recipe.blr * recipe.batch_size / 256
+    lr = recipe.peak_lr
     optimizer = build_optimizer(param_groups(mae, recipe.weight_decay, recipe.layer_decay), lr,
                                 recipe.fused_optimizer, accelerator.device)
     train_loader = build_train_loader(train_frames, recipe.img_size, recipe.crop_scale, micro_batch, recipe.seed,
@@ -128,30 +107,39 @@ def train(recipe: Recipe) -> None:
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     mae = accelerator.unwrap_model(model)
+    compile_wanted = recipe.torch_compile == "true" or (recipe.torch_compile == "auto"
+                                                         and accelerator.device.type == "cuda")
+    already_compiled = accelerator.state.dynamo_plugin.backend != DynamoBackend.NO
     model, compile_seconds = compile_model(
-        model, lambda m: compile_trial(accelerator, m, mae, micro_batch, recipe),
-        recipe.torch_compile == "true" or (recipe.torch_compile == "auto" and accelerator.device.type == "cuda"))
+        model, compile_trial(accelerator, mae, micro_batch, recipe.img_size, recipe.mask_ratio),
+        compile_wanted and not already_compiled)
 
     steps_per_epoch = math.ceil(len(train_loader) / recipe.grad_accum_steps)
     total_steps = recipe.epochs * steps_per_epoch
     last_step = min(total_steps, recipe.stop_at_step or total_steps)
-    progress = TrainProgress(steps_per_epoch)
+    progress = TrainProgress()
     accelerator.register_for_checkpointing(progress)
     swa_model = AveragedModel(mae) if recipe.swa else None
     if swa_model is not None:
         accelerator.register_for_checkpointing(swa_model)
+    run_signature = {"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa, "seed": recipe.seed,
+                     "processes": accelerator.num_processes, "steps_per_epoch": steps_per_epoch}
     if resume_from is not None:
+        check_resumable(resume_from, run_signature)
         accelerator.load_state(str(resume_from))
         accelerator.print(f"resumed from {resume_from} at step {progress.step}")
+    if recipe.swa and recipe.swa_start_epoch >= recipe.epochs:
+        accelerator.print(f"note: --swa_start_epoch {recipe.swa_start_epoch} is not before --epochs {recipe.epochs}: "
+                          "no weights get averaged and no swa/ is written")
+    if progress.step >= last_step:
+        accelerator.print(f"nothing to do: {checkpoints_dir} is already at step {progress.step}; the weights are in "
+                          f"{out_dir}")
+        accelerator.end_training()
+        return
 
-    picture_frames = val_frames if val_frames is not None else train_frames
-    picture_count = min(recipe.num_recon_images, len(picture_frames))
-    picture_ids = [i * len(picture_frames) // picture_count for i in range(picture_count)]
-    to_pixels = EvalTransform(tuple(recipe.img_size))
-    picture_images = normalize(
-        torch.stack([to_pixels(decode_image(picture_frames[i]["image"])) for i in picture_ids]), recipe.mean,
-        recipe.std).to(accelerator.device)
-    picture_noise = fixed_noise(picture_ids, mae.num_patches, recipe.seed, accelerator.device)
+    pictures = picture_batch(val_frames if val_frames is not None else train_frames, recipe.num_recon_images,
+                             recipe.img_size, recipe.mean, recipe.std, recipe.seed, mae.num_patches,
+                             accelerator.device)
 
     if accelerator.is_main_process:
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -177,7 +165,7 @@ def train(recipe: Recipe) -> None:
 
     def run_validation() -> None:
         nonlocal val_loss
-        val_loss = validate(model, mae, val_loader, accelerator, recipe.mean, recipe.std, recipe.mask_ratio,
+        val_loss = validate(mae, mae, val_loader, accelerator, recipe.mean, recipe.std, recipe.mask_ratio,
                             recipe.seed)
         metrics = {"val/loss": val_loss}
         if swa_model is not None and swa_model.n_averaged.item() > 0:
@@ -186,7 +174,7 @@ def train(recipe: Recipe) -> None:
         accelerator.log(metrics, step=step)
         if accelerator.is_main_process:
             bar.write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.5f}" for k, v in metrics.items()))
-            save_picture(accelerator, mae, picture_images, picture_noise, recipe, step, out_dir)
+            save_picture(accelerator, mae, pictures, recipe, step, out_dir)
             if val_loss < progress.best_val_loss:
                 export_model(mae, out_dir / "best", export_info(recipe, mae, step, val_loss))
         progress.best_val_loss = min(progress.best_val_loss, val_loss)
@@ -235,10 +223,10 @@ def train(recipe: Recipe) -> None:
                               f"lr={current_lr:.4e} images_per_sec={images_per_sec:.1f}")
                 running_loss.zero_()
                 log_start, log_images, log_micro_steps = time.perf_counter(), 0, 0
-            if val_loader is not None and (step % recipe.val_every_steps == 0 or step == last_step):
+            if val_loader is not None and (step % recipe.val_every_steps == 0 or step == total_steps):
                 run_validation()
             if step % recipe.save_every_steps == 0 or step == last_step:
-                save_training_state(accelerator, checkpoints_dir, step, recipe.keep_checkpoints)
+                save_training_state(accelerator, checkpoints_dir, step, recipe.keep_checkpoints, run_signature)
             if step >= last_step:
                 break
     bar.close()
@@ -248,7 +236,7 @@ def train(recipe: Recipe) -> None:
         export_model(mae, out_dir, export_info(recipe, mae, step, val_loss))
         if swa_model is not None and swa_model.n_averaged.item() > 0:
             export_model(swa_model.module, out_dir / "swa", export_info(recipe, swa_model.module, step, None))
-        picture = save_picture(accelerator, mae, picture_images, picture_noise, recipe, step, out_dir)
+        picture = save_picture(accelerator, mae, pictures, recipe, step, out_dir) or "off (--num_recon_images 0)"
         print(f"done at step {step}/{total_steps}.\n"
               f"  weights:        {out_dir / 'model.safetensors'} (full MAE), {out_dir / 'encoder.safetensors'} "
               f"(timm {TIMM_ENCODERS[recipe.model]})\n"
@@ -263,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(parse_recipe(argv))
     except (RecipeError, DataError, CheckpointError, FloatingPointError) as err:
-        message = [line for line in str(err).splitlines() if line.strip()]
-        print(f"error: {message[-1] if message else type(err).__name__}", file=sys.stderr)
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        last = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else type(err).__name__
+        tqdm.write(f"error: {last}", file=sys.stderr)
         return 2
     return 0
 

@@ -5,7 +5,14 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from endovit.checkpoint import CheckpointError, checkpoint_dirs, latest_checkpoint, resolve_resume, save_training_state
+from endovit.checkpoint import (
+    CheckpointError,
+    check_resumable,
+    checkpoint_dirs,
+    latest_checkpoint,
+    resolve_resume,
+    save_training_state,
+)
 
 
 @pytest.fixture()
@@ -15,7 +22,7 @@ def saved(tmp_path):
     for step in (2, 4, 6):
         with torch.no_grad():
             model.weight.fill_(step)
-        save_training_state(accelerator, tmp_path, step, keep=2)
+        save_training_state(accelerator, tmp_path, step, keep=2, run={"seed": 1})
     return tmp_path
 
 
@@ -33,3 +40,9 @@ def test_interrupted_save_and_partial_copy_are_never_picked(saved):
     assert latest_checkpoint(saved) == saved / "step_00000004"
     with pytest.raises(CheckpointError, match="not a complete checkpoint folder"):
         resolve_resume(str(saved / "step_00000006"), saved)
+
+
+def test_resuming_a_run_with_different_settings_is_refused(saved):
+    check_resumable(saved / "step_00000006", {"seed": 1})
+    with pytest.raises(CheckpointError, match="the run changed \\(seed: 1 then, 2 now\\)"):
+        check_resumable(saved / "step_00000006", {"seed": 2})

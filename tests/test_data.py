@@ -87,11 +87,12 @@ def test_train_and_eval_pixels_equal_endovit_torchvision_pipeline():
 def test_augmentation_depends_only_on_seed_epoch_and_index(frames_dir):
     frames = load_frames(frames_dir)
     dataset = TrainFrames(frames, TrainTransform((32, 32), (0.6, 1.0)), seed=7)
-    a = dataset[(0, 3)]["pixels"]
+    a = dataset[(0, 3, 0)]["pixels"]
     torch.manual_seed(123)
-    assert torch.equal(a, dataset[(0, 3)]["pixels"])
-    assert not torch.equal(a, dataset[(1, 3)]["pixels"])
-    assert not torch.equal(a, TrainFrames(frames, TrainTransform((32, 32), (0.6, 1.0)), seed=8)[(0, 3)]["pixels"])
+    assert torch.equal(a, dataset[(0, 3, 0)]["pixels"])
+    assert not torch.equal(a, dataset[(1, 3, 0)]["pixels"])
+    assert not torch.equal(a, dataset[(0, 3, 1)]["pixels"])
+    assert not torch.equal(a, TrainFrames(frames, TrainTransform((32, 32), (0.6, 1.0)), seed=8)[(0, 3, 0)]["pixels"])
 
 
 def test_train_loader_order_is_a_fixed_permutation_per_epoch(frames_dir):

@@ -250,15 +250,19 @@ def test_weighted_sampler_is_deterministic_per_epoch_with_fixed_length_and_count
     for epoch in (0, 1):
         sampler.set_epoch(epoch)
         keys = list(sampler)
-        assert len(keys) == len(sampler) == 22 and {e for e, _ in keys} == {epoch}
-        indices = [i for _, i in keys]
+        assert len(keys) == len(sampler) == 22 and {e for e, _, _ in keys} == {epoch}
+        indices = [i for _, i, _ in keys]
         from_cholec = [i for i in indices if i < 16]
         assert len(from_cholec) == 6 and len(set(from_cholec)) == 6
         assert sorted(collections.Counter(i for i in indices if i >= 16).values()) == [2, 2, 3, 3, 3, 3]
+        repeats = collections.defaultdict(list)
+        for _, index, draw in keys:
+            repeats[index].append(draw)
+        assert all(sorted(draws) == list(range(len(draws))) for draws in repeats.values())
         epochs[epoch] = indices
     assert epochs[0] != epochs[1]
     replay.set_epoch(1)
-    assert [i for _, i in replay] == epochs[1]
+    assert [i for _, i, _ in replay] == epochs[1]
 
 
 def test_weighted_loader_batches_follow_the_sampler(endo_root):
@@ -268,7 +272,7 @@ def test_weighted_loader_batches_follow_the_sampler(endo_root):
     loader.sampler.set_epoch(3)
     batches = list(loader)
     assert batches[0]["pixels"].dtype == torch.uint8 and batches[0]["pixels"].shape == (4, 3, 16, 16)
-    assert [i for b in batches for i in b["index"].tolist()] == [i for _, i in loader.sampler][:20]
+    assert [i for b in batches for i in b["index"].tolist()] == [i for _, i, _ in loader.sampler][:20]
 
 
 # --- stats -----------------------------------------------------------------------------------------------------
@@ -315,7 +319,7 @@ def test_stats_from_data_without_stats_says_how_to_get_them(endo_root):
 def test_fast_decode_gives_the_endovit_crops_up_to_rounding(cholec, tmp_path):
     prepare_frames(cholec, tmp_path / "prep", PrepareSettings(short_side=0, image_format="png"), progress=False)
     frames = load_frames(tmp_path / "prep")
-    keys = [(2, i) for i in range(len(frames))]
+    keys = [(2, i, 0) for i in range(len(frames))]
     exact = TrainFrames(frames, TrainTransform((32, 32), (0.6, 1.0)), seed=3).__getitems__(keys)
     fast = TrainFrames(frames, TrainTransform((32, 32), (0.6, 1.0), fast=True), seed=3).__getitems__(keys)
     exact_pixels = torch.stack([s["pixels"] for s in exact])

@@ -128,14 +128,14 @@ def test_unpickling_anything_but_tensors_and_namespace_is_refused(tmp_path):
 def test_safetensors_and_file_url_load_with_cache(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    monkeypatch.setenv("ENDOVIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     source = tiny()
     path = tmp_path / "weights.safetensors"
     save_file(source.state_dict(), path)
     target = tiny()
     load_pretrained(target, f"file://{path}")
     assert torch.equal(target.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
-    cached = list((tmp_path / "cache").iterdir())
+    cached = list((tmp_path / "torch" / "hub" / "endovit").iterdir())
     assert len(cached) == 1 and cached[0].name.endswith("weights.safetensors")
     path.unlink()
     load_pretrained(tiny(), f"file://{path}")

@@ -96,6 +96,11 @@ def test_resumed_run_equals_unbroken_run(tmp_path, frames_dir, val_frames_dir):
         for key in unbroken:
             assert torch.equal(unbroken[key], resumed[key]), f"{name}:{key}"
     assert not (tmp_path / "broken" / "checkpoints" / ".tmp-step_00000099").exists()
+    again = run_script("scripts/pretrain.py", *common, "--output_dir", str(tmp_path / "broken"), "--resume", "auto")
+    assert "nothing to do" in again.stdout
+    changed = run_script("scripts/pretrain.py", *common, "--output_dir", str(tmp_path / "broken"), "--resume", "auto",
+                         "--swa", "false", "--epochs", "4", check=False)
+    assert changed.returncode == 2 and "the run changed (swa: True then, False now)" in changed.stderr
 
 
 @pytest.mark.parametrize("name, distributed, processes, machines", [
@@ -180,3 +185,17 @@ def test_prepared_mixed_sources_train_and_resume_exactly(tmp_path):
         assert torch.equal(value, resumed_weights[key]), key
     config = json.loads((tmp_path / "unbroken" / "endovit_config.json").read_text())
     assert config["mean"] != [0.3464, 0.2280, 0.2228] and all(0 < m < 1 for m in config["mean"])
+
+
+def test_unreadable_frame_during_training_stops_with_its_path(tmp_path):
+    from endovit.data.synthetic import write_sample_frames
+
+    write_sample_frames(tmp_path, videos=1, frames=8, height=48, width=64)
+    broken = tmp_path / "frames" / "video01" / "video01_000003.png"
+    broken.write_bytes(broken.read_bytes()[:120])
+    result = run_script("scripts/pretrain.py", *TINY_TRAINING, "--train_data", str(tmp_path / "frames"),
+                        "--output_dir", str(tmp_path / "out"), "--batch_size", "4", "--epochs", "2",
+                        "--warmup_epochs", "0", "--num_workers", "1", check=False)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot decode frame {broken}: "), result.stderr

@@ -205,17 +205,17 @@ def test_simulated_job_writes_model_and_checkpoints_and_resumes_after_spot_resta
     assert list((ml / "output" / "tensorboard").rglob("events.out.tfevents.*"))
     assert not (ml / "model" / "checkpoints").exists() and not (ml / "model" / "tensorboard").exists()
 
-    lines = first.stdout.splitlines()
-    for metric in metric_definitions():
-        values = [m.group(1) for m in map(re.compile(metric["Regex"]).search, lines) if m]
-        assert values, f"{metric['Name']} regex {metric['Regex']!r} matches no line of pretrain.py's output"
-        assert all(float(v) >= 0 for v in values)
-
     restarted = run_job(code, env, TINY)  # the same job after a spot interruption: same folders, checkpoints restored
     assert f"resumed from {ml / 'checkpoints' / 'step_00000002'} at step 2" in restarted.stdout
     assert "done at step 4/4" in restarted.stdout
     assert (ml / "checkpoints" / "step_00000004").is_dir()
     assert json.loads((ml / "model" / "endovit_config.json").read_text())["step"] == 4
+
+    lines = (first.stdout + restarted.stdout).splitlines()
+    for metric in metric_definitions():
+        values = [m.group(1) for m in map(re.compile(metric["Regex"]).search, lines) if m]
+        assert values, f"{metric['Name']} regex {metric['Regex']!r} matches no line of pretrain.py's output"
+        assert all(float(v) >= 0 for v in values)
 
 
 AUDIT_HOOK = '''

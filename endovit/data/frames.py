@@ -100,8 +100,8 @@ def load_frames(path: str | os.PathLike, split: str = "train", storage_options: 
 
     ``path`` may be a URL (``s3://bucket/prefix``) of a prepared or ``save_to_disk`` dataset; credentials and
     endpoint come from ``storage_options`` or the standard AWS environment (``AWS_ENDPOINT_URL``, ...), and
-    remote shards are cached under ``cache_dir``. Returns a dataset with an undecoded ``image`` column
-    (plus whatever metadata it carries).
+    remote shards are cached under ``cache_dir`` (default: the datasets cache). Returns a dataset with an
+    undecoded ``image`` column (plus whatever metadata it carries).
     """
     if is_remote(path):
         dataset = _load_remote(str(path), split, storage_options, cache_dir)

@@ -1,9 +1,10 @@
 """DataLoaders for pretraining: reproducible augmentation and fixed validation order.
 
-Training augmentation is drawn from a generator seeded by (seed, epoch, sample index), carried
-by the sampler as ``(epoch, index)`` keys. This makes a resumed run see exactly the crops of an
-unbroken one, whatever the number of DataLoader workers and even with persistent workers (which
-never see an epoch counter changed in the main process).
+Training augmentation is drawn from a generator seeded by (seed, epoch, sample index, draw), carried
+by the sampler as ``(epoch, index, draw)`` keys (``draw`` counts repeats of a frame within an epoch,
+which weighted mixing makes). This makes a resumed run see exactly the crops of an unbroken one, whatever
+the number of DataLoader workers and even with persistent workers (which never see an epoch counter
+changed in the main process).
 """
 from __future__ import annotations
 
@@ -21,12 +22,11 @@ __all__ = ["EpochSampler", "TrainFrames", "ValFrames", "build_train_loader", "bu
 
 
 class EpochSampler(Sampler):
-    """Yields ``(epoch, index)`` in a permutation that depends only on (seed, epoch)."""
+    """Yields ``(epoch, index, 0)`` in a permutation that depends only on (seed, epoch)."""
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True):
+    def __init__(self, num_samples: int, seed: int):
         self.num_samples = num_samples
         self.seed = seed
-        self.shuffle = shuffle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -35,17 +35,14 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = range(self.num_samples)
-        return iter((self.epoch, i) for i in order)
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        return iter((self.epoch, i, 0) for i in order)
 
 
 class TrainFrames(Dataset):
-    """Decodes and augments one frame per ``(epoch, index)`` key; returns uint8 pixels.
+    """Decodes and augments one frame per ``(epoch, index, draw)`` key; returns uint8 pixels.
 
     ``__getitems__`` fetches a whole batch of rows in one ``datasets`` call, so the per-sample Python
     cost is the decode and crop alone. With a ``fast`` transform a JPEG is also decoded at a reduced DCT
@@ -61,16 +58,16 @@ class TrainFrames(Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict]:
-        items = self.frames[[index for _, index in keys]]["image"]
+    def __getitems__(self, keys: list[tuple[int, int, int]]) -> list[dict]:
+        items = self.frames[[index for _, index, _ in keys]]["image"]
         samples = []
-        for (epoch, index), item in zip(keys, items, strict=True):
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+        for (epoch, index, draw), item in zip(keys, items, strict=True):
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index, draw))
             image = decode_image(item, self.draft)
             samples.append({"pixels": self.transform(image, generator), "index": index})
         return samples
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
         return self.__getitems__([key])[0]
 
 

@@ -5,7 +5,7 @@ Sources are concatenated in the order given. Without weights every frame is seen
 source, proportional to its weight (largest-remainder rounding), as whole random passes over the
 source plus a random part of one more; the draws are shuffled together. Everything comes from a
 generator seeded by (seed, epoch) alone, and the sampler yields ``(epoch, index)`` keys into the
-concatenation, so augmentation stays seeded by (seed, epoch, index) and a resumed run is exact. The
+concatenation, so augmentation stays seeded by (seed, epoch, index, draw) and a resumed run is exact. The
 epoch length is always the total number of frames, so steps per epoch do not depend on the weights.
 """
 from __future__ import annotations
@@ -94,7 +94,9 @@ def combine_sources(sources: Sequence[Source], weights: Sequence[float] | None =
 
 
 class MixSampler(Sampler):
-    """Yields ``(epoch, index)`` for the weighted draws of one epoch; depends only on (seed, epoch)."""
+    """Yields ``(epoch, index, draw)`` for the weighted draws of one epoch; depends only on (seed, epoch).
+
+    ``draw`` numbers the passes over a source drawn more often than its size, so repeats get new crops."""
 
     def __init__(self, mix: SourceMix, seed: int):
         self.mix = mix
@@ -107,16 +109,17 @@ class MixSampler(Sampler):
     def __len__(self) -> int:
         return self.mix.total
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
-        parts = []
+        parts, pass_numbers = [], []
         for offset, size, draws in zip(self.mix.offsets, self.mix.sizes, self.mix.draws, strict=True):
             passes, rest = divmod(draws, size)
             picks = [torch.randperm(size, generator=generator) for _ in range(passes)]
             if rest:
                 picks.append(torch.randperm(size, generator=generator)[:rest])
-            if picks:
-                parts.append(torch.cat(picks) + offset)
-        indices = torch.cat(parts)
-        order = indices[torch.randperm(len(indices), generator=generator)].tolist()
-        return iter((self.epoch, i) for i in order)
+            for number, pick in enumerate(picks):
+                parts.append(pick + offset)
+                pass_numbers.append(torch.full_like(pick, number))
+        shuffle = torch.randperm(sum(len(p) for p in parts), generator=generator)
+        indices, draws = torch.cat(parts)[shuffle].tolist(), torch.cat(pass_numbers)[shuffle].tolist()
+        return iter((self.epoch, i, d) for i, d in zip(indices, draws, strict=True))

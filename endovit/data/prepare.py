@@ -37,8 +37,8 @@ from endovit.data.store import (
     SHARDS_DIR,
     read_manifest,
     shard_name,
-    write_json_atomic,
 )
+from endovit.io import atomic_write_json
 
 __all__ = ["IMAGE_FORMATS", "PrepareSettings", "PrepareResult", "prepare_frames"]
 
@@ -152,7 +152,7 @@ def _write_shard(job: _ShardJob) -> dict:
         videos[video] += 1
     shards = Path(job.out, SHARDS_DIR)
     meta = {"name": name, "frames": len(rows["image"]), "videos": dict(videos), "skipped": skipped}
-    write_json_atomic(shards / f"{name}.json", meta)
+    atomic_write_json(shards / f"{name}.json", meta)
     table = datasets.Dataset.from_dict(rows, features=FEATURES).data.table
     tmp = shards / f".{name}.arrow.{uuid.uuid4().hex}.tmp"
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
@@ -240,7 +240,7 @@ def _resume_or_create(out: Path, plan: dict, overwrite: bool) -> dict:
             raise DataError(f"--out {out} is not empty and holds no prepared dataset; choose an empty or new folder")
         out.mkdir(parents=True, exist_ok=True)
         plan = {**plan, "id": uuid.uuid4().hex}
-        write_json_atomic(out / PLAN, plan)
+        atomic_write_json(out / PLAN, plan)
         return plan
     existing = json.loads((out / PLAN).read_text())
     keys = ("format", "settings", "frames", "shards", "files_sha1")
@@ -276,5 +276,5 @@ def _finish(out: Path, plan: dict, settings: PrepareSettings) -> dict:
         "shards": shards,
         "stats": None,
     }
-    write_json_atomic(out / MANIFEST, manifest)
+    atomic_write_json(out / MANIFEST, manifest)
     return manifest

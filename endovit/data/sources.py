@@ -144,7 +144,6 @@ class RunData:
     train: datasets.Dataset
     mix: SourceMix
     val: datasets.Dataset | None = None
-    val_mix: SourceMix | None = None
 
 
 def load_run_data(recipe: Recipe, log: Callable[[str], None] = print) -> RunData:
@@ -156,7 +155,7 @@ def load_run_data(recipe: Recipe, log: Callable[[str], None] = print) -> RunData
     sources = resolve_sources(recipe.train_data, recipe.train_sources, "train")
     train, mix = combine_sources(sources, recipe.source_weights or None)
     log(mix.summary("train"))
-    val = val_mix = None
+    val = None
     val_root = recipe.val_data or (recipe.train_data if recipe.val_sources else "")
     if val_root:
         val, val_mix = combine_sources(resolve_sources(val_root, recipe.val_sources, "val"))
@@ -165,4 +164,4 @@ def load_run_data(recipe: Recipe, log: Callable[[str], None] = print) -> RunData
         mean, std = mix_stats(sources, mix)
         recipe.mean, recipe.std = [round(m, 6) for m in mean], [round(s, 6) for s in std]
         log(f"mean {recipe.mean}, std {recipe.std} (from the training data's stored stats)")
-    return RunData(train, mix, val, val_mix)
+    return RunData(train, mix, val)

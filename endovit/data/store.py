@@ -22,9 +22,10 @@ import fsspec
 from filelock import FileLock
 
 from endovit.data.errors import DataError
+from endovit.io import atomic_write_json
 
-__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "is_remote", "shard_name", "write_json_atomic",
-           "read_manifest", "write_manifest", "has_plan", "load_prepared"]
+__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "is_remote", "shard_name", "read_manifest", "write_manifest",
+           "load_prepared"]
 
 MANIFEST = "endovit_dataset.json"
 PLAN = "endovit_plan.json"
@@ -48,13 +49,6 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _location(path: str | os.PathLike, storage_options: dict | None):
@@ -86,13 +80,7 @@ def write_manifest(path: str | os.PathLike, manifest: dict, storage_options: dic
         fs, root = _location(path, storage_options)
         fs.pipe_file(f"{root.rstrip('/')}/{MANIFEST}", (json.dumps(manifest, indent=1) + "\n").encode())
     else:
-        write_json_atomic(Path(path) / MANIFEST, manifest)
-
-
-def has_plan(path: str | os.PathLike, storage_options: dict | None = None) -> bool:
-    """True when ``path`` holds a started (complete or not) prepared dataset."""
-    fs, root = _location(path, storage_options)
-    return fs.isfile(f"{root.rstrip('/')}/{PLAN}")
+        atomic_write_json(Path(path) / MANIFEST, manifest)
 
 
 def _default_cache_dir() -> Path:

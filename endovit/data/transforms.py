@@ -6,7 +6,7 @@ Both return uint8 CHW tensors; normalisation with the dataset mean/std happens o
 
 The training transform has two resize paths with the same crop and flip draws: ``fast`` crops the PIL
 image and resizes the uint8 tensor with torch's antialiased bicubic kernel (about 2.5x faster than
-PIL's; outputs differ from PIL by at most 1 grey level on a small fraction of pixels), otherwise PIL
+PIL's; outputs differ from PIL by at most 2 grey levels on a small fraction of pixels), otherwise PIL
 resizes as EndoViT does.
 """
 from __future__ import annotations
