@@ -239,6 +239,20 @@ if _root:
             _log.write(os.environ.get("RANK", "-") + "\\t" + path + "\\n")
 
     sys.addaudithook(_record)
+
+    import safetensors.torch
+    import torch
+
+    def _logged(save, position):
+        def wrapper(*args, **kwargs):
+            target = args[position] if len(args) > position else next(iter(kwargs.values()))
+            if isinstance(target, (str, os.PathLike)):
+                _record("os.rename", (None, target))
+            return save(*args, **kwargs)
+        return wrapper
+
+    torch.save = _logged(torch.save, 1)  # torch.save and safetensors write from C++/Rust, unseen by the audit hook
+    safetensors.torch.save_file = _logged(safetensors.torch.save_file, 1)
 '''
 
 
@@ -259,7 +273,10 @@ def test_two_process_job_writes_each_file_once(simulated_job, tmp_path):
             rank, path = line.split("\t")
             writers[path].add(rank)
     assert {"0", "1"} <= writers.pop("audited")
+    own_rng_state = {path for path, ranks in writers.items() if Path(path).name == "random_states_1.pkl"}
+    assert own_rng_state and all(writers.pop(path) == {"1"} for path in own_rng_state)
     assert not {path: ranks for path, ranks in writers.items() if ranks != {"0"}}
+    assert any(".tmp-step_" in path and path.endswith("model.safetensors") for path in writers)
     for name in ("model.safetensors", "encoder.safetensors", "endovit_config.json", "config.yaml",
                  "reconstruction.png"):
         assert str(ml / "model" / name) in writers, name
