@@ -37,7 +37,7 @@ from endovit.optim import param_groups
 from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
 
 __all__ = ["forward_flops", "train_flops", "BenchConfig", "baseline_of", "run_benchmark", "PEAK_TFLOPS",
-           "endovit_batches", "our_batches"]
+           "endovit_loader", "endovit_batches", "our_batches"]
 
 MEAN, STD = ENDOVIT_MEAN, ENDOVIT_STD
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) by GPU name fragment.
@@ -196,21 +196,25 @@ def _cycle(loader, set_epoch=None):
         epoch += 1
 
 
-def endovit_batches(frames_dir: str, img_size, batch_size: int, num_workers: int):
-    """EndoViT's input pipeline: torchvision ImageFolder + RandomResizedCrop/flip/ToTensor/Normalize,
-    its loader settings (pin_memory, drop_last, workers not persistent). Yields float batches."""
+def endovit_loader(frames_dir, img_size, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    """EndoViT's input pipeline: torchvision ImageFolder + RandomResizedCrop(0.6-1, bicubic) + flip + ToTensor +
+    Normalize, with its loader settings (shuffle, pin_memory on CUDA, drop_last, workers not persistent)."""
     from torchvision import datasets as tv_datasets
     from torchvision import transforms as T
 
     transform = T.Compose([
         T.RandomResizedCrop(list(img_size), scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(), T.ToTensor(),
-        T.Normalize(MEAN, STD),
+        T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD),
     ])
-    loader = torch.utils.data.DataLoader(
-        tv_datasets.ImageFolder(frames_dir, transform=transform), batch_size=batch_size, shuffle=True,
+    return torch.utils.data.DataLoader(
+        tv_datasets.ImageFolder(str(frames_dir), transform=transform), batch_size=batch_size, shuffle=True,
         num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True)
-    return ({"images": images} for images, _ in _cycle(loader))
+
+
+def endovit_batches(frames_dir: str, img_size, batch_size: int, num_workers: int):
+    """Endless normalised float batches from ``endovit_loader``."""
+    return ({"images": images} for images, _ in _cycle(endovit_loader(frames_dir, img_size, batch_size,
+                                                                       num_workers)))
 
 
 def our_batches(frames_dir: str, img_size, batch_size: int, num_workers: int):

@@ -26,12 +26,12 @@ from pathlib import Path
 import psutil
 import torch
 from torch.utils.data import DataLoader
-from torchvision import datasets as tv_datasets
-from torchvision import transforms as T
 
+from endovit.benchmark import endovit_loader
 from endovit.data import PrepareSettings, build_train_loader, load_frames, normalize, prepare_frames
-from endovit.data.store import MANIFEST, SHARDS_DIR, read_manifest, shard_name, write_json_atomic
+from endovit.data.store import MANIFEST, SHARDS_DIR, read_manifest, shard_name
 from endovit.data.synthetic import write_sample_frames
+from endovit.io import atomic_write_json
 from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD
 
 RSS_BATCHES = 40
@@ -83,19 +83,6 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def endovit_loader(frames_dir: Path, img_size: int, batch_size: int, workers: int) -> DataLoader:
-    """EndoViT's pipeline: ImageFolder + RandomResizedCrop(0.6-1, bicubic) + flip + ToTensor + Normalize."""
-    transform = T.Compose([
-        T.RandomResizedCrop(img_size, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean=ENDOVIT_MEAN, std=ENDOVIT_STD),
-    ])
-    dataset = tv_datasets.ImageFolder(str(frames_dir), transform=transform)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=True)
 
 
 def our_loader(prepared: Path, img_size: int, batch_size: int, workers: int) -> DataLoader:
@@ -159,7 +146,7 @@ def scaled_prepared(prepared: Path, size: int, out: Path) -> Path:
         listed.append({**shard, "name": shard_name(i)})
         total += shard["frames"]
         i += 1
-    write_json_atomic(out / MANIFEST, {**manifest, "shards": listed, "frames": total})
+    atomic_write_json(out / MANIFEST, {**manifest, "shards": listed, "frames": total})
     return out
 
 
@@ -210,7 +197,7 @@ def main() -> None:
           f"{torch.__version__}, {args.workers} workers, batch {args.batch_size}, {args.frames} frames "
           f"{args.width}x{args.height}")
     results = {
-        "EndoViT (ImageFolder PNG)": measure(endovit_loader(raw / "frames", args.img_size, args.batch_size,
+        "EndoViT (ImageFolder PNG)": measure(endovit_loader(raw / "frames", [args.img_size] * 2, args.batch_size,
                                                             args.workers), False, args.seconds),
         f"ours (prepared JPEG {args.short_side})": measure(our_loader(prepared, args.img_size, args.batch_size,
                                                                       args.workers), True, args.seconds),
@@ -246,7 +233,8 @@ def memory_run(spec: str, args: argparse.Namespace) -> None:
     """The child side of ``isolated_memory``: prints the result as one JSON line."""
     kind, data = spec.split(":", 1)
     ours = kind == "ours"
-    loader = (our_loader if ours else endovit_loader)(Path(data), args.img_size, args.batch_size, args.workers)
+    size = args.img_size if ours else [args.img_size] * 2
+    loader = (our_loader if ours else endovit_loader)(Path(data), size, args.batch_size, args.workers)
     print(json.dumps(measure(loader, ours, float("inf"), RSS_BATCHES)))
 
 
