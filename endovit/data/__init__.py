@@ -1,7 +1,7 @@
 """Frames in, batches out: loading through ``datasets``, EndoViT transforms, DataLoaders, prepared datasets,
 Cholec80 splits, source mixing and channel statistics."""
 from endovit.data.frames import DataError, decode_image, load_frames
-from endovit.data.loader import EpochSampler, build_train_loader, build_val_loader
+from endovit.data.loader import build_train_loader, build_val_loader
 from endovit.data.mixing import MixSampler, Source, SourceMix, combine_sources
 from endovit.data.prepare import PrepareSettings, prepare_frames
 from endovit.data.sources import load_run_data, resolve_sources
@@ -13,7 +13,6 @@ __all__ = [
     "DataError",
     "decode_image",
     "load_frames",
-    "EpochSampler",
     "build_train_loader",
     "build_val_loader",
     "MixSampler",

@@ -8,37 +8,15 @@ changed in the main process).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import datasets
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from endovit.data.frames import decode_image
 from endovit.data.mixing import MixSampler, SourceMix
 from endovit.data.transforms import EvalTransform, TrainTransform, sample_seed
 
-__all__ = ["EpochSampler", "TrainFrames", "ValFrames", "build_train_loader", "build_val_loader"]
-
-
-class EpochSampler(Sampler):
-    """Yields ``(epoch, index, 0)`` in a permutation that depends only on (seed, epoch)."""
-
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_samples, generator=generator).tolist()
-        return iter((self.epoch, i, 0) for i in order)
+__all__ = ["TrainFrames", "ValFrames", "build_train_loader", "build_val_loader"]
 
 
 class TrainFrames(Dataset):
@@ -82,15 +60,13 @@ def build_train_loader(frames: datasets.Dataset, img_size, crop_scale, batch_siz
                        num_workers: int, mix: SourceMix | None = None, fast_decode: bool = False) -> DataLoader:
     """Shuffled, augmented, ``drop_last`` loader of per-process micro-batches (call ``sampler.set_epoch``).
 
-    ``mix`` (from ``combine_sources``) with weights switches to the weighted ``MixSampler``; ``fast_decode``
-    selects the fast decode and resize path (see ``transforms``), otherwise PIL exactly as EndoViT.
+    ``mix`` (from ``combine_sources``) says how the sources are drawn each epoch; without it, ``frames`` is one
+    source seen once per epoch. ``fast_decode`` selects the fast decode and resize path (see ``transforms``),
+    otherwise PIL exactly as EndoViT.
     """
     transform = TrainTransform(tuple(img_size), tuple(crop_scale), fast=fast_decode)
     dataset = TrainFrames(frames, transform, seed)
-    if mix is not None and mix.weights is not None:
-        sampler = MixSampler(mix, seed)
-    else:
-        sampler = EpochSampler(len(dataset), seed)
+    sampler = MixSampler(mix or SourceMix(("frames",), (len(dataset),)), seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                       **_loader_options(num_workers))
 

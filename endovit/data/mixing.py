@@ -1,10 +1,10 @@
 """Several frame sources trained as one (Endo700k-style), with optional per-source sampling weights.
 
-Sources are concatenated in the order given. Without weights every frame is seen once per epoch
-(the plain ``EpochSampler``). With weights, each epoch draws a fixed number of frames from every
-source, proportional to its weight (largest-remainder rounding), as whole random passes over the
-source plus a random part of one more; the draws are shuffled together. Everything comes from a
-generator seeded by (seed, epoch) alone, and the sampler yields ``(epoch, index)`` keys into the
+Sources are concatenated in the order given. Without weights every frame is seen once per epoch, in a
+shuffled order (one unweighted source is the plain case). With weights, each epoch draws a fixed number of
+frames from every source, proportional to its weight (largest-remainder rounding), as whole random passes
+over the source plus a random part of one more; the draws are shuffled together. Everything comes from a
+generator seeded by (seed, epoch) alone, and the sampler yields ``(epoch, index, draw)`` keys into the
 concatenation, so augmentation stays seeded by (seed, epoch, index, draw) and a resumed run is exact. The
 epoch length is always the total number of frames, so steps per epoch do not depend on the weights.
 """
@@ -94,7 +94,7 @@ def combine_sources(sources: Sequence[Source], weights: Sequence[float] | None =
 
 
 class MixSampler(Sampler):
-    """Yields ``(epoch, index, draw)`` for the weighted draws of one epoch; depends only on (seed, epoch).
+    """Yields ``(epoch, index, draw)`` for the draws of one epoch; depends only on (seed, epoch).
 
     ``draw`` numbers the passes over a source drawn more often than its size, so repeats get new crops."""
 
