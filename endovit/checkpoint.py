@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from endovit.errors import CheckpointError
 from endovit.io import atomic_write_text
 
 __all__ = [
@@ -39,10 +40,6 @@ CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_MANIFEST = "endovit_checkpoint.json"
 EXPORT_FILES = ("model.safetensors", "encoder.safetensors", "endovit_config.json")
 FIXED_POS_EMBEDS = ("pos_embed", "decoder_pos_embed")
-
-
-class CheckpointError(ValueError):
-    """A weight file that cannot be read or does not fit the model."""
 
 
 def _cache_dir() -> Path:

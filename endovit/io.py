@@ -1,20 +1,56 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename, so no reader sees half a file."""
+"""Atomic writes: a uniquely named temporary sibling, then a rename, so no reader ever sees half a file
+and a failed write leaves nothing behind."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "temporary_sibling", "readable_mode"]
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A hidden, unique name beside ``path`` (same folder, so the final rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def readable_mode(path: str | os.PathLike) -> None:
+    """Give a written file the usual ``0644``-style mode (safetensors and mkstemp write ``0600``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask if Path(path).is_file() else 0o777 & ~umask)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s content to (a file or a folder); on success it is renamed
+    to ``path`` (replacing what was there), on any failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            if path.is_dir():
+                shutil.rmtree(path)
+        else:
+            readable_mode(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_json(path: str | os.PathLike, data: dict) -> None:

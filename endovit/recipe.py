@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from endovit.data.splits import CHOLEC80_SPLITS
+from endovit.errors import RecipeError
 from endovit.models.mae import MODEL_ARCHS
 from endovit.sagemaker import job_defaults
 
@@ -27,10 +28,6 @@ __all__ = ["Recipe", "RecipeError", "parse_bool", "RECIPES_DIR", "load_recipe", 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 ENDOVIT_MEAN = [0.3464, 0.2280, 0.2228]
 ENDOVIT_STD = [0.2520, 0.2128, 0.2093]
-
-
-class RecipeError(ValueError):
-    """A recipe file, key or value that cannot be used."""
 
 
 @dataclass

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from endovit.errors import LaunchError
+
 if TYPE_CHECKING:
     from accelerate.commands.config.config_args import SageMakerConfig
 
@@ -77,10 +79,6 @@ JOB_ENVIRON = {"SM_MODEL_DIR": "/opt/ml/model", "SM_OUTPUT_DIR": "/opt/ml/output
 CHANNEL_ROOT = "/opt/ml/input/data"
 PACKAGE_FILE_SUFFIXES = (".py", ".yaml")
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-class LaunchError(ValueError):
-    """A launch that cannot start as configured; the message says what to change."""
 
 
 @dataclasses.dataclass

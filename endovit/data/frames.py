@@ -18,8 +18,8 @@ import datasets
 import fsspec
 from PIL import Image, UnidentifiedImageError
 
-from endovit.data.errors import DataError
 from endovit.data.store import MANIFEST, PLAN, is_remote, load_prepared
+from endovit.errors import DataError
 
 __all__ = ["DataError", "IMAGE_EXTENSIONS", "load_frames", "decode_image", "find_image_files", "frame_number",
            "video_name"]

@@ -18,8 +18,8 @@ import datasets
 import torch
 from torch.utils.data import Sampler
 
-from endovit.data.errors import DataError
 from endovit.data.transforms import sample_seed
+from endovit.errors import DataError
 
 __all__ = ["Source", "SourceMix", "MixSampler", "combine_sources"]
 

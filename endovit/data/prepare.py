@@ -25,7 +25,6 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
-from endovit.data.errors import DataError
 from endovit.data.frames import find_image_files, frame_number, video_name
 from endovit.data.parallel import worker_pool
 from endovit.data.splits import split_summary, split_videos, video_number
@@ -38,6 +37,7 @@ from endovit.data.store import (
     read_manifest,
     shard_name,
 )
+from endovit.errors import DataError
 from endovit.io import atomic_write_json
 
 __all__ = ["IMAGE_FORMATS", "PrepareSettings", "PrepareResult", "prepare_frames"]

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import datasets
 import fsspec
 
-from endovit.data.errors import DataError
 from endovit.data.frames import load_frames
 from endovit.data.mixing import Source, SourceMix, combine_sources
 from endovit.data.splits import CHOLEC80_SOURCE, CHOLEC80_SPLITS, select_split, split_videos, video_number
 from endovit.data.stats import pooled_stats
 from endovit.data.store import MANIFEST, PLAN, is_remote, load_prepared
+from endovit.errors import DataError
 
 if TYPE_CHECKING:
     from endovit.recipe import Recipe

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import datasets
 
-from endovit.data.frames import DataError
+from endovit.errors import DataError
 
 __all__ = ["CHOLEC80_SPLITS", "CHOLEC80_SOURCE", "video_number", "split_videos", "select_split", "split_counts",
            "split_summary"]

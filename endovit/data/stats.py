@@ -17,10 +17,10 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
-from endovit.data.errors import DataError
 from endovit.data.frames import decode_image, load_frames
 from endovit.data.parallel import worker_pool
 from endovit.data.store import is_remote, load_prepared, read_manifest, write_manifest
+from endovit.errors import DataError
 
 __all__ = ["channel_sums", "pooled_stats", "stats_record", "compute_and_store_stats"]
 

@@ -21,7 +21,7 @@ import datasets
 import fsspec
 from filelock import FileLock
 
-from endovit.data.errors import DataError
+from endovit.errors import DataError
 from endovit.io import atomic_write_json
 
 __all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "is_remote", "shard_name", "read_manifest", "write_manifest",

@@ -1,0 +1,37 @@
+"""The project's error types and the one did-you-mean hint every message uses.
+
+Each error's message is one line that names the file, flag or value and says what to do; the scripts
+print it as ``error: ...`` without a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["EndovitError", "RecipeError", "DataError", "CheckpointError", "LaunchError", "did_you_mean"]
+
+
+class EndovitError(ValueError):
+    """Base of every error the scripts report as one line."""
+
+
+class RecipeError(EndovitError):
+    """A recipe file, key, flag or value that cannot be used."""
+
+
+class DataError(EndovitError):
+    """Input data that cannot be used; the message names the path and what to do."""
+
+
+class CheckpointError(EndovitError):
+    """A weight file or checkpoint folder that cannot be read or does not fit the run."""
+
+
+class LaunchError(EndovitError):
+    """A SageMaker launch that cannot start as configured; the message says what to change."""
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices`` to ``value``, or an empty string."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
