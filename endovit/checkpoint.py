@@ -1,28 +1,16 @@
-"""Weight files in and out: official MAE .pth, safetensors, URLs; atomic exports and checkpoint folders."""
+"""Training-state folders: atomic save through accelerate, a manifest of sizes, resume choice, pruning."""
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
 import re
 import shutil
-import urllib.parse
 from pathlib import Path
-
-import torch
-import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
 from endovit.errors import CheckpointError
 from endovit.io import atomic_write_text
 
 __all__ = [
-    "CheckpointError",
-    "read_state_dict",
-    "load_pretrained",
-    "export_model",
-    "export_info",
     "checkpoint_dirs",
     "latest_checkpoint",
     "is_complete_checkpoint",
@@ -38,131 +26,6 @@ __all__ = [
 
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_MANIFEST = "endovit_checkpoint.json"
-EXPORT_FILES = ("model.safetensors", "encoder.safetensors", "endovit_config.json")
-FIXED_POS_EMBEDS = ("pos_embed", "decoder_pos_embed")
-
-
-def _cache_dir() -> Path:
-    """Downloaded weights live beside torch.hub's (``$TORCH_HOME/hub/endovit``)."""
-    return Path(torch.hub.get_dir()) / "endovit"
-
-
-def _fetch(url: str) -> Path:
-    """Download a URL once into the cache (atomic: a partial download is never reused)."""
-    name = Path(urllib.parse.urlparse(url).path).name or "weights"
-    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
-    target = _cache_dir() / f"{digest}-{name}"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".part-{os.getpid()}")
-    try:
-        torch.hub.download_url_to_file(url, str(tmp), progress=False)
-        os.replace(tmp, target)
-    except Exception as err:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot download weights from {url}: {err}") from err
-    return target
-
-
-def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from a .safetensors or .pth/.pt file, or a URL (cached).
-
-    ``.pth`` files are read with ``weights_only=True``; the only non-tensor object allowed is
-    the ``argparse.Namespace`` that official MAE checkpoints keep under ``args``. A top-level
-    ``model`` (MAE) or ``state_dict`` entry is unwrapped.
-    """
-    source = str(source)
-    if re.match(r"^(https?|file)://", source):
-        path = _fetch(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read weights from {path}: {first_line}") from err
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no state dict (expected tensors, or a dict with key 'model')")
-    return obj
-
-
-def load_pretrained(model: nn.Module, source: str | os.PathLike) -> None:
-    """Load weights into ``model`` strictly; one clear error lists every mismatch.
-
-    The fixed sin-cos position embeddings are recomputed by the model for its own patch
-    grid, so weights trained at 224x224 load into a model for e.g. 224x384 frames.
-    """
-    state = read_state_dict(source)
-    own = model.state_dict()
-    for key in FIXED_POS_EMBEDS:
-        if key in state and key in own and state[key].shape != own[key].shape:
-            state[key] = own[key]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatch: {'; '.join(mismatched)}")
-        raise CheckpointError(f"weights in {source} do not fit the model ({' | '.join(parts)})")
-    model.load_state_dict(state, strict=True)
-
-
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
-
-
-def export_model(model: nn.Module, out_dir: str | os.PathLike, info: dict) -> Path:
-    """Write ``model.safetensors`` (full MAE), ``encoder.safetensors`` (timm keys) and ``endovit_config.json``.
-
-    ``info`` is stored as the JSON (architecture, image size, mean/std, recipe, ...).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "endovit": json.dumps({"model": info.get("model", ""), "step": info.get("step")})}
-    staged = {name: out_dir / f".{name}.tmp-{os.getpid()}" for name in EXPORT_FILES}
-    _save_safetensors(model.state_dict(), staged["model.safetensors"], metadata)
-    _save_safetensors(model.encoder_state_dict(), staged["encoder.safetensors"], metadata)
-    staged["endovit_config.json"].write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    for name, tmp in staged.items():
-        os.replace(tmp, out_dir / name)
-    return out_dir
-
-
-def export_info(recipe, mae, step: int, val_loss: float | None) -> dict:
-    """What ``endovit_config.json`` records beside exported weights: model, timm name, sizes, mean/std, recipe."""
-    from endovit.models.mae import TIMM_ENCODERS
-
-    return {
-        "model": recipe.model,
-        "timm_model": TIMM_ENCODERS[recipe.model],
-        "architecture": mae.config,
-        "img_size": recipe.img_size,
-        "patch_size": mae.patch_size,
-        "mean": recipe.mean,
-        "std": recipe.std,
-        "step": step,
-        "val_loss": val_loss,
-        "recipe": recipe.to_dict(),
-    }
 
 
 def checkpoint_name(step: int) -> str:

@@ -8,6 +8,7 @@ overrides; the resolved recipe is saved as ``config.yaml`` in ``--output_dir``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -23,13 +24,9 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from endovit.checkpoint import (
-    CheckpointError,
     TrainProgress,
     check_resumable,
-    export_info,
-    export_model,
     latest_checkpoint,
-    load_pretrained,
     resolve_resume,
     save_training_state,
 )
@@ -44,11 +41,13 @@ from endovit.engine import (
     sdpa_active,
     train_step,
 )
+from endovit.errors import CheckpointError
 from endovit.evaluation import picture_batch, reconstruction_grid, validate
 from endovit.io import atomic_write_text
 from endovit.models.mae import TIMM_ENCODERS, create_mae
 from endovit.optim import lr_at_step, param_groups, set_lr
 from endovit.recipe import Recipe, RecipeError, parse_recipe
+from endovit.weights import export_info, export_model, load_pretrained
 
 
 def save_picture(accelerator, mae, pictures, recipe: Recipe, step: int, out_dir: Path) -> Path | None:
@@ -86,7 +85,11 @@ def train(recipe: Recipe) -> None:
         raise RecipeError(f"--checkpoint_dir {checkpoints_dir} already holds checkpoints; pass --resume auto to "
                           "continue or choose another --output_dir")
 
-    run_data = load_run_data(recipe, accelerator.print)
+    run_data = load_run_data(recipe.train_data, recipe.val_data, train_sources=recipe.train_sources,
+                             val_sources=recipe.val_sources, source_weights=recipe.source_weights,
+                             stats_from_data=recipe.stats_from_data, log=accelerator.print)
+    if run_data.stats:
+        recipe = dataclasses.replace(recipe, mean=run_data.stats[0], std=run_data.stats[1])
     train_frames, val_frames = run_data.train, run_data.val
     if len(train_frames) < micro_batch * accelerator.num_processes * recipe.grad_accum_steps:
         raise DataError(f"--train_data {recipe.train_data} has {len(train_frames)} frames, fewer than one "

@@ -223,11 +223,17 @@ def endo_root(tmp_path_factory, cholec) -> Path:
     return root
 
 
+def run_data_of(recipe, log):
+    return load_run_data(recipe.train_data, recipe.val_data, train_sources=recipe.train_sources,
+                         val_sources=recipe.val_sources, source_weights=recipe.source_weights,
+                         stats_from_data=recipe.stats_from_data, log=log)
+
+
 def test_sources_by_name_split_and_per_source_counts(endo_root):
     recipe = Recipe(train_data=str(endo_root), train_sources=["Cholec80_for_Segmentation", "HeiCo"],
                     source_weights=[1, 3], val_sources=["Cholec80_for_Validation"]).validate()
     lines = []
-    data = load_run_data(recipe, lines.append)
+    data = run_data_of(recipe, lines.append)
     assert data.mix.names == ("Cholec80_for_Segmentation", "HeiCo")
     assert data.mix.sizes == (16, 6) and data.mix.draws == (6, 16)
     assert len(data.train) == 22 and len(data.val) == 8
@@ -301,16 +307,16 @@ def test_stats_of_a_synthetic_set_match_the_known_answer(tmp_path):
 
     recipe = Recipe(train_data=str(tmp_path / "prep"), train_sources=["Cholec80_for_Validation"],
                     stats_from_data=True).validate()
-    load_run_data(recipe, lambda _: None)
+    data = run_data_of(recipe, lambda _: None)
     mean, std = expected(["video02"])
-    np.testing.assert_allclose(recipe.mean, mean, atol=1e-6)
-    np.testing.assert_allclose(recipe.std, std, atol=1e-6)
+    np.testing.assert_allclose(data.stats[0], mean, atol=1e-6)
+    np.testing.assert_allclose(data.stats[1], std, atol=1e-6)
 
 
 def test_stats_from_data_without_stats_says_how_to_get_them(endo_root):
     recipe = Recipe(train_data=str(endo_root), train_sources=["HeiCo"], stats_from_data=True).validate()
     with pytest.raises(DataError, match="has no stored stats; run scripts/compute_stats.py"):
-        load_run_data(recipe, lambda _: None)
+        run_data_of(recipe, lambda _: None)
 
 
 # --- decoding --------------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from endovit.checkpoint import CheckpointError, load_pretrained, read_state_dict
+from endovit.errors import CheckpointError
 from endovit.models.mae import MODEL_ARCHS, create_mae, sincos_pos_embed_2d
+from endovit.weights import load_pretrained, read_state_dict
 
 
 def reference_sincos(embed_dim: int, grid_h: int, grid_w: int) -> np.ndarray:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import datasets
 import fsspec
@@ -27,9 +26,6 @@ from endovit.data.splits import CHOLEC80_SOURCE, CHOLEC80_SPLITS, select_split, 
 from endovit.data.stats import pooled_stats
 from endovit.data.store import MANIFEST, PLAN, is_remote, load_prepared
 from endovit.errors import DataError
-
-if TYPE_CHECKING:
-    from endovit.recipe import Recipe
 
 __all__ = ["RunData", "resolve_sources", "mix_stats", "load_run_data"]
 
@@ -139,29 +135,33 @@ def mix_stats(sources: Sequence[Source], mix: SourceMix) -> tuple[list[float], l
 
 @dataclass
 class RunData:
-    """The frames of one run and how they were put together."""
+    """The frames of one run, how they were put together, and the training mix's stats when asked for."""
 
     train: datasets.Dataset
     mix: SourceMix
     val: datasets.Dataset | None = None
+    stats: tuple[list[float], list[float]] | None = None  # (mean, std) of the training mix, or None
 
 
-def load_run_data(recipe: Recipe, log: Callable[[str], None] = print) -> RunData:
-    """Training and validation frames from the recipe; logs frames per source.
+def load_run_data(train_data: str, val_data: str = "", *, train_sources: Sequence[str] = (),
+                  val_sources: Sequence[str] = (), source_weights: Sequence[float] = (),
+                  stats_from_data: bool = False, log: Callable[[str], None] = print) -> RunData:
+    """Training and validation frames; logs frames per source.
 
-    With ``stats_from_data`` the recipe's ``mean``/``std`` are replaced by the training mix's stats.
-    Validation uses ``val_data``, or ``train_data`` when only ``val_sources`` is given.
+    Validation uses ``val_data``, or ``train_data`` when only ``val_sources`` is given. With
+    ``stats_from_data`` the training mix's stored mean/std come back as ``stats`` (rounded to 6 digits).
     """
-    sources = resolve_sources(recipe.train_data, recipe.train_sources, "train")
-    train, mix = combine_sources(sources, recipe.source_weights or None)
+    sources = resolve_sources(train_data, train_sources, "train")
+    train, mix = combine_sources(sources, list(source_weights) or None)
     log(mix.summary("train"))
     val = None
-    val_root = recipe.val_data or (recipe.train_data if recipe.val_sources else "")
+    val_root = val_data or (train_data if val_sources else "")
     if val_root:
-        val, val_mix = combine_sources(resolve_sources(val_root, recipe.val_sources, "val"))
+        val, val_mix = combine_sources(resolve_sources(val_root, val_sources, "val"))
         log(val_mix.summary("val"))
-    if recipe.stats_from_data:
+    stats = None
+    if stats_from_data:
         mean, std = mix_stats(sources, mix)
-        recipe.mean, recipe.std = [round(m, 6) for m in mean], [round(s, 6) for s in std]
-        log(f"mean {recipe.mean}, std {recipe.std} (from the training data's stored stats)")
-    return RunData(train, mix, val)
+        stats = [round(m, 6) for m in mean], [round(s, 6) for s in std]
+        log(f"mean {stats[0]}, std {stats[1]} (from the training data's stored stats)")
+    return RunData(train, mix, val, stats)
