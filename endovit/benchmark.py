@@ -24,16 +24,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
 from endovit.data.transforms import normalize
-from endovit.engine import (
-    build_optimizer,
-    compile_model,
-    compile_trial,
-    resolve_mixed_precision,
-    sdpa_active,
-    train_step,
-)
+from endovit.engine import compile_model, compile_trial, sdpa_active, train_step
+from endovit.hardware import resolve_mixed_precision
 from endovit.models.mae import MaskedAutoencoderViT, create_mae
-from endovit.optim import param_groups
+from endovit.optim import build_optimizer, param_groups
 from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
 
 __all__ = ["forward_flops", "train_flops", "BenchConfig", "baseline_of", "run_benchmark", "PEAK_TFLOPS",
@@ -109,7 +103,7 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
     already normalised float ``images``; by default one random uint8 batch already on the device is
     reused, so only the step is timed.
     """
-    precision = resolve_mixed_precision(config.mixed_precision, device)
+    precision, _ = resolve_mixed_precision(config.mixed_precision, device)
     if config.grad_scaler_fp16:
         precision = "fp16" if device.type == "cuda" else "no"
     accelerator = _fresh_accelerator(precision, device)
@@ -132,9 +126,8 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
             _synchronize(accelerator.device)
         return loss
 
-    model, compile_seconds = compile_model(
-        model, compile_trial(accelerator, mae, config.batch_size, config.img_size, config.mask_ratio),
-        config.torch_compile)
+    trial = compile_trial(accelerator, model, mae.num_patches, config.batch_size, config.img_size, config.mask_ratio)
+    model, compile_seconds = compile_model(model, trial, config.torch_compile)
 
     def next_batch() -> torch.Tensor:
         batch = {"pixels": fixed_batch} if batches is None else next(batches)

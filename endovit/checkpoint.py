@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from endovit.errors import CheckpointError
@@ -21,6 +23,7 @@ __all__ = [
     "TrainProgress",
     "check_resumable",
     "save_training_state",
+    "load_training_state",
     "resolve_resume",
 ]
 
@@ -91,28 +94,37 @@ def temporary_checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
 
 
 class TrainProgress:
-    """Counters saved inside every training checkpoint (``accelerator.register_for_checkpointing``)."""
+    """Counters saved inside every training checkpoint as ``progress.json`` (never a pickle)."""
+
+    FILE = "progress.json"
 
     def __init__(self):
         self.step = 0
         self.best_val_loss = float("inf")
 
-    def state_dict(self) -> dict:
-        return {"step": self.step, "best_val_loss": self.best_val_loss}
+    def save(self, folder: Path) -> None:
+        best = self.best_val_loss if math.isfinite(self.best_val_loss) else None
+        atomic_write_text(folder / self.FILE, json.dumps({"step": self.step, "best_val_loss": best}) + "\n")
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-        self.best_val_loss = float(state["best_val_loss"])
+    def load(self, folder: Path) -> None:
+        try:
+            state = json.loads((folder / self.FILE).read_text())
+            self.step = int(state["step"])
+            self.best_val_loss = float("inf") if state["best_val_loss"] is None else float(state["best_val_loss"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{folder / self.FILE}: unreadable training progress ({err}); resume from "
+                                  "another checkpoint") from None
 
 
-def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: int, run: dict) -> Path:
+def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: int, run: dict,
+                        write_extra: Callable[[Path], None] | None = None) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename it complete; keep the newest ``keep``.
 
     Every process writes its own RNG state, so all of them call this. A process killed mid-save
     leaves only a ``.tmp-`` folder, which ``latest_checkpoint`` never returns. ``run`` (what resuming
     depends on: model, sizes, seed, steps per epoch, ...) goes into the manifest. The main process seals and
-    renames the folder; then, where a node's checkpoint folder is its own disk (not shared), that node's
-    local main process seals its part too.
+    renames the folder after ``write_extra(folder)`` has added what accelerate does not save; then, where a
+    node's checkpoint folder is its own disk (not shared), that node's local main process seals its part too.
     """
     root = Path(root)
     tmp = temporary_checkpoint_dir(root, step)
@@ -124,6 +136,8 @@ def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: i
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if write_extra is not None:
+            write_extra(tmp)
         _seal(tmp, final, root, keep, run)
     accelerator.wait_for_everyone()
     if accelerator.is_local_main_process and not accelerator.is_main_process and tmp.is_dir():
@@ -137,6 +151,33 @@ def _seal(tmp: Path, final: Path, root: Path, keep: int, run: dict) -> None:
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     prune_checkpoints(root, keep)
+
+
+# What a training checkpoint may hold: accelerate's files (all read with weights_only=True) and ours (JSON and
+# safetensors). Anything else, above all accelerate's custom_checkpoint_N.pkl (read with weights_only=False), is
+# refused rather than loaded.
+ALLOWED_FILES = re.compile(r"^(model(_\d+)?\.safetensors|optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt"
+                           r"|progress\.json|swa_model\.safetensors|" + re.escape(CHECKPOINT_MANIFEST) + r")$")
+REQUIRED_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl", TrainProgress.FILE)
+
+
+def load_training_state(accelerator, folder: Path, progress: TrainProgress) -> None:
+    """``accelerator.load_state`` plus our progress counters, after checking that the folder holds only files
+    that load without unpickling code."""
+    names = sorted(p.name for p in Path(folder).iterdir())
+    unexpected = [n for n in names if not ALLOWED_FILES.match(n)]
+    if unexpected:
+        raise CheckpointError(f"{folder} holds {unexpected[0]}, which an endovit checkpoint never has (and which "
+                              "could run code when loaded); resume from a checkpoint this project wrote")
+    missing = [n for n in REQUIRED_FILES if n not in names]
+    if missing:
+        raise CheckpointError(f"{folder} lacks {missing[0]}; resume from a complete checkpoint")
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot load the training state in {folder}: {first}") from None
+    progress.load(folder)
 
 
 def resolve_resume(resume: str, root: str | os.PathLike) -> Path | None:

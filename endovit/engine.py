@@ -1,38 +1,22 @@
-"""The training step and its speed switches, shared by ``scripts/pretrain.py`` and ``scripts/benchmark.py``."""
+"""The training step, its speed switches and the step loop (MAE's ``engine_pretrain.py``).
+
+``train_step`` is shared by ``scripts/pretrain.py`` (through ``train``) and ``scripts/benchmark.py``.
+"""
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
 import torch
+from tqdm.auto import tqdm
 
-__all__ = ["resolve_mixed_precision", "bf16_supported", "build_optimizer", "compile_model", "compile_trial",
-           "train_step", "sdpa_active"]
+from endovit.data.transforms import normalize, sample_seed
+from endovit.evaluation import validate
+from endovit.optim import set_lr
 
-
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        cpu = torch.cpu
-        return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-                    or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
-    return False
-
-
-def resolve_mixed_precision(setting: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the hardware runs it natively, else ``no``; explicit settings pass through."""
-    if setting != "auto":
-        return setting
-    return "bf16" if bf16_supported(device) else "no"
-
-
-def build_optimizer(param_groups: list[dict], lr: float, fused: bool, device: torch.device) -> torch.optim.AdamW:
-    """AdamW (0.9, 0.95); ``fused`` = one fused kernel (CUDA/CPU) instead of a Python loop over parameters."""
-    options = {"fused": True} if fused and device.type in ("cuda", "cpu") else {"foreach": False}
-    return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.95), **options)
+__all__ = ["sdpa_active", "compile_model", "compile_trial", "compiled_graphs", "train_step", "LogWindow",
+           "StopRequest", "train", "validate_run"]
 
 
 def sdpa_active(model: torch.nn.Module) -> bool:
@@ -41,7 +25,15 @@ def sdpa_active(model: torch.nn.Module) -> bool:
     return bool(attentions) and all(m.fused_attn for m in attentions)
 
 
-def compile_model(model: torch.nn.Module, trial, enabled: bool) -> tuple[torch.nn.Module, float]:
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has built in this process so far (a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def compile_model(model: torch.nn.Module, trial, enabled: bool, backend: str = "inductor"
+                  ) -> tuple[torch.nn.Module, float]:
     """``torch.compile`` the model and run ``trial(model)`` once to compile it now.
 
     Returns the model to train with and the seconds compiling took. If compiling is unavailable
@@ -51,7 +43,7 @@ def compile_model(model: torch.nn.Module, trial, enabled: bool) -> tuple[torch.n
         return model, 0.0
     start = time.perf_counter()
     try:
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, backend=backend)
         trial(compiled)
     except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
         warnings.warn(f"torch.compile failed, training eagerly instead: {type(err).__name__}: {err}", stacklevel=2)
@@ -59,14 +51,14 @@ def compile_model(model: torch.nn.Module, trial, enabled: bool) -> tuple[torch.n
     return compiled, time.perf_counter() - start
 
 
-def compile_trial(accelerator, mae, batch_size: int, img_size, mask_ratio: float):
-    """A ``trial(model)`` for ``compile_model``: one forward/backward on blank frames, no gradients left."""
-    def trial(model) -> None:
+def compile_trial(accelerator, model, num_patches: int, batch_size: int, img_size, mask_ratio: float):
+    """A ``trial(model)`` for ``compile_model``: one forward/backward on blank frames exactly as ``train_step``
+    runs it (same call, autocast state, dtypes and shapes), then the gradients are dropped."""
+    def trial(compiled) -> None:
         blank = torch.zeros(batch_size, 3, *img_size, device=accelerator.device)
-        noise = torch.rand(batch_size, mae.num_patches, generator=torch.Generator().manual_seed(0))
-        with accelerator.autocast():
-            loss, _, _ = model(blank, mask_ratio, noise.to(accelerator.device))
-        loss.backward()
+        noise = torch.rand(batch_size, num_patches, generator=torch.Generator().manual_seed(0))
+        loss, _, _ = compiled(blank, mask_ratio, noise.to(accelerator.device))
+        accelerator.backward(loss)
         model.zero_grad(set_to_none=True)
 
     return trial
@@ -84,3 +76,133 @@ def train_step(accelerator, model, optimizer, images: torch.Tensor, noise: torch
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+class LogWindow:
+    """Loss and throughput since the last log line (like timm's ``AverageMeter``), kept on the device."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.micro_steps, self.images, self.start = 0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss_sum += loss
+        self.micro_steps += 1
+        self.images += images
+
+    def read(self, accelerator) -> tuple[float, float]:
+        """(mean loss over all processes, images/s over all processes), then start a new window."""
+        mean_loss = accelerator.reduce(self.loss_sum, "mean").item() / max(self.micro_steps, 1)
+        images_per_sec = self.images * accelerator.num_processes / max(time.perf_counter() - self.start, 1e-9)
+        self.reset()
+        return mean_loss, images_per_sec
+
+
+class StopRequest:
+    """Set by a signal handler; ``agreed`` tells every process to stop at the same step."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def agreed(self, accelerator) -> bool:
+        """True on every process when any process was asked to stop (a collective when distributed)."""
+        if accelerator.num_processes == 1:
+            return self.signal is not None
+        flag = torch.tensor(float(self.signal is not None), device=accelerator.device)
+        return accelerator.reduce(flag, "sum").item() > 0
+
+
+def train(run, stop: StopRequest | None = None) -> int:
+    """Run ``run`` (an ``endovit.trainer.Run``) from its current step towards ``schedule.last_step``; returns the
+    step reached.
+
+    The schedule's end (``total_steps``) logs and validates; an earlier stop (``--stop_at_step`` or a ``stop``
+    request) only saves the training state, so a resumed run stays identical to an unbroken one. A stop
+    request is checked every step on one process, and at log steps across several (piggybacking on the
+    log's collective, so the step loop gets no extra host synchronisation).
+    """
+    recipe, accelerator, schedule, saver = run.recipe, run.accelerator, run.schedule, run.saver
+    stop = stop or StopRequest()
+    noise_generator = torch.Generator(device=accelerator.device)
+    window = LogWindow(accelerator.device)
+    step, micro_steps, stopped = saver.progress.step, 0, False
+    bar = tqdm(total=schedule.last_step, initial=step, desc="pretrain", disable=not accelerator.is_local_main_process)
+    run.model.train()
+    while step < schedule.last_step and not stopped:
+        # epoch: reseed the sampler, skip the micro-batches a resumed run has already done
+        epoch = step // schedule.steps_per_epoch
+        run.train_loader.set_epoch(epoch)
+        done_in_epoch = (step - epoch * schedule.steps_per_epoch) * recipe.grad_accum_steps
+        batches = (accelerator.skip_first_batches(run.train_loader, done_in_epoch) if done_in_epoch
+                   else run.train_loader)
+        for batch in batches:
+            # micro-step: lr for this step, masks from (seed, step, micro-step, process), forward and backward
+            with accelerator.accumulate(run.model):
+                set_lr(run.optimizer, schedule.lr_at(step))
+                noise_generator.manual_seed(sample_seed(recipe.seed, step, micro_steps, accelerator.process_index))
+                images = normalize(batch["pixels"], run.mean, run.std)
+                noise = torch.rand(images.shape[0], run.mae.num_patches, generator=noise_generator,
+                                   device=accelerator.device)
+                loss = train_step(accelerator, run.model, run.optimizer, images, noise, recipe.mask_ratio,
+                                  recipe.clip_grad)
+            window.add(loss, images.shape[0])
+            micro_steps += 1
+            if not accelerator.sync_gradients:
+                continue
+            # optimizer step done: count it, average the weights when SWA says so
+            step, micro_steps = step + 1, 0
+            saver.progress.step = step
+            bar.update(1)
+            if run.swa_model is not None and schedule.swa_update_due(step):
+                run.swa_model.update_parameters(run.mae)
+            # log: one collective for the loss window
+            log_due = step % recipe.log_every_steps == 0 or step == schedule.total_steps
+            if log_due:
+                _log_train(run, window, step, bar)
+            # validate (best/ follows the validation loss)
+            if run.val_loader is not None and (step % recipe.val_every_steps == 0 or step == schedule.total_steps):
+                saver.after_validation(step, validate_run(run, step, bar.write))
+            # stop or save: a requested stop is agreed at log steps (every step on one process)
+            stopped = (log_due or accelerator.num_processes == 1) and stop.agreed(accelerator)
+            if step % recipe.save_every_steps == 0 or step == schedule.last_step or stopped:
+                saver.save_training_state(step)
+            if stopped or step >= schedule.last_step:
+                break
+    bar.close()
+    return step
+
+
+def _log_train(run, window: LogWindow, step: int, bar) -> None:
+    """Log the window's loss, lr and speed to the trackers and as one ``step=`` line."""
+    accelerator = run.accelerator
+    mean_loss, images_per_sec = window.read(accelerator)
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"loss is {mean_loss} at step {step}; try --mixed_precision bf16 or --clip_grad "
+                                 "1.0, and resume from the last checkpoint")
+    current_lr = max(g["lr"] for g in run.optimizer.param_groups)
+    accelerator.log({"train/loss": mean_loss, "train/lr": current_lr, "train/images_per_sec": images_per_sec},
+                    step=step)
+    if accelerator.is_main_process:
+        bar.write(f"step={step} epoch={step / run.schedule.steps_per_epoch:.3f} loss={mean_loss:.5f} "
+                  f"lr={current_lr:.4e} images_per_sec={images_per_sec:.1f}")
+
+
+def validate_run(run, step: int, write) -> float:
+    """Validation loss of the model (and of the SWA average once it has weights): logged, one ``step=`` line;
+    returns the model's loss."""
+    recipe, accelerator = run.recipe, run.accelerator
+    val_loss = validate(run.mae, run.mae, run.val_loader, accelerator, run.mean, run.std, recipe.mask_ratio,
+                        recipe.seed)
+    metrics = {"val/loss": val_loss}
+    swa_model = run.swa_model
+    if swa_model is not None and swa_model.n_averaged.item() > 0:
+        metrics["val/loss_swa"] = validate(swa_model, swa_model.module, run.val_loader, accelerator, run.mean,
+                                           run.std, recipe.mask_ratio, recipe.seed)
+    accelerator.log(metrics, step=step)
+    if accelerator.is_main_process:
+        write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.5f}" for k, v in metrics.items()))
+    return val_loss

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn as nn
 
-__all__ = ["NO_WEIGHT_DECAY", "layer_id", "param_groups", "lr_at_step", "set_lr"]
+__all__ = ["NO_WEIGHT_DECAY", "layer_id", "param_groups", "build_optimizer", "lr_at_step", "set_lr"]
 
 NO_WEIGHT_DECAY = {"pos_embed", "cls_token", "decoder_pos_embed", "mask_token"}
 
@@ -51,6 +52,12 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> l
         group["params"].append(param)
         group["param_names"].append(name)
     return [groups[key] for key in sorted(groups)]
+
+
+def build_optimizer(param_groups: list[dict], lr: float, fused: bool, device: torch.device) -> torch.optim.AdamW:
+    """AdamW (0.9, 0.95); ``fused`` = one fused kernel (CUDA/CPU), else torch's default implementation."""
+    options = {"fused": True} if fused and device.type in ("cuda", "cpu") else {}
+    return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.95), **options)
 
 
 def lr_at_step(step: int, steps_per_epoch: int, lr: float, min_lr: float, epochs: int, warmup_epochs: float,

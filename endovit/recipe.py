@@ -98,6 +98,10 @@ class Recipe:
             self.img_size = [self.img_size[0], self.img_size[0]]
 
     @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
     def checkpoints_path(self) -> Path:
         return Path(self.checkpoint_dir or Path(self.output_dir) / "checkpoints")
 

@@ -1,0 +1,114 @@
+"""The one owner of what a run writes (like timm's ``CheckpointSaver``): training-state checkpoints, ``best/``,
+``swa/``, the final export and the reconstruction picture."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from endovit.checkpoint import TrainProgress, load_training_state, save_training_state
+from endovit.evaluation import reconstruction_grid
+from endovit.io import atomic_path
+from endovit.weights import export_info, export_model
+
+__all__ = ["Saver"]
+
+SWA_FILE = "swa_model.safetensors"
+
+
+class Saver:
+    """Decides and writes everything a run leaves behind; holds the counters a checkpoint carries.
+
+    ``best/`` is exported into the checkpoint folder (which SageMaker syncs and restores) and linked into the
+    output folder, so a restarted job gets it back.
+    """
+
+    def __init__(self, run, run_signature: dict):
+        self.run = run
+        self.recipe = run.recipe
+        self.accelerator = run.accelerator
+        self.out_dir = Path(self.recipe.output_dir)
+        self.checkpoints_dir = self.recipe.checkpoints_path
+        self.run_signature = run_signature
+        self.progress = TrainProgress()
+        self.last_val_loss: float | None = None
+
+    # --- training state -------------------------------------------------------------------------------------
+
+    def resume(self, folder: Path) -> None:
+        """Load a checkpoint folder: accelerate's state, our counters, the SWA weights; put ``best/`` back."""
+        load_training_state(self.accelerator, folder, self.progress)
+        swa_model = self.run.swa_model
+        if swa_model is not None:
+            swa_model.load_state_dict(load_file(folder / SWA_FILE, device=str(self.accelerator.device)))
+        if self.accelerator.is_main_process:
+            self._restore_best()
+
+    def save_training_state(self, step: int) -> Path:
+        """A complete checkpoint of ``step`` (every process takes part)."""
+        return save_training_state(self.accelerator, self.checkpoints_dir, step, self.recipe.keep_checkpoints,
+                                   self.run_signature, self._write_extra)
+
+    def _write_extra(self, folder: Path) -> None:
+        self.progress.save(folder)
+        if self.run.swa_model is not None:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.run.swa_model.state_dict().items()}
+            save_file(state, str(folder / SWA_FILE))
+
+    # --- exports --------------------------------------------------------------------------------------------
+
+    def after_validation(self, step: int, val_loss: float) -> None:
+        """Picture of this validation; ``best/`` when the loss improved."""
+        self.last_val_loss = val_loss
+        if self.accelerator.is_main_process:
+            self.save_picture(step)
+            if val_loss < self.progress.best_val_loss:
+                export_model(self.run.mae, self.checkpoints_dir / "best",
+                             export_info(self.recipe, self.run.mae, step, val_loss))
+                self._restore_best()
+        self.progress.best_val_loss = min(self.progress.best_val_loss, val_loss)
+
+    def _restore_best(self) -> None:
+        """Mirror ``<checkpoints>/best`` into ``<output>/best`` (hard links where the disk allows)."""
+        kept = self.checkpoints_dir / "best"
+        if not kept.is_dir() or kept.resolve() == (self.out_dir / "best").resolve():
+            return
+        with atomic_path(self.out_dir / "best") as tmp:
+            tmp.mkdir()
+            for source in kept.iterdir():
+                try:
+                    os.link(source, tmp / source.name)
+                except OSError:
+                    shutil.copy2(source, tmp / source.name)
+
+    def finish(self, step: int, val_loss: float | None) -> dict[str, Path | None]:
+        """Final weights (and SWA's) into the output folder; returns what exists, by name."""
+        written: dict[str, Path | None] = {"weights": None, "best": None, "swa": None, "picture": None}
+        if not self.accelerator.is_main_process:
+            return written
+        mae, swa_model = self.run.mae, self.run.swa_model
+        written["weights"] = export_model(mae, self.out_dir, export_info(self.recipe, mae, step, val_loss))
+        if swa_model is not None and swa_model.n_averaged.item() > 0:
+            written["swa"] = export_model(swa_model.module, self.out_dir / "swa",
+                                          export_info(self.recipe, swa_model.module, step, None))
+        if (self.out_dir / "best" / "model.safetensors").is_file():
+            written["best"] = self.out_dir / "best"
+        written["picture"] = self.save_picture(step)
+        return written
+
+    def save_picture(self, step: int) -> Path | None:
+        """Reconstruction grid of the fixed picture frames: to TensorBoard and ``reconstruction.png``."""
+        run = self.run
+        if run.pictures is None:
+            return None
+        grid = reconstruction_grid(run.mae, *run.pictures, self.recipe.mean, self.recipe.std, self.recipe.mask_ratio)
+        if "tensorboard" in run.settings.trackers:
+            self.accelerator.get_tracker("tensorboard", unwrap=True).add_image("val/reconstruction", grid, step,
+                                                                             dataformats="HWC")
+        path = self.out_dir / "reconstruction.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG")
+        return path

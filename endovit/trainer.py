@@ -1,0 +1,182 @@
+"""One pretraining run set up from a recipe: accelerator, data, model, optimizer, loaders, resume (MAE's
+``main_pretrain.py`` set-up). ``endovit.engine.train`` then runs its step loop."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import yaml
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, DynamoBackend, ProjectConfiguration, set_seed
+from torch.optim.swa_utils import AveragedModel
+
+from endovit.checkpoint import check_resumable, latest_checkpoint, resolve_resume
+from endovit.data import build_train_loader, build_val_loader
+from endovit.data.sources import RunData, load_run_data
+from endovit.engine import compile_model, compile_trial, sdpa_active
+from endovit.errors import DataError, RecipeError
+from endovit.evaluation import picture_batch
+from endovit.hardware import Resolved, resolve_settings
+from endovit.io import atomic_write_text
+from endovit.models.mae import MaskedAutoencoderViT, create_mae
+from endovit.optim import build_optimizer, lr_at_step, param_groups
+from endovit.recipe import Recipe
+from endovit.saver import Saver
+from endovit.weights import load_pretrained
+
+__all__ = ["Schedule", "Run", "load_data", "build_run", "start_logging"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Steps of the run: the schedule's end (``total_steps``) and where this invocation stops (``last_step``)."""
+
+    recipe: Recipe
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.recipe.epochs * self.steps_per_epoch
+
+    @property
+    def last_step(self) -> int:
+        return min(self.total_steps, self.recipe.stop_at_step or self.total_steps)
+
+    def lr_at(self, step: int) -> float:
+        r = self.recipe
+        return lr_at_step(step, self.steps_per_epoch, r.peak_lr, r.min_lr, r.epochs, r.warmup_epochs, r.swa,
+                          r.swa_start_epoch, r.swa_lr)
+
+    def swa_update_due(self, step: int) -> bool:
+        """SWA averages every ``swa_every_steps`` and at each epoch's end, from ``swa_start_epoch`` on."""
+        epoch = (step - 1) // self.steps_per_epoch
+        epoch_step = step - epoch * self.steps_per_epoch
+        return epoch >= self.recipe.swa_start_epoch and (
+            epoch_step % self.recipe.swa_every_steps == 0 or epoch_step == self.steps_per_epoch)
+
+
+@dataclass
+class Run:
+    """Everything the step loop needs; ``model`` runs the step (wrapped, maybe compiled), ``mae`` is the module."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    settings: Resolved
+    data: RunData
+    mae: MaskedAutoencoderViT
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    schedule: Schedule
+    mean: torch.Tensor  # (1, 3, 1, 1) on the device, built once
+    std: torch.Tensor
+    swa_model: AveragedModel | None = None
+    pictures: tuple | None = None
+    compile_seconds: float = 0.0
+    saver: Saver | None = None
+
+    def summary(self) -> str:
+        r, a = self.recipe, self.accelerator
+        val = len(self.data.val) if self.data.val is not None else 0
+        return (f"{len(self.data.train)} training frames, {val} validation frames; {a.num_processes} process(es) "
+                f"x {r.grad_accum_steps} accumulation x {r.micro_batch_size(a.num_processes)} = batch "
+                f"{r.batch_size}; {self.schedule.steps_per_epoch} steps/epoch, {self.schedule.total_steps} steps; "
+                f"lr {r.peak_lr:.3g}; {self.settings.summary()} ({self.compile_seconds:.0f}s), fused attention "
+                f"{sdpa_active(self.mae)}")
+
+
+def load_data(recipe: Recipe, log=print) -> RunData:
+    """The recipe's training and validation frames (``endovit.data.load_run_data``)."""
+    return load_run_data(recipe.train_data, recipe.val_data, train_sources=recipe.train_sources,
+                         val_sources=recipe.val_sources, source_weights=recipe.source_weights,
+                         stats_from_data=recipe.stats_from_data, log=log)
+
+
+def _accelerator(recipe: Recipe) -> tuple[Accelerator, Resolved]:
+    """The process group first (on CPU-only machines as CPU processes), then the accelerator, with every
+    ``auto`` setting resolved for the device."""
+    process = PartialState(cpu=not torch.accelerator.is_available())
+    settings = resolve_settings(recipe, process.device)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=recipe.grad_accum_steps,
+        mixed_precision=settings.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(non_blocking=process.device.type == "cuda"),
+        log_with=settings.trackers or None,
+        project_config=ProjectConfiguration(project_dir=recipe.output_dir,
+                                            logging_dir=str(recipe.logging_path.parent)),
+    )
+    if accelerator.state.dynamo_plugin.backend != DynamoBackend.NO:
+        settings = settings.without_compile("accelerate's dynamo config compiles the model already")
+    return accelerator, settings
+
+
+def _model(recipe: Recipe, accelerator: Accelerator) -> MaskedAutoencoderViT:
+    mae = create_mae(recipe.model, img_size=tuple(recipe.img_size), norm_pix_loss=recipe.norm_pix_loss)
+    if recipe.init_from:
+        with accelerator.local_main_process_first():
+            load_pretrained(mae, recipe.init_from)
+    mae.set_grad_checkpointing(recipe.grad_checkpointing)
+    return mae
+
+
+def build_run(recipe: Recipe) -> Run:
+    """Set up everything for ``engine.train``; resumes from a checkpoint when the recipe says so."""
+    accelerator, settings = _accelerator(recipe)
+    set_seed(recipe.seed)
+    micro_batch = recipe.micro_batch_size(accelerator.num_processes)
+    resume_from = resolve_resume(recipe.resume, recipe.checkpoints_path)
+    if recipe.resume == "none" and latest_checkpoint(recipe.checkpoints_path):
+        raise RecipeError(f"--checkpoint_dir {recipe.checkpoints_path} already holds checkpoints; pass --resume auto "
+                          "to continue or choose another --output_dir")
+    # data: the recipe's frames; stored stats replace mean/std in a new recipe (the parsed one never changes)
+    data = load_data(recipe, accelerator.print)
+    if data.stats:
+        recipe = dataclasses.replace(recipe, mean=data.stats[0], std=data.stats[1])
+    if len(data.train) < micro_batch * accelerator.num_processes * recipe.grad_accum_steps:
+        raise DataError(f"--train_data {recipe.train_data} has {len(data.train)} frames, fewer than one batch of "
+                        f"{recipe.batch_size}; lower --batch_size or add frames")
+    # model, optimizer, loaders, wrapped by accelerate; compiled where that is fast
+    mae = _model(recipe, accelerator)
+    optimizer = build_optimizer(param_groups(mae, recipe.weight_decay, recipe.layer_decay), recipe.peak_lr,
+                                recipe.fused_optimizer, accelerator.device)
+    train_loader = build_train_loader(data.train, recipe.img_size, recipe.crop_scale, micro_batch, recipe.seed,
+                                      recipe.num_workers, data.mix, recipe.fast_decode)
+    val_loader = (build_val_loader(data.val, recipe.img_size, recipe.val_batch_size or micro_batch,
+                                   recipe.num_workers) if data.val is not None else None)
+    model, optimizer, train_loader = accelerator.prepare(mae, optimizer, train_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    mae = accelerator.unwrap_model(model)
+    model, compile_seconds = compile_model(
+        model, compile_trial(accelerator, model, mae.num_patches, micro_batch, recipe.img_size, recipe.mask_ratio),
+        settings.torch_compile)
+    # schedule, SWA, pictures, saver; then the checkpoint to continue from
+    schedule = Schedule(recipe, math.ceil(len(train_loader) / recipe.grad_accum_steps))
+    device = accelerator.device
+    run = Run(recipe, accelerator, settings, data, mae, model, optimizer, train_loader, val_loader, schedule,
+              mean=torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1),
+              std=torch.tensor(recipe.std, device=device).view(1, -1, 1, 1),
+              swa_model=AveragedModel(mae) if recipe.swa else None, compile_seconds=compile_seconds)
+    run.saver = Saver(run, {"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa,
+                            "seed": recipe.seed, "processes": accelerator.num_processes,
+                            "steps_per_epoch": schedule.steps_per_epoch})
+    if resume_from is not None:
+        check_resumable(resume_from, run.saver.run_signature)
+        run.saver.resume(resume_from)
+        accelerator.print(f"resumed from {resume_from} at step {run.saver.progress.step}")
+    run.pictures = picture_batch(data.val if data.val is not None else data.train, recipe.num_recon_images,
+                                 recipe.img_size, recipe.mean, recipe.std, recipe.seed, mae.num_patches, device)
+    return run
+
+
+def start_logging(run: Run) -> None:
+    """Write ``config.yaml`` beside the run's outputs and open the trackers with the recipe as hyperparameters."""
+    recipe, accelerator = run.recipe, run.accelerator
+    if accelerator.is_main_process:
+        atomic_write_text(recipe.output_path / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if run.settings.trackers:
+        accelerator.init_trackers(recipe.logging_path.name, config={
+            k: str(v) if isinstance(v, (list, type(None))) else v for k, v in recipe.to_dict().items()})
