@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SAMPLE := data/sample
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean device-wheels
 
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,23 @@ demo: $(STAMP) $(SAMPLE)/.complete
 	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml scripts/pretrain.py \
 		--recipe demo --train_data $(SAMPLE)/train --val_data $(SAMPLE)/val --output_dir $(DEMO_OUT) --resume auto
 
-test: $(STAMP)
+# Wheels the GPU machine's image lacks (its Python is 3.12), carried with the tree to the GPU check; and the same
+# for this interpreter, for the check's CPU rehearsal in tests/test_device_check.py. Versions from constraints.txt.
+DEVICE_WHEELS = $(shell grep -E '^(datasets|dill|multiprocess)==' constraints.txt)
+WHEEL_FLAGS = -q --no-deps --only-binary=:all:
+device-wheels: .whl-local/.complete
+	$(PYTHON) -m pip download $(WHEEL_FLAGS) --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 -d .whl $(DEVICE_WHEELS) $(shell grep -E '^pyarrow==' constraints.txt)
+
+.whl-local/.complete: constraints.txt | $(STAMP)
+	$(BIN)/python -m pip download $(WHEEL_FLAGS) -d .whl-local $(DEVICE_WHEELS)
+	touch $@
+
+test: $(STAMP) .whl-local/.complete
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check endovit scripts tests
 
 clean:
-	rm -rf $(VENV) data outputs
+	rm -rf $(VENV) data outputs .whl .whl-local

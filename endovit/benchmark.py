@@ -1,22 +1,10 @@
-"""Training-step speed: analytic MAE FLOPs, and timed runs of the real step under chosen switches.
-
-FLOPs of one image's forward pass (multiply-adds count 2; norms, softmax, GELU ignored), with L
-patches, K = int(L * (1 - mask_ratio)) kept, encoder width D and depth B, decoder width d and depth b,
-MLP ratio m, patch p and C channels:
-
-    patch embedding   2 * L * C p^2 * D                    (every patch is embedded before masking)
-    encoder blocks    B * (2 (K+1) D^2 (4 + 2m) + 4 (K+1)^2 D)
-    decoder embed     2 * (K+1) * D * d
-    decoder blocks    b * (2 (L+1) d^2 (4 + 2m) + 4 (L+1)^2 d)
-    prediction head   2 * (L+1) * d * C p^2
-
-A training step costs 3x the forward (the backward pass is twice the forward).
-"""
+"""Training-step speed: timed runs of the real step under chosen switches, and the input pipelines compared."""
 from __future__ import annotations
 
 import math
 import resource
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -24,41 +12,17 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
 from endovit.data.transforms import normalize
-from endovit.engine import compile_model, compile_trial, sdpa_active, train_step
+from endovit.engine import compile_model, compile_trial, compiled_graphs, sdpa_active, train_step
+from endovit.flops import peak_tflops as peak_tflops_of
+from endovit.flops import train_flops
 from endovit.hardware import resolve_mixed_precision
-from endovit.models.mae import MaskedAutoencoderViT, create_mae
+from endovit.models.mae import create_mae
 from endovit.optim import build_optimizer, param_groups
 from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
 
-__all__ = ["forward_flops", "train_flops", "BenchConfig", "baseline_of", "run_benchmark", "PEAK_TFLOPS",
-           "endovit_loader", "endovit_batches", "our_batches"]
+__all__ = ["BenchConfig", "baseline_of", "run_benchmark", "endovit_loader", "endovit_batches", "our_batches"]
 
 MEAN, STD = ENDOVIT_MEAN, ENDOVIT_STD
-# Dense bf16/fp16 tensor-core peaks (TFLOP/s) by GPU name fragment.
-PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
-
-
-def forward_flops(mae: MaskedAutoencoderViT, mask_ratio: float) -> int:
-    """FLOPs of one image's MAE forward pass (formula in the module docstring)."""
-    cfg = mae.config
-    patches = mae.num_patches
-    kept = int(patches * (1 - mask_ratio)) + 1
-    full = patches + 1
-    pixels = cfg["in_chans"] * cfg["patch_size"] ** 2
-    width, dec_width, ratio = cfg["embed_dim"], cfg["decoder_embed_dim"], cfg["mlp_ratio"]
-
-    def blocks(depth: int, tokens: int, dim: int) -> float:
-        return depth * (2 * tokens * dim * dim * (4 + 2 * ratio) + 4 * tokens * tokens * dim)
-
-    total = (2 * patches * pixels * width + blocks(cfg["depth"], kept, width) + 2 * kept * width * dec_width
-             + blocks(cfg["decoder_depth"], full, dec_width) + 2 * full * dec_width * pixels)
-    return int(total)
-
-
-def train_flops(mae: MaskedAutoencoderViT, mask_ratio: float) -> int:
-    return 3 * forward_flops(mae, mask_ratio)
-
-
 @dataclass
 class BenchConfig:
     """One configuration of the training step to time."""
@@ -70,6 +34,7 @@ class BenchConfig:
     mask_ratio: float = 0.75
     mixed_precision: str = "auto"
     torch_compile: bool = False
+    compile_backend: str = "inductor"  # "eager" checks Dynamo's graph capture and guards without compiling kernels
     fused_optimizer: bool = True
     grad_scaler_fp16: bool = False  # EndoViT: fp16 autocast with a GradScaler (CUDA only)
     sync_every_step: bool = False  # EndoViT: loss.item(), grad norm and synchronize every step
@@ -94,6 +59,22 @@ def _fresh_accelerator(mixed_precision: str, device: torch.device) -> Accelerato
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _host_syncs_per_step(step, next_batch, device: torch.device, steps: int = 2) -> float | None:
+    """Host synchronisations per step, counted by CUDA's sync debug mode (None on CPUs)."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                step(next_batch())
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize(device)
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
 
 
 def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_tflops: float | None = None) -> dict:
@@ -127,13 +108,15 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
         return loss
 
     trial = compile_trial(accelerator, model, mae.num_patches, config.batch_size, config.img_size, config.mask_ratio)
-    model, compile_seconds = compile_model(model, trial, config.torch_compile)
+    model, compile_seconds = compile_model(model, trial, config.torch_compile, config.compile_backend)
+    graphs_after_trial = compiled_graphs()
+    mean, std = (torch.tensor(v, device=accelerator.device).view(1, -1, 1, 1) for v in (MEAN, STD))
 
     def next_batch() -> torch.Tensor:
         batch = {"pixels": fixed_batch} if batches is None else next(batches)
         if "images" in batch:
             return batch["images"].to(accelerator.device, non_blocking=True)
-        return normalize(batch["pixels"].to(accelerator.device, non_blocking=True), MEAN, STD)
+        return normalize(batch["pixels"].to(accelerator.device, non_blocking=True), mean, std)
 
     losses = [step(next_batch()).float() for _ in range(config.warmup)]
     _synchronize(accelerator.device)
@@ -148,19 +131,20 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
         losses.append(step(pixels).float())
     _synchronize(accelerator.device)
     elapsed = time.perf_counter() - start
+    host_syncs = None if config.sync_every_step else _host_syncs_per_step(step, next_batch, accelerator.device)
 
     images_per_sec = config.steps * config.batch_size / elapsed
     flops = train_flops(mae, config.mask_ratio)
     achieved = flops * images_per_sec / 1e12
-    if peak_tflops is None and accelerator.device.type == "cuda" and precision in ("bf16", "fp16"):
-        name = torch.cuda.get_device_name(accelerator.device)
-        peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    peak = peak_tflops if peak_tflops is not None else peak_tflops_of(accelerator.device, precision)
     return {
         **asdict(config),
         "device": (torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda"
                    else f"cpu ({torch.get_num_threads()} threads)"),
         "precision": precision,
         "compiled": model is not mae,
+        "recompiles_after_trial": compiled_graphs() - graphs_after_trial if model is not mae else None,
+        "host_syncs_per_step": host_syncs,
         "compile_seconds": round(compile_seconds, 2),
         "fused_attention": sdpa_active(mae),
         "data": "synthetic on device" if batches is None else "DataLoader",
@@ -170,8 +154,8 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
         "compute_ms_per_step": round(1000 * (elapsed - data_wait) / config.steps, 2),
         "train_gflops_per_image": round(flops / 1e9, 3),
         "achieved_tflops": round(achieved, 3),
-        "peak_tflops": peak_tflops,
-        "mfu": round(achieved / peak_tflops, 4) if peak_tflops else None,
+        "peak_tflops": peak,
+        "mfu": round(achieved / peak, 4) if peak else None,
         "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_device_mem_mb": (round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
                                if accelerator.device.type == "cuda" else None),

@@ -6,8 +6,11 @@ import math
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from accelerate.utils import broadcast_object_list, gather_object
 
 from endovit.errors import CheckpointError
 from endovit.io import atomic_write_text
@@ -24,6 +27,7 @@ __all__ = [
     "check_resumable",
     "save_training_state",
     "load_training_state",
+    "checkpoint_storage_shared",
     "resolve_resume",
 ]
 
@@ -141,9 +145,32 @@ def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: i
         _seal(tmp, final, root, keep, run)
     accelerator.wait_for_everyone()
     if accelerator.is_local_main_process and not accelerator.is_main_process and tmp.is_dir():
+        if write_extra is not None:
+            write_extra(tmp)
         _seal(tmp, final, root, keep, run)
     accelerator.wait_for_everyone()
     return final
+
+
+def checkpoint_storage_shared(accelerator, root: str | os.PathLike) -> bool:
+    """Whether every machine of the run sees the same ``root`` (a shared disk), or each has its own.
+
+    Where each has its own (node-local disks, e.g. several SageMaker instances), every machine must write
+    the whole checkpoint (accelerate's ``save_on_each_node``), or only the first would hold the weights.
+    """
+    if accelerator.num_processes == 1:
+        return True
+    root = Path(root)
+    probe = root / f".shared-probe-{broadcast_object_list([uuid.uuid4().hex])[0]}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    accelerator.wait_for_everyone()
+    seen = gather_object([probe.exists()])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        probe.unlink(missing_ok=True)
+    return all(seen)
 
 
 def _seal(tmp: Path, final: Path, root: Path, keep: int, run: dict) -> None:

@@ -12,7 +12,9 @@ import torch
 from tqdm.auto import tqdm
 
 from endovit.data.transforms import normalize, sample_seed
+from endovit.errors import RecipeError
 from endovit.evaluation import validate
+from endovit.flops import peak_tflops, train_flops
 from endovit.optim import set_lr
 
 __all__ = ["sdpa_active", "compile_model", "compile_trial", "compiled_graphs", "train_step", "LogWindow",
@@ -79,27 +81,52 @@ def train_step(accelerator, model, optimizer, images: torch.Tensor, noise: torch
 
 
 class LogWindow:
-    """Loss and throughput since the last log line (like timm's ``AverageMeter``), kept on the device."""
+    """Loss, throughput and waiting for data since the last log line (like timm's ``AverageMeter``); the loss
+    stays on the device until the window is read."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, train_flops_per_image: float, peak_tflops: float | None):
+        self.device = device
+        self.flops, self.peak = train_flops_per_image, peak_tflops
         self.loss_sum = torch.zeros((), device=device)
         self.reset()
 
     def reset(self) -> None:
         self.loss_sum.zero_()
-        self.micro_steps, self.images, self.start = 0, 0, time.perf_counter()
+        self.micro_steps, self.images, self.skipped, self.data_seconds = 0, 0, 0, 0.0
+        self.start = time.perf_counter()
+
+    def timed(self, batches):
+        """Yield from ``batches``, adding the time spent waiting for each batch to the window."""
+        iterator = iter(batches)
+        while True:
+            waited = time.perf_counter()
+            batch = next(iterator, None)
+            self.data_seconds += time.perf_counter() - waited
+            if batch is None:
+                return
+            yield batch
 
     def add(self, loss: torch.Tensor, images: int) -> None:
         self.loss_sum += loss
         self.micro_steps += 1
         self.images += images
 
-    def read(self, accelerator) -> tuple[float, float]:
-        """(mean loss over all processes, images/s over all processes), then start a new window."""
-        mean_loss = accelerator.reduce(self.loss_sum, "mean").item() / max(self.micro_steps, 1)
-        images_per_sec = self.images * accelerator.num_processes / max(time.perf_counter() - self.start, 1e-9)
+    def read(self, accelerator) -> dict[str, float]:
+        """Mean loss, images/s, share of time waiting for data, MFU and peak memory (on GPUs) over all processes,
+        and fp16's skipped steps; then start a new window."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        metrics = {"train/loss": accelerator.reduce(self.loss_sum, "mean").item() / max(self.micro_steps, 1),
+                   "train/images_per_sec": self.images * accelerator.num_processes / elapsed,
+                   "train/data_wait": self.data_seconds / elapsed}
+        if self.peak:
+            metrics["train/mfu"] = metrics["train/images_per_sec"] * self.flops / accelerator.num_processes / (
+                self.peak * 1e12)
+        if self.device.type == "cuda":
+            metrics["train/max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if accelerator.mixed_precision == "fp16":
+            metrics["train/skipped_steps"] = self.skipped
         self.reset()
-        return mean_loss, images_per_sec
+        return metrics
 
 
 class StopRequest:
@@ -125,11 +152,23 @@ def train(run, stop: StopRequest | None = None) -> int:
     request is checked every step on one process, and at log steps across several (piggybacking on the
     log's collective, so the step loop gets no extra host synchronisation).
     """
+    try:
+        return _train_steps(run, stop or StopRequest())
+    except torch.OutOfMemoryError:
+        recipe = run.recipe
+        micro = recipe.micro_batch_size(run.accelerator.num_processes)
+        raise RecipeError(f"out of memory with a micro-batch of {micro} images of {recipe.img_size[0]}x"
+                          f"{recipe.img_size[1]} per process: raise --grad_accum_steps (the batch of "
+                          f"{recipe.batch_size} stays), or try --grad_checkpointing true") from None
+
+
+def _train_steps(run, stop: StopRequest) -> int:
     recipe, accelerator, schedule, saver = run.recipe, run.accelerator, run.schedule, run.saver
-    stop = stop or StopRequest()
     noise_generator = torch.Generator(device=accelerator.device)
-    window = LogWindow(accelerator.device)
+    window = LogWindow(accelerator.device, train_flops(run.mae, recipe.mask_ratio),
+                       peak_tflops(accelerator.device, accelerator.mixed_precision))
     step, micro_steps, stopped = saver.progress.step, 0, False
+    first_step = step + 1
     bar = tqdm(total=schedule.last_step, initial=step, desc="pretrain", disable=not accelerator.is_local_main_process)
     run.model.train()
     while step < schedule.last_step and not stopped:
@@ -139,7 +178,7 @@ def train(run, stop: StopRequest | None = None) -> int:
         done_in_epoch = (step - epoch * schedule.steps_per_epoch) * recipe.grad_accum_steps
         batches = (accelerator.skip_first_batches(run.train_loader, done_in_epoch) if done_in_epoch
                    else run.train_loader)
-        for batch in batches:
+        for batch in window.timed(batches):
             # micro-step: lr for this step, masks from (seed, step, micro-step, process), forward and backward
             with accelerator.accumulate(run.model):
                 set_lr(run.optimizer, schedule.lr_at(step))
@@ -153,10 +192,14 @@ def train(run, stop: StopRequest | None = None) -> int:
             micro_steps += 1
             if not accelerator.sync_gradients:
                 continue
-            # optimizer step done: count it, average the weights when SWA says so
+            # optimizer step done (fp16 skips a step whose gradients overflowed): count it, average for SWA
+            window.skipped += accelerator.optimizer_step_was_skipped
             step, micro_steps = step + 1, 0
             saver.progress.step = step
             bar.update(1)
+            if step == first_step and accelerator.is_main_process:
+                bar.write(f"first step done {time.perf_counter() - run.started:.1f}s after start-up began "
+                          f"(compiling took {run.compile_seconds:.1f}s)")
             if run.swa_model is not None and schedule.swa_update_due(step):
                 run.swa_model.update_parameters(run.mae)
             # log: one collective for the loss window
@@ -179,16 +222,17 @@ def train(run, stop: StopRequest | None = None) -> int:
 def _log_train(run, window: LogWindow, step: int, bar) -> None:
     """Log the window's loss, lr and speed to the trackers and as one ``step=`` line."""
     accelerator = run.accelerator
-    mean_loss, images_per_sec = window.read(accelerator)
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"loss is {mean_loss} at step {step}; try --mixed_precision bf16 or --clip_grad "
-                                 "1.0, and resume from the last checkpoint")
-    current_lr = max(g["lr"] for g in run.optimizer.param_groups)
-    accelerator.log({"train/loss": mean_loss, "train/lr": current_lr, "train/images_per_sec": images_per_sec},
-                    step=step)
+    metrics = window.read(accelerator)
+    if not math.isfinite(metrics["train/loss"]):
+        raise FloatingPointError(f"loss is {metrics['train/loss']} at step {step}; try --mixed_precision bf16 or "
+                                 "--clip_grad 1.0, and resume from the last checkpoint")
+    metrics["train/lr"] = max(g["lr"] for g in run.optimizer.param_groups)
+    accelerator.log(metrics, step=step)
     if accelerator.is_main_process:
-        bar.write(f"step={step} epoch={step / run.schedule.steps_per_epoch:.3f} loss={mean_loss:.5f} "
-                  f"lr={current_lr:.4e} images_per_sec={images_per_sec:.1f}")
+        shown = ("train/data_wait", "train/mfu", "train/max_memory_gb", "train/skipped_steps")
+        extra = "".join(f" {key[6:]}={metrics[key]:.3g}" for key in shown if key in metrics)
+        bar.write(f"step={step} epoch={step / run.schedule.steps_per_epoch:.3f} loss={metrics['train/loss']:.5f} "
+                  f"lr={metrics['train/lr']:.4e} images_per_sec={metrics['train/images_per_sec']:.1f}{extra}")
 
 
 def validate_run(run, step: int, write) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from endovit.data.frames import decode_image
 from endovit.data.transforms import EvalTransform, denormalize, normalize, sample_seed
 
 __all__ = ["fixed_noise", "validate", "picture_batch", "reconstruction_grid"]
@@ -45,6 +44,8 @@ def validate(model, mae, loader, accelerator, mean, std, mask_ratio: float, seed
 def picture_batch(frames, count: int, img_size, mean, std, seed: int, num_patches: int, device):
     """``count`` frames spread over ``frames``, normalised on ``device``, with their fixed masking noise
     (the validation rule); None when ``count`` is 0."""
+    from endovit.data.frames import decode_image  # needs datasets, which the step alone does not
+
     count = min(count, len(frames))
     if count == 0:
         return None

@@ -2,33 +2,110 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-__all__ = ["bf16_supported", "resolve_mixed_precision", "resolve_torch_compile", "resolve_trackers", "Resolved",
-           "resolve_settings"]
+from endovit.io import atomic_write_json
+
+__all__ = ["bf16_supported", "resolve_mixed_precision", "resolve_torch_compile", "resolve_num_workers",
+           "compile_threads", "apply_tf32", "cpu_name", "faster_precision",
+           "time_cpu_precisions", "measured_cpu_precision", "resolve_trackers", "Resolved", "resolve_settings"]
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        cpu = torch.cpu
-        return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-                    or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
-    return False
+    """The CUDA GPU runs bf16 natively (emulated bf16 does not count)."""
+    if device.type != "cuda":
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def resolve_mixed_precision(setting: str, device: torch.device) -> tuple[str, str]:
-    """``auto`` -> ``bf16`` where the hardware runs it natively, else ``no``; explicit settings pass through."""
+def resolve_mixed_precision(setting: str, device: torch.device,
+                            measure_cpu: Callable[[], tuple[str, str]] | None = None) -> tuple[str, str]:
+    """``auto`` -> what is fast on ``device``; explicit settings pass through. Returns (precision, reason).
+
+    CUDA: bf16 where the GPU runs it natively, else fp16 (with accelerate's GradScaler), as EndoViT ran on
+    V100s. CPU: ``measure_cpu()`` times the step in both precisions (bf16 is 1.7x faster with AMX, 1.8x slower
+    with AVX512-BF16 alone); without it, bf16 only with AMX.
+    """
     if setting != "auto":
         return setting, "set explicitly"
-    if bf16_supported(device):
-        return "bf16", f"auto: native bf16 on {device.type}"
-    return "no", f"auto: no native bf16 on {device.type}"
+    if device.type == "cuda":
+        if bf16_supported(device):
+            return "bf16", "auto: the GPU runs bf16 natively"
+        return "fp16", "auto: no native bf16 on this GPU, fp16 with loss scaling"
+    if device.type == "cpu" and measure_cpu is not None:
+        return measure_cpu()
+    if device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "bf16", "auto: the CPU has AMX"
+    return "no", f"auto: fp32 on {device.type}"
+
+
+def cpu_name() -> str:
+    """The CPU's model and the flags that decide bf16 speed, e.g. ``AMD EPYC [avx512_bf16]``."""
+    model = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                     model)
+    except OSError:
+        info = ""
+    flags = sorted({f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f") if f" {f}" in info})
+    return f"{model} [{' '.join(flags)}]"
+
+
+def faster_precision(seconds: dict[str, float]) -> str:
+    """``bf16`` when it is more than 5% faster than fp32 (``no``), else ``no`` (fp32 numerics at equal speed)."""
+    return "bf16" if seconds["bf16"] < 0.95 * seconds["no"] else "no"
+
+
+def time_cpu_precisions(model_name: str, img_size, batch_size: int, repeats: int = 2) -> dict[str, float]:
+    """Seconds per forward/backward of a fresh ``model_name`` on random frames in fp32 and under bf16 autocast.
+    Runs inside ``fork_rng``: the caller's random state is untouched."""
+    from endovit.models.mae import create_mae
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        mae = create_mae(model_name, img_size=tuple(img_size))
+        images = torch.randn(batch_size, 3, *img_size)
+        noise = torch.rand(batch_size, mae.num_patches)
+        seconds = {}
+        for precision in ("no", "bf16", "no"):  # fp32 twice: the first also warms the allocator
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                mae(images, 0.75, noise)[0].backward()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    mae(images, 0.75, noise)[0].backward()
+            seconds[precision] = (time.perf_counter() - start) / repeats
+    return seconds
+
+
+def measured_cpu_precision(model_name: str, img_size, micro_batch: int) -> tuple[str, str]:
+    """Choose fp32 or bf16 for this CPU, model, size and thread count by timing both once; cached per machine."""
+    key = f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{model_name}|{list(img_size)}"
+    cache = Path(torch.hub.get_dir()).parent / "endovit" / "cpu_precision.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = time_cpu_precisions(model_name, img_size, max(1, min(micro_batch, 4)))
+        try:
+            atomic_write_json(cache, known)
+        except OSError:
+            pass
+    seconds = known[key]
+    choice = faster_precision(seconds)
+    return choice, (f"auto: measured on this CPU, fp32 {seconds['no'] * 1000:.0f} ms vs bf16 "
+                    f"{seconds['bf16'] * 1000:.0f} ms per step of {model_name}")
 
 
 def resolve_torch_compile(setting: str, device: torch.device) -> tuple[bool, str]:
@@ -36,6 +113,31 @@ def resolve_torch_compile(setting: str, device: torch.device) -> tuple[bool, str
     if setting != "auto":
         return setting == "true", "set explicitly"
     return device.type == "cuda", f"auto: {'on' if device.type == 'cuda' else 'off'} for {device.type}"
+
+
+def resolve_num_workers(setting, local_processes: int) -> tuple[int, str]:
+    """``auto`` -> the CPU cores this process may use, shared by the processes of this machine (at most 16)."""
+    if setting != "auto":
+        return int(setting), "set explicitly"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cores // max(1, local_processes))), f"auto: {cores} cores / {local_processes} process(es)"
+
+
+def compile_threads(local_processes: int) -> int:
+    """Inductor compile workers per process, so that all processes of a machine share its cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_processes))
+
+
+def apply_tf32(enabled: bool, device: torch.device) -> None:
+    """TF32 tensor cores for fp32 matmuls on CUDA (an fp32 run on A100/H100 is otherwise several times slower)."""
+    if device.type != "cuda":
+        return
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9; mixing with allow_tf32 is an error
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = (
+            "tf32" if enabled else "ieee")
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
 
 
 def resolve_trackers(report_to: str) -> list[str]:
@@ -50,6 +152,7 @@ class Resolved:
     mixed_precision: str
     torch_compile: bool
     trackers: list[str]
+    num_workers: int
     notes: dict[str, str]
 
     def without_compile(self, why: str) -> Resolved:
@@ -59,10 +162,14 @@ class Resolved:
         return "; ".join(f"{key} {value}" for key, value in self.notes.items())
 
 
-def resolve_settings(recipe, device: torch.device) -> Resolved:
-    """Resolve ``mixed_precision``, ``torch_compile`` and ``report_to`` of ``recipe`` for ``device``."""
-    precision, precision_why = resolve_mixed_precision(recipe.mixed_precision, device)
+def resolve_settings(recipe, device: torch.device, local_processes: int = 1,
+                     measure_cpu: Callable[[], tuple[str, str]] | None = None) -> Resolved:
+    """Resolve ``mixed_precision``, ``torch_compile``, ``num_workers`` and ``report_to`` of ``recipe`` for
+    ``device`` and the number of processes on this machine (``measure_cpu``: see ``resolve_mixed_precision``)."""
+    precision, precision_why = resolve_mixed_precision(recipe.mixed_precision, device, measure_cpu)
     compile_on, compile_why = resolve_torch_compile(recipe.torch_compile, device)
-    return Resolved(precision, compile_on, resolve_trackers(recipe.report_to),
+    workers, workers_why = resolve_num_workers(recipe.num_workers, local_processes)
+    return Resolved(precision, compile_on, resolve_trackers(recipe.report_to), workers,
                     {"precision": f"{precision} ({precision_why})",
-                     "compile": f"{'on' if compile_on else 'off'} ({compile_why})"})
+                     "compile": f"{'on' if compile_on else 'off'} ({compile_why})",
+                     "workers": f"{workers} ({workers_why})"})

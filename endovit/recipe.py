@@ -45,7 +45,7 @@ class Recipe:
     crop_scale: list = field(default_factory=lambda: [0.6, 1.0])  # RandomResizedCrop area range
     mean: list = field(default_factory=lambda: list(ENDOVIT_MEAN))
     std: list = field(default_factory=lambda: list(ENDOVIT_STD))
-    num_workers: int = 8
+    num_workers: str = "auto"  # DataLoader workers per process; auto = CPU cores per local process (at most 16)
     train_sources: list = field(default_factory=list)  # sub-folders of train_data, Cholec80 split names or paths
     source_weights: list = field(default_factory=list)  # one weight per train_sources entry; empty = each frame once
     val_sources: list = field(default_factory=list)  # the same for val_data (or train_data when val_data is empty)
@@ -71,6 +71,9 @@ class Recipe:
     torch_compile: str = "auto"  # auto = on for CUDA GPUs | true | false (falls back to eager on failure)
     fused_optimizer: bool = True  # fused AdamW kernel instead of a per-parameter loop
     grad_checkpointing: bool = False  # recompute block activations in backward (saves memory for ViT-L/H)
+    tf32: bool = True  # TF32 tensor cores for fp32 matmuls on CUDA GPUs (Ampere and newer)
+    ddp_comm_hook: str = "none"  # none | bf16 | fp16: compress the gradient all-reduce between GPUs
+    dist_timeout: int = 7200  # seconds a process waits for the others (checkpoint writes, downloads); NCCL's is 600
     seed: int = 1665
     # stochastic weight averaging
     swa: bool = False
@@ -138,7 +141,17 @@ class Recipe:
                     "save_every_steps", "swa_every_steps"):
             if getattr(self, key) <= 0:
                 raise bad(key, "must be a positive integer")
-        for key in ("num_workers", "num_recon_images", "blr", "min_lr", "weight_decay"):
+        if str(self.num_workers) != "auto":
+            try:
+                self.num_workers = int(self.num_workers)
+            except ValueError:
+                raise bad("num_workers", "give a number of workers or auto") from None
+        if self.ddp_comm_hook not in ("none", "bf16", "fp16"):
+            raise bad("ddp_comm_hook", "choose none, bf16 or fp16")
+        if self.dist_timeout <= 0:
+            raise bad("dist_timeout", "must be a positive number of seconds")
+        for key in ("num_recon_images", "blr", "min_lr", "weight_decay") + (
+                () if self.num_workers == "auto" else ("num_workers",)):
             if getattr(self, key) < 0:
                 raise bad(key, "must not be negative")
         if self.lr is not None and self.lr <= 0:

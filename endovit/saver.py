@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from endovit.checkpoint import TrainProgress, load_training_state, save_training_state
 from endovit.evaluation import reconstruction_grid
@@ -48,9 +50,15 @@ class Saver:
             self._restore_best()
 
     def save_training_state(self, step: int) -> Path:
-        """A complete checkpoint of ``step`` (every process takes part)."""
-        return save_training_state(self.accelerator, self.checkpoints_dir, step, self.recipe.keep_checkpoints,
-                                   self.run_signature, self._write_extra)
+        """A complete checkpoint of ``step`` (every process takes part); logs how long saving took."""
+        start = time.perf_counter()
+        folder = save_training_state(self.accelerator, self.checkpoints_dir, step, self.recipe.keep_checkpoints,
+                                     self.run_signature, self._write_extra)
+        seconds = time.perf_counter() - start
+        self.accelerator.log({"train/checkpoint_seconds": seconds}, step=step)
+        if self.accelerator.is_main_process:
+            tqdm.write(f"checkpoint {folder.name} saved in {seconds:.1f}s")
+        return folder
 
     def _write_extra(self, folder: Path) -> None:
         self.progress.save(folder)

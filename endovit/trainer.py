@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, DynamoBackend, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DDPCommunicationHookType,
+    DistributedDataParallelKwargs,
+    DynamoBackend,
+    ProjectConfiguration,
+    broadcast_object_list,
+    set_seed,
+)
 from torch.optim.swa_utils import AveragedModel
 
-from endovit.checkpoint import check_resumable, latest_checkpoint, resolve_resume
+from endovit.checkpoint import check_resumable, checkpoint_storage_shared, latest_checkpoint, resolve_resume
 from endovit.data import build_train_loader, build_val_loader
 from endovit.data.sources import RunData, load_run_data
-from endovit.engine import compile_model, compile_trial, sdpa_active
+from endovit.engine import compile_model, compile_trial, compiled_graphs, sdpa_active
 from endovit.errors import DataError, RecipeError
 from endovit.evaluation import picture_batch
-from endovit.hardware import Resolved, resolve_settings
+from endovit.hardware import Resolved, apply_tf32, compile_threads, measured_cpu_precision, resolve_settings
 from endovit.io import atomic_write_text
 from endovit.models.mae import MaskedAutoencoderViT, create_mae
 from endovit.optim import build_optimizer, lr_at_step, param_groups
@@ -26,7 +36,7 @@ from endovit.recipe import Recipe
 from endovit.saver import Saver
 from endovit.weights import load_pretrained
 
-__all__ = ["Schedule", "Run", "load_data", "build_run", "start_logging"]
+__all__ = ["Schedule", "Run", "load_data", "process_state", "build_run", "start_logging"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class Run:
     pictures: tuple | None = None
     compile_seconds: float = 0.0
     saver: Saver | None = None
+    started: float = dataclasses.field(default_factory=time.perf_counter)  # when build_run began
+    graphs_after_trial: int = 0  # torch.compile graphs built by the compile trial; more later = recompiles
 
     def summary(self) -> str:
         r, a = self.recipe, self.accelerator
@@ -84,8 +96,7 @@ class Run:
         return (f"{len(self.data.train)} training frames, {val} validation frames; {a.num_processes} process(es) "
                 f"x {r.grad_accum_steps} accumulation x {r.micro_batch_size(a.num_processes)} = batch "
                 f"{r.batch_size}; {self.schedule.steps_per_epoch} steps/epoch, {self.schedule.total_steps} steps; "
-                f"lr {r.peak_lr:.3g}; {self.settings.summary()} ({self.compile_seconds:.0f}s), fused attention "
-                f"{sdpa_active(self.mae)}")
+                f"lr {r.peak_lr:.3g}; {self.settings.summary()}; fused attention {sdpa_active(self.mae)}")
 
 
 def load_data(recipe: Recipe, log=print) -> RunData:
@@ -95,11 +106,21 @@ def load_data(recipe: Recipe, log=print) -> RunData:
                          stats_from_data=recipe.stats_from_data, log=log)
 
 
+def process_state(recipe: Recipe) -> PartialState:
+    """The process group, created once with the recipe's timeout (an ``InitProcessGroupKwargs`` given to a later
+    ``Accelerator`` would be ignored); CPU processes form a gloo group on machines without an accelerator."""
+    return PartialState(cpu=not torch.accelerator.is_available(), timeout=timedelta(seconds=recipe.dist_timeout))
+
+
 def _accelerator(recipe: Recipe) -> tuple[Accelerator, Resolved]:
-    """The process group first (on CPU-only machines as CPU processes), then the accelerator, with every
-    ``auto`` setting resolved for the device."""
-    process = PartialState(cpu=not torch.accelerator.is_available())
-    settings = resolve_settings(recipe, process.device)
+    """The process group, then the accelerator, with every ``auto`` setting resolved for the device."""
+    process = process_state(recipe)
+    settings = resolve_settings(recipe, process.device, _local_processes(process),
+                                measure_cpu=lambda: _measured_on_main(process, recipe))
+    apply_tf32(recipe.tf32, process.device)
+    handlers = []
+    if recipe.ddp_comm_hook != "none":
+        handlers.append(DistributedDataParallelKwargs(comm_hook=DDPCommunicationHookType(recipe.ddp_comm_hook)))
     accelerator = Accelerator(
         gradient_accumulation_steps=recipe.grad_accum_steps,
         mixed_precision=settings.mixed_precision,
@@ -107,10 +128,30 @@ def _accelerator(recipe: Recipe) -> tuple[Accelerator, Resolved]:
         log_with=settings.trackers or None,
         project_config=ProjectConfiguration(project_dir=recipe.output_dir,
                                             logging_dir=str(recipe.logging_path.parent)),
+        kwargs_handlers=handlers,
     )
     if accelerator.state.dynamo_plugin.backend != DynamoBackend.NO:
         settings = settings.without_compile("accelerate's dynamo config compiles the model already")
+    if settings.torch_compile:
+        torch._inductor.config.compile_threads = compile_threads(_local_processes(process))
+    accelerator.project_configuration.save_on_each_node = not checkpoint_storage_shared(accelerator,
+                                                                                          recipe.checkpoints_path)
     return accelerator, settings
+
+
+def _measured_on_main(process: PartialState, recipe: Recipe) -> tuple[str, str]:
+    """The CPU precision measured by the main process, the same for every process."""
+    choice = [None]
+    if process.is_main_process:
+        choice = [measured_cpu_precision(recipe.model, recipe.img_size, recipe.micro_batch_size(process.num_processes))]
+    return tuple(broadcast_object_list(choice)[0]) if process.num_processes > 1 else choice[0]
+
+
+def _local_processes(process: PartialState) -> int:
+    """Processes on this machine: one per accelerator (all of them on CPU-only machines)."""
+    if process.device.type == "cpu":
+        return process.num_processes
+    return max(1, min(process.num_processes, torch.accelerator.device_count()))
 
 
 def _model(recipe: Recipe, accelerator: Accelerator) -> MaskedAutoencoderViT:
@@ -124,6 +165,7 @@ def _model(recipe: Recipe, accelerator: Accelerator) -> MaskedAutoencoderViT:
 
 def build_run(recipe: Recipe) -> Run:
     """Set up everything for ``engine.train``; resumes from a checkpoint when the recipe says so."""
+    started = time.perf_counter()
     accelerator, settings = _accelerator(recipe)
     set_seed(recipe.seed)
     micro_batch = recipe.micro_batch_size(accelerator.num_processes)
@@ -143,9 +185,9 @@ def build_run(recipe: Recipe) -> Run:
     optimizer = build_optimizer(param_groups(mae, recipe.weight_decay, recipe.layer_decay), recipe.peak_lr,
                                 recipe.fused_optimizer, accelerator.device)
     train_loader = build_train_loader(data.train, recipe.img_size, recipe.crop_scale, micro_batch, recipe.seed,
-                                      recipe.num_workers, data.mix, recipe.fast_decode)
+                                      settings.num_workers, data.mix, recipe.fast_decode)
     val_loader = (build_val_loader(data.val, recipe.img_size, recipe.val_batch_size or micro_batch,
-                                   recipe.num_workers) if data.val is not None else None)
+                                   settings.num_workers) if data.val is not None else None)
     model, optimizer, train_loader = accelerator.prepare(mae, optimizer, train_loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
@@ -159,7 +201,8 @@ def build_run(recipe: Recipe) -> Run:
     run = Run(recipe, accelerator, settings, data, mae, model, optimizer, train_loader, val_loader, schedule,
               mean=torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1),
               std=torch.tensor(recipe.std, device=device).view(1, -1, 1, 1),
-              swa_model=AveragedModel(mae) if recipe.swa else None, compile_seconds=compile_seconds)
+              swa_model=AveragedModel(mae) if recipe.swa else None, compile_seconds=compile_seconds, started=started,
+              graphs_after_trial=compiled_graphs())
     run.saver = Saver(run, {"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa,
                             "seed": recipe.seed, "processes": accelerator.num_processes,
                             "steps_per_epoch": schedule.steps_per_epoch})

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# GPU check for the README's performance table: MAE ViT-B/16 at 224, batch 256, bf16 + torch.compile
-# (our defaults) against EndoViT's settings (fp16 + GradScaler, eager, unfused AdamW, per-step sync),
-# on one GPU with synthetic on-device batches. About 3-5 minutes on one H100. Results: $OUT or ./
+# The GPU check on a machine whose Python has torch, accelerate, timm, safetensors and tensorboard but not
+# `datasets`: installs the wheels carried in .whl/ (make device-wheels) into a temporary folder, then runs
+# scripts/device_check.py (pass --cpu_rehearsal to rehearse on a CPU). Results go to $OUT or outputs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out_dir="${OUT:-.}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-PYTHONUNBUFFERED=1 python scripts/benchmark.py --model mae_vit_base_patch16 --img_size 224 --batch_size 256 \
-    --mixed_precision bf16 --torch_compile true --steps 30 --warmup 5 --configs endovit,endovit_fp32,baseline \
-    --json "$out_dir/benchmark_vit_b16_bs256.json"
+python="${PYTHON:-python3}"
+wheels="${WHEELS:-.whl}"
+if ! "$python" -c "import datasets" 2>/dev/null; then
+    [ -d "$wheels" ] || { echo "error: datasets is missing and $wheels/ holds no wheels: run make device-wheels" >&2; exit 2; }
+    site="$(mktemp -d)"
+    "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$wheels"/*.whl
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+df -h /dev/shm 2>/dev/null | tail -1 || true
+PYTHONUNBUFFERED=1 exec "$python" scripts/device_check.py "$@"

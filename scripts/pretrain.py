@@ -13,7 +13,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from endovit.engine import train
+from endovit.engine import compiled_graphs, train
 from endovit.errors import EndovitError
 from endovit.models.mae import TIMM_ENCODERS
 from endovit.recipe import Recipe, parse_recipe
@@ -37,6 +37,8 @@ def pretrain(recipe: Recipe) -> None:
 
     step = train(run)
 
+    if run.compile_seconds:
+        accelerator.print(f"torch.compile: {compiled_graphs() - run.graphs_after_trial} recompile(s) after the trial")
     accelerator.wait_for_everyone()
     written = run.saver.finish(step, run.saver.last_val_loss)
     if accelerator.is_main_process:

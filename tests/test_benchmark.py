@@ -10,8 +10,9 @@ import torch
 from conftest import run_script
 from torch.utils.flop_counter import FlopCounterMode
 
-from endovit.benchmark import BenchConfig, baseline_of, forward_flops, run_benchmark, train_flops
+from endovit.benchmark import BenchConfig, baseline_of, run_benchmark
 from endovit.engine import compile_model
+from endovit.flops import forward_flops, train_flops
 from endovit.models.mae import MaskedAutoencoderViT, create_mae
 
 TINY = BenchConfig(model="mae_vit_tiny_patch16", img_size=[32, 32], batch_size=4, steps=3, warmup=1,

@@ -52,7 +52,7 @@ class TrainFrames(Dataset):
 def _loader_options(num_workers: int) -> dict:
     options = {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
     if num_workers > 0:
-        options.update(persistent_workers=True, prefetch_factor=4)
+        options.update(persistent_workers=True, prefetch_factor=2)
     return options
 
 

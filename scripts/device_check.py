@@ -1,0 +1,168 @@
+"""GPU check for the README's performance table, in one run (about 5-7 minutes on one H100).
+
+    bash scripts/device_check.sh                    # on the GPU machine (installs carried wheels first)
+    python scripts/device_check.py --cpu_rehearsal  # the same code paths on a CPU, tiny sizes, in seconds
+
+1. Step benchmark (no ``datasets`` needed): MAE ViT-B/16, 224 px, batch 256 on one GPU, our defaults (bf16 +
+   torch.compile, fused AdamW) against EndoViT's settings (fp16 + GradScaler, eager, per-step sync), with
+   recompiles after the compile trial and host synchronisations per step counted.
+2. End to end: ``scripts/pretrain.py`` itself on prepared synthetic frames (bf16 + compile, DataLoader workers =
+   cores) for a few hundred steps: images/s, share of step time waiting for data, MFU, peak GPU memory, time
+   to the first step, time to save a checkpoint.
+3. fp16 path: the same run forced to ``--mixed_precision fp16``: its loss curve against bf16's, no NaN.
+
+Writes ``device_check.json`` and prints a table; exits non-zero when a check fails (a recompile after the
+trial, a host sync in our step, a NaN, or an fp16 loss curve off bf16's).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from endovit.benchmark import BenchConfig, baseline_of, run_benchmark  # noqa: E402
+from endovit.hardware import cpu_name  # noqa: E402
+
+FULL = {"model": "mae_vit_base_patch16", "img_size": 224, "batch_size": 256, "bench_steps": 20, "videos": 16,
+        "frames": 128, "height": 256, "width": 455, "steps": 300, "fp16_steps": 100, "log_every": 20}
+REHEARSAL = {"model": "mae_vit_tiny_patch16", "img_size": 32, "batch_size": 8, "bench_steps": 3, "videos": 2,
+             "frames": 16, "height": 48, "width": 64, "steps": 8, "fp16_steps": 6, "log_every": 2}
+STEP_LINE = re.compile(r"^step=(\d+) .*?loss=(\S+) .*?images_per_sec=(\S+)(.*)$", re.M)
+
+
+def _frames_of_video(args: tuple) -> None:
+    from endovit.data.synthetic import write_sample_frames
+
+    out, video, sizes = args
+    write_sample_frames(out, videos=1, frames=sizes["frames"], height=sizes["height"], width=sizes["width"],
+                        first_video=video)
+
+
+def prepare_frames(work: Path, sizes: dict) -> Path:
+    """Synthetic frames, one process per video, then prepared as JPEG shards (what a real run trains on)."""
+    from endovit.data import PrepareSettings
+    from endovit.data import prepare_frames as prepare
+
+    raw, prepared = work / "raw", work / "prepared"
+    with multiprocessing.get_context("spawn").Pool(min(sizes["videos"], os.cpu_count() or 1)) as pool:
+        pool.map(_frames_of_video, [(raw, v, sizes) for v in range(1, sizes["videos"] + 1)])
+    prepare(raw / "frames", prepared, PrepareSettings(short_side=min(sizes["height"], 256), image_format="jpeg"),
+            num_proc=min(16, os.cpu_count() or 1), progress=False)
+    return prepared
+
+
+def pretrain(data: Path, out: Path, sizes: dict, steps: int, *extra: str) -> dict:
+    """Run scripts/pretrain.py; returns its step lines and timings parsed from the output."""
+    cmd = [sys.executable, str(REPO / "scripts" / "pretrain.py"), "--recipe", "endovit_seg", "--init_from", "",
+           "--model", sizes["model"], "--img_size", str(sizes["img_size"]), "--batch_size", str(sizes["batch_size"]),
+           "--train_data", str(data), "--output_dir", str(out), "--epochs", "1000", "--warmup_epochs", "1",
+           "--stop_at_step", str(steps), "--swa", "false", "--log_every_steps", str(sizes["log_every"]),
+           "--save_every_steps", str(steps // 2), "--val_every_steps", str(10 * steps), "--num_recon_images", "0",
+           "--report_to", "none", *extra]
+    start = time.perf_counter()
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path))
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"pretrain.py failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    rows = []
+    for match in STEP_LINE.finditer(result.stdout):
+        extras = dict(kv.split("=") for kv in match.group(4).split())
+        rows.append({"step": int(match.group(1)), "loss": float(match.group(2)),
+                     "images_per_sec": float(match.group(3)), **{k: float(v) for k, v in extras.items()}})
+    steady = rows[1:] or rows  # the first window holds compiling and the workers' start
+    first = re.search(r"first step done (\S+)s after start-up began \(compiling took (\S+)s\)", result.stdout)
+    saves = [float(s) for s in re.findall(r"checkpoint step_\d+ saved in (\S+)s", result.stdout)]
+    recompiles = re.search(r"torch.compile: (\d+) recompile", result.stdout)
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in steady if key in r]
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {"flags": " ".join(extra), "wall_seconds": round(wall, 1), "log": rows,
+            "settings": next((line for line in result.stdout.splitlines() if "process(es) x" in line), ""),
+            "images_per_sec": mean("images_per_sec"), "data_wait": mean("data_wait"), "mfu": mean("mfu"),
+            "max_memory_gb": max((r.get("max_memory_gb", 0) for r in rows), default=None),
+            "first_step_seconds": float(first.group(1)) if first else None,
+            "compile_seconds": float(first.group(2)) if first else None,
+            "checkpoint_seconds": max(saves) if saves else None,
+            "recompiles_after_trial": int(recompiles.group(1)) if recompiles else None,
+            "final_loss": rows[-1]["loss"] if rows else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu_rehearsal", action="store_true", help="tiny sizes on the CPU: checks the paths only")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/device_check", help="results folder")
+    parser.add_argument("--skip_e2e", action="store_true", help="step benchmark only (no datasets needed)")
+    args = parser.parse_args(argv)
+    sizes = REHEARSAL if args.cpu_rehearsal else FULL
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu" if args.cpu_rehearsal or not torch.cuda.is_available() else "cuda")
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "cpu": cpu_name(),
+              "cores": os.cpu_count(), "torch": torch.__version__, "sizes": sizes}
+    print(f"device {report['device']}; CPU {report['cpu']}; {report['cores']} cores; torch {torch.__version__}",
+          flush=True)
+    failures = []
+
+    # 1. the step alone: ours against EndoViT's settings
+    base = BenchConfig(model=sizes["model"], img_size=[sizes["img_size"]] * 2, batch_size=sizes["batch_size"],
+                       mixed_precision="auto", torch_compile=True, steps=sizes["bench_steps"], warmup=2,
+                       compile_backend="eager" if args.cpu_rehearsal else "inductor")
+    report["step_benchmark"] = [run_benchmark(config, device) for config in (base, baseline_of(base))]
+    ours, baseline = report["step_benchmark"]
+    report["speedup_vs_endovit_settings"] = round(ours["images_per_sec"] / baseline["images_per_sec"], 2)
+    print(f"step: ours {ours['images_per_sec']} img/s (mfu {ours['mfu']}, {ours['peak_device_mem_mb']} MB, compiled "
+          f"{ours['compiled']}, recompiles {ours['recompiles_after_trial']}, host syncs/step "
+          f"{ours['host_syncs_per_step']}) vs EndoViT settings {baseline['images_per_sec']} img/s: "
+          f"{report['speedup_vs_endovit_settings']}x", flush=True)
+    if ours["recompiles_after_trial"]:
+        failures.append(f"{ours['recompiles_after_trial']} recompile(s) after the compile trial")
+    if ours["host_syncs_per_step"]:
+        failures.append(f"{ours['host_syncs_per_step']} host synchronisation(s) per step")
+    (out / "device_check.json").write_text(json.dumps(report, indent=2) + "\n")  # partial results survive a crash
+
+    # 2. and 3. pretrain.py end to end, bf16 (+ compile on GPUs), then fp16
+    if not args.skip_e2e:
+        data = prepare_frames(out / "work", sizes)
+        common = ["--num_workers", "auto"] + (["--torch_compile", "false"] if args.cpu_rehearsal else [])
+        bf16 = pretrain(data, out / "work" / "bf16", sizes, sizes["steps"], "--mixed_precision", "auto", *common)
+        precision_flag = ["--mixed_precision", "bf16" if args.cpu_rehearsal else "fp16", "--torch_compile", "false"]
+        fp16 = pretrain(data, out / "work" / "fp16", sizes, sizes["fp16_steps"], *precision_flag,
+                        "--num_workers", "auto")
+        report["pretrain"], report["pretrain_fp16"] = bf16, fp16
+        pairs = [(a["loss"], b["loss"]) for a in bf16["log"] for b in fp16["log"] if a["step"] == b["step"]]
+        worst = max((abs(a - b) / abs(a) for a, b in pairs), default=float("nan"))
+        report["fp16_vs_bf16_worst_relative_loss_gap"] = round(worst, 4)
+        print(f"pretrain.py: {bf16['images_per_sec']} img/s, data wait {bf16['data_wait']}, mfu {bf16['mfu']}, "
+              f"{bf16['max_memory_gb']} GB, first step after {bf16['first_step_seconds']}s (compile "
+              f"{bf16['compile_seconds']}s), checkpoint {bf16['checkpoint_seconds']}s, recompiles "
+              f"{bf16['recompiles_after_trial']}; fp16 vs bf16 worst loss gap {worst:.3f}", flush=True)
+        if any(not torch.isfinite(torch.tensor(r["loss"])) for r in bf16["log"] + fp16["log"]):
+            failures.append("a NaN or infinite loss")
+        if bf16["recompiles_after_trial"]:
+            failures.append(f"pretrain.py recompiled {bf16['recompiles_after_trial']} time(s) after the trial")
+        if not args.cpu_rehearsal and not worst < 0.1:
+            failures.append(f"fp16 loss curve off bf16's by {worst:.3f} (relative)")
+    report["failures"] = failures
+    (out / "device_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {out / 'device_check.json'}")
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
