@@ -133,7 +133,9 @@ def _accelerator(recipe: Recipe) -> tuple[Accelerator, Resolved]:
     if accelerator.state.dynamo_plugin.backend != DynamoBackend.NO:
         settings = settings.without_compile("accelerate's dynamo config compiles the model already")
     if settings.torch_compile:
-        torch._inductor.config.compile_threads = compile_threads(_local_processes(process))
+        import torch._inductor.config as inductor_config
+
+        inductor_config.compile_threads = compile_threads(_local_processes(process))
     accelerator.project_configuration.save_on_each_node = not checkpoint_storage_shared(accelerator,
                                                                                           recipe.checkpoints_path)
     return accelerator, settings
