@@ -62,7 +62,8 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _host_syncs_per_step(step, next_batch, device: torch.device, steps: int = 2) -> float | None:
-    """Host synchronisations per step, counted by CUDA's sync debug mode (None on CPUs)."""
+    """Host synchronisations per step, counted by CUDA's sync debug mode (None on CPUs). Only its
+    "called a synchronizing CUDA operation" warnings count (setting the mode warns too)."""
     if device.type != "cuda":
         return None
     with warnings.catch_warnings(record=True) as caught:
@@ -74,7 +75,7 @@ def _host_syncs_per_step(step, next_batch, device: torch.device, steps: int = 2)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize(device)
-    return sum("synchroniz" in str(w.message) for w in caught) / steps
+    return sum("called a synchronizing" in str(w.message) for w in caught) / steps
 
 
 def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_tflops: float | None = None) -> dict:

@@ -58,7 +58,7 @@ def prepare_frames(work: Path, sizes: dict) -> Path:
     with multiprocessing.get_context("spawn").Pool(min(sizes["videos"], os.cpu_count() or 1)) as pool:
         pool.map(_frames_of_video, [(raw, v, sizes) for v in range(1, sizes["videos"] + 1)])
     prepare(raw / "frames", prepared, PrepareSettings(short_side=min(sizes["height"], 256), image_format="jpeg"),
-            num_proc=min(16, os.cpu_count() or 1), progress=False)
+            num_proc=1, progress=False)
     return prepared
 
 
