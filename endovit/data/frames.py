@@ -18,7 +18,7 @@ import datasets
 import fsspec
 from PIL import Image, UnidentifiedImageError
 
-from endovit.data.store import MANIFEST, PLAN, is_remote, load_prepared
+from endovit.data.store import MANIFEST, is_prepared, is_remote, load_prepared
 from endovit.errors import DataError
 
 __all__ = ["DataError", "IMAGE_EXTENSIONS", "load_frames", "decode_image", "find_image_files", "frame_number",
@@ -75,15 +75,8 @@ def _parquet_files(path: Path) -> list[str]:
     return sorted(str(p) for p in path.rglob("*.parquet"))
 
 
-def _load_remote(url: str, split: str, storage_options: dict | None, cache_dir) -> datasets.Dataset:
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    root = root.rstrip("/")
-    if fs.isfile(f"{root}/{MANIFEST}") or fs.isfile(f"{root}/{PLAN}"):
-        return load_prepared(url, storage_options, cache_dir)[0]
-    if fs.isfile(f"{root}/dataset_info.json") or fs.isfile(f"{root}/dataset_dict.json"):
-        return _pick_split(datasets.load_from_disk(url, storage_options=storage_options), url, split)
-    raise DataError(f"{url} is neither a prepared dataset ({MANIFEST}) nor a save_to_disk folder; remote data "
-                    "must be prepared first (scripts/prepare_data.py) and uploaded as a whole folder")
+def _is_saved_dataset(fs, root: str) -> bool:
+    return any(fs.isfile(f"{root}/{name}") for name in ("dataset_info.json", "dataset_dict.json"))
 
 
 def _pick_split(loaded, path, split: str) -> datasets.Dataset:
@@ -94,31 +87,39 @@ def _pick_split(loaded, path, split: str) -> datasets.Dataset:
     return loaded
 
 
+def _load_any(path: str | os.PathLike, split: str, storage_options: dict | None, cache_dir) -> datasets.Dataset:
+    """The dataset at ``path`` in whichever accepted form it has (see ``load_frames``)."""
+    remote = is_remote(path)
+    if not remote and not Path(path).exists():
+        raise DataError(f"data path {path} does not exist; pass a folder of frames or a prepared dataset")
+    if is_prepared(path, storage_options):
+        return load_prepared(path, storage_options, cache_dir)[0]
+    fs, root = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+    if _is_saved_dataset(fs, root.rstrip("/")):
+        options = {"storage_options": storage_options} if remote else {}
+        return _pick_split(datasets.load_from_disk(str(path), **options), path, split)
+    if remote:
+        raise DataError(f"{path} is neither a prepared dataset ({MANIFEST}) nor a save_to_disk folder; remote data "
+                        "must be prepared first (scripts/prepare_data.py) and uploaded as a whole folder")
+    path = Path(path)
+    if parquet := _parquet_files(path):
+        return datasets.Dataset.from_parquet(parquet)
+    if path.is_dir():
+        return _from_image_folder(path)
+    raise DataError(f"data path {path} is a file; pass a folder of frames or a prepared dataset")
+
+
 def load_frames(path: str | os.PathLike, split: str = "train", storage_options: dict | None = None,
                 cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
     """Load frames from an image folder, a prepared dataset, a ``save_to_disk`` folder, or parquet shards.
 
     ``path`` may be a URL (``s3://bucket/prefix``) of a prepared or ``save_to_disk`` dataset; credentials and
     endpoint come from ``storage_options`` or the standard AWS environment (``AWS_ENDPOINT_URL``, ...), and
-    remote shards are cached under ``cache_dir`` (default: the datasets cache). Returns a dataset with an
-    undecoded ``image`` column (plus whatever metadata it carries).
+    remote shards are cached under ``cache_dir`` (default: the datasets cache). ``split`` picks one split of a
+    saved ``DatasetDict``. Returns a dataset with an undecoded ``image`` column (plus whatever metadata it
+    carries).
     """
-    if is_remote(path):
-        dataset = _load_remote(str(path), split, storage_options, cache_dir)
-    else:
-        path = Path(path)
-        if not path.exists():
-            raise DataError(f"data path {path} does not exist; pass a folder of frames or a prepared dataset")
-        if path.is_dir() and ((path / MANIFEST).exists() or (path / PLAN).exists()):
-            dataset = load_prepared(path)[0]
-        elif path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-            dataset = _pick_split(datasets.load_from_disk(str(path)), path, split)
-        elif parquet := _parquet_files(path):
-            dataset = datasets.Dataset.from_parquet(parquet)
-        elif path.is_dir():
-            dataset = _from_image_folder(path)
-        else:
-            raise DataError(f"data path {path} is a file; pass a folder of frames or a prepared dataset")
+    dataset = _load_any(path, split, storage_options, cache_dir)
     if "image" not in dataset.column_names:
         raise DataError(f"dataset {path} has no 'image' column (columns: {', '.join(dataset.column_names)})")
     if len(dataset) == 0:

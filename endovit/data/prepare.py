@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from endovit.data.frames import find_image_files, frame_number, video_name
 from endovit.data.parallel import worker_pool
-from endovit.data.splits import split_summary, split_videos, video_number
+from endovit.data.splits import check_split_name, split_summary, split_videos, video_number
 from endovit.data.store import (
     FEATURES,
     FORMAT,
@@ -37,12 +37,13 @@ from endovit.data.store import (
     read_manifest,
     shard_name,
 )
-from endovit.errors import DataError
-from endovit.io import atomic_write_json
+from endovit.errors import DataError, did_you_mean
+from endovit.io import atomic_path, atomic_write_json
 
-__all__ = ["IMAGE_FORMATS", "PrepareSettings", "PrepareResult", "prepare_frames"]
+__all__ = ["IMAGE_FORMATS", "ON_ERROR", "PrepareSettings", "PrepareResult", "prepare_frames"]
 
 IMAGE_FORMATS = ("jpeg", "png", "keep")
+ON_ERROR = ("skip", "stop")
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -59,24 +60,31 @@ class PrepareSettings:
     on_error: str = "skip"  # skip (report and count corrupt frames) | stop (fail on the first one)
 
     def validate(self) -> PrepareSettings:
-        def bad(key: str, why: str) -> DataError:
-            return DataError(f"--{key} {getattr(self, key)!r}: {why}")
-
-        if self.image_format not in IMAGE_FORMATS:
-            raise bad("image_format", f"choose one of {', '.join(IMAGE_FORMATS)}")
-        if self.image_format == "keep" and self.short_side:
-            raise bad("image_format", "'keep' stores original bytes, so it needs --short_side 0")
-        if self.short_side < 0:
-            raise bad("short_side", "must be 0 (keep the size) or a positive number of pixels")
-        if not 1 <= self.quality <= 100:
-            raise bad("quality", "JPEG quality must be in 1..100")
-        if self.shard_size <= 0:
-            raise bad("shard_size", "must be a positive number of frames")
-        if self.on_error not in ("skip", "stop"):
-            raise bad("on_error", "choose skip or stop")
+        """Self, or a DataError ``--key 'value': why`` for the first setting that cannot be used."""
+        checks = (
+            ("image_format", self.image_format in IMAGE_FORMATS, _choose(self.image_format, IMAGE_FORMATS)),
+            ("image_format", self.image_format != "keep" or not self.short_side,
+             "'keep' stores original bytes, so it needs --short_side 0"),
+            ("short_side", self.short_side >= 0, "must be 0 (keep the size) or a positive number of pixels"),
+            ("quality", 1 <= self.quality <= 100, "JPEG quality must be in 1..100"),
+            ("shard_size", self.shard_size > 0, "must be a positive number of frames"),
+            ("on_error", self.on_error in ON_ERROR, _choose(self.on_error, ON_ERROR)),
+        )
+        for key, ok, why in checks:
+            if not ok:
+                raise flag_error(key, getattr(self, key), why)
         if self.split:
-            split_videos(self.split)
+            check_split_name(self.split)
         return self
+
+
+def flag_error(key: str, value: object, why: str) -> DataError:
+    """The one form of a bad-flag message: ``--key 'value': why`` (the recipe's ``bad`` writes the same)."""
+    return DataError(f"--{key} {value!r}: {why}")
+
+
+def _choose(value: str, choices: tuple[str, ...]) -> str:
+    return f"choose one of {', '.join(choices)}{did_you_mean(value, choices)}"
 
 
 @dataclass
@@ -154,12 +162,11 @@ def _write_shard(job: _ShardJob) -> dict:
     meta = {"name": name, "frames": len(rows["image"]), "videos": dict(videos), "skipped": skipped}
     atomic_write_json(shards / f"{name}.json", meta)
     table = datasets.Dataset.from_dict(rows, features=FEATURES).data.table
-    tmp = shards / f".{name}.arrow.{uuid.uuid4().hex}.tmp"
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    with open(tmp, "rb") as written:
-        os.fsync(written.fileno())
-    os.replace(tmp, shards / f"{name}.arrow")
+    with atomic_path(shards / f"{name}.arrow") as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
     return meta
 
 

@@ -16,16 +16,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import datasets
 import fsspec
 
 from endovit.data.frames import load_frames
 from endovit.data.mixing import Source, SourceMix, combine_sources
 from endovit.data.splits import CHOLEC80_SOURCE, CHOLEC80_SPLITS, select_split, split_videos, video_number
 from endovit.data.stats import pooled_stats
-from endovit.data.store import MANIFEST, PLAN, is_remote, load_prepared
+from endovit.data.store import is_prepared, is_remote, load_prepared
 from endovit.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["RunData", "resolve_sources", "mix_stats", "load_run_data"]
 
@@ -46,8 +49,7 @@ class _Root:
         return self.fs.isdir(f"{self.fs_path.rstrip('/')}/{name}")
 
     def is_prepared(self, path: str) -> bool:
-        fs, root = fsspec.core.url_to_fs(path, **(self.storage_options or {}))
-        return any(fs.isfile(f"{root.rstrip('/')}/{name}") for name in (MANIFEST, PLAN))
+        return is_prepared(path, self.storage_options)
 
     def prepared_children(self) -> list[str]:
         if not self.fs.isdir(self.fs_path):

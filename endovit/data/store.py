@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import datasets
@@ -22,10 +21,10 @@ import fsspec
 from filelock import FileLock
 
 from endovit.errors import DataError
-from endovit.io import atomic_write_json
+from endovit.io import atomic_path, atomic_write_json
 
-__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "is_remote", "shard_name", "read_manifest", "write_manifest",
-           "load_prepared"]
+__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "is_remote", "is_prepared", "shard_name", "read_manifest",
+           "write_manifest", "load_prepared"]
 
 MANIFEST = "endovit_dataset.json"
 PLAN = "endovit_plan.json"
@@ -53,6 +52,14 @@ def shard_name(index: int) -> str:
 
 def _location(path: str | os.PathLike, storage_options: dict | None):
     return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+
+
+def is_prepared(path: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """True when ``path`` (a folder or URL) holds a prepared dataset, complete (manifest) or unfinished (plan).
+
+    The one test of "is this a prepared dataset?"; ``load_prepared`` then says which of the two it is."""
+    fs, root = _location(path, storage_options)
+    return any(fs.isfile(f"{root.rstrip('/')}/{name}") for name in (MANIFEST, PLAN))
 
 
 def _read_json(fs, path: str) -> dict | None:
@@ -93,12 +100,8 @@ def _mirror(fs, remote: str, local: Path) -> None:
     with FileLock(str(local) + ".lock"):
         if local.exists():
             return
-        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
-        try:
+        with atomic_path(local) as tmp:
             fs.get_file(remote, str(tmp))
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def load_prepared(path: str | os.PathLike, storage_options: dict | None = None,
