@@ -25,7 +25,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
-from endovit.data.frames import find_image_files, frame_number, video_name
+from endovit.data.frames import FrameError, decode_image, find_image_files, frame_number, video_name
 from endovit.data.parallel import worker_pool
 from endovit.data.splits import check_split_name, split_summary, split_videos, video_number
 from endovit.data.store import (
@@ -44,7 +44,6 @@ __all__ = ["IMAGE_FORMATS", "ON_ERROR", "PrepareSettings", "PrepareResult", "pre
 
 IMAGE_FORMATS = ("jpeg", "png", "keep")
 ON_ERROR = ("skip", "stop")
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -106,13 +105,16 @@ class PrepareResult:
 
 
 def _encode(path: Path, settings: PrepareSettings) -> tuple[bytes, int, int]:
-    """Fully decoded (checked), optionally resized and re-encoded bytes, plus the original height and width."""
-    with Image.open(path) as img:
-        img.load()
-        width, height = img.size
-        if settings.image_format == "keep":
-            return path.read_bytes(), height, width
-        rgb = img.convert("RGB")
+    """Fully decoded (checked, by the training decode), optionally resized and re-encoded bytes, plus the
+    original height and width (upright, as decoded)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise FrameError(str(path), str(err)) from None
+    rgb = decode_image({"bytes": data, "path": str(path)})
+    width, height = rgb.size
+    if settings.image_format == "keep":
+        return data, height, width
     if settings.short_side and min(width, height) > settings.short_side:
         scale = settings.short_side / min(width, height)
         size = ((settings.short_side, round(height * scale)) if width <= height
@@ -145,10 +147,11 @@ def _write_shard(job: _ShardJob) -> dict:
         path = Path(job.root, rel)
         try:
             data, height, width = _encode(path, job.settings)
-        except _DECODE_ERRORS as err:
+        except FrameError as err:
             if job.settings.on_error == "stop":
-                raise DataError(f"corrupt frame {path}: {err}; replace or remove it, or pass --on_error skip") from None
-            skipped.append({"path": str(path), "error": str(err)})
+                raise DataError(f"corrupt frame {path}: {err.reason}; replace or remove it, or pass --on_error skip"
+                                ) from None
+            skipped.append({"path": str(path), "error": err.reason})
             continue
         video = video_name(path, Path(job.root))
         rows["image"].append({"bytes": data, "path": rel})
