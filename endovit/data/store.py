@@ -23,8 +23,8 @@ from filelock import FileLock
 from endovit.errors import DataError
 from endovit.io import atomic_path, atomic_write_json
 
-__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "is_remote", "is_prepared", "shard_name", "read_manifest",
-           "write_manifest", "load_prepared"]
+__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "filesystem", "is_remote", "is_prepared", "shard_name",
+           "read_manifest", "write_manifest", "load_prepared"]
 
 MANIFEST = "endovit_dataset.json"
 PLAN = "endovit_plan.json"
@@ -50,15 +50,27 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def _location(path: str | os.PathLike, storage_options: dict | None):
-    return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+_EXTRAS = {"s3": "s3", "s3a": "s3"}  # URL protocol -> the endovit extra that installs its filesystem
+
+
+def filesystem(path: str | os.PathLike, storage_options: dict | None = None):
+    """``(fs, path inside it)`` for a local path or URL; a URL whose filesystem package is not installed is one
+    DataError naming what to install (``pip install 'endovit[s3]'`` for ``s3://``)."""
+    try:
+        return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+    except ImportError as err:
+        protocol = str(path).split("://", 1)[0]
+        install = (f"pip install 'endovit[{_EXTRAS[protocol]}]'" if protocol in _EXTRAS
+                   else "install the fsspec filesystem package for it")
+        raise DataError(f"{path}: reading {protocol}:// data needs a package that is not installed ({err}); "
+                        f"{install}") from None
 
 
 def is_prepared(path: str | os.PathLike, storage_options: dict | None = None) -> bool:
     """True when ``path`` (a folder or URL) holds a prepared dataset, complete (manifest) or unfinished (plan).
 
     The one test of "is this a prepared dataset?"; ``load_prepared`` then says which of the two it is."""
-    fs, root = _location(path, storage_options)
+    fs, root = filesystem(path, storage_options)
     return any(fs.isfile(f"{root.rstrip('/')}/{name}") for name in (MANIFEST, PLAN))
 
 
@@ -73,7 +85,7 @@ def _read_json(fs, path: str) -> dict | None:
 
 def read_manifest(path: str | os.PathLike, storage_options: dict | None = None) -> dict | None:
     """The manifest of a complete prepared dataset at ``path``, or None when there is none."""
-    fs, root = _location(path, storage_options)
+    fs, root = filesystem(path, storage_options)
     manifest = _read_json(fs, f"{root.rstrip('/')}/{MANIFEST}")
     if manifest is not None and manifest.get("format") != FORMAT:
         raise DataError(f"{path}/{MANIFEST} has format {manifest.get('format')!r}, this code reads {FORMAT}; "
@@ -84,7 +96,7 @@ def read_manifest(path: str | os.PathLike, storage_options: dict | None = None) 
 def write_manifest(path: str | os.PathLike, manifest: dict, storage_options: dict | None = None) -> None:
     """Replace the manifest (one atomic rename locally, one PUT on object storage)."""
     if is_remote(path):
-        fs, root = _location(path, storage_options)
+        fs, root = filesystem(path, storage_options)
         fs.pipe_file(f"{root.rstrip('/')}/{MANIFEST}", (json.dumps(manifest, indent=1) + "\n").encode())
     else:
         atomic_write_json(Path(path) / MANIFEST, manifest)
@@ -110,7 +122,7 @@ def load_prepared(path: str | os.PathLike, storage_options: dict | None = None,
 
     Remote shards are cached under ``cache_dir`` (default: the ``datasets`` cache, ``endovit-remote``).
     """
-    fs, root = _location(path, storage_options)
+    fs, root = filesystem(path, storage_options)
     root = root.rstrip("/")
     manifest = read_manifest(path, storage_options)
     if manifest is None:
