@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,14 +79,12 @@ def test_prepare_settings_errors_name_flag_value_and_choices(settings, message):
 
 
 def test_a_failed_shard_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    import pyarrow as pa
-
     write_sample_frames(tmp_path / "in", videos=1, frames=2, height=16, width=16)
 
-    def broken_stream(*args, **kwargs):
+    def broken_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pa.ipc, "new_stream", broken_stream)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         prepare_frames(tmp_path / "in" / "frames", tmp_path / "out", PrepareSettings(short_side=0), progress=False)
     assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == ["shard-00000.json"]

@@ -34,6 +34,7 @@ from endovit.data.store import (
     MANIFEST,
     PLAN,
     SHARDS_DIR,
+    file_sha256,
     read_manifest,
     shard_name,
 )
@@ -162,14 +163,19 @@ def _write_shard(job: _ShardJob) -> dict:
         rows["orig_width"].append(width)
         videos[video] += 1
     shards = Path(job.out, SHARDS_DIR)
-    meta = {"name": name, "frames": len(rows["image"]), "videos": dict(videos), "skipped": skipped}
-    atomic_write_json(shards / f"{name}.json", meta)
     table = datasets.Dataset.from_dict(rows, features=FEATURES).data.table
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data = sink.getvalue()
+    meta = {"name": name, "frames": len(rows["image"]), "videos": dict(videos), "skipped": skipped,
+            "bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_json(shards / f"{name}.json", meta)
     with atomic_path(shards / f"{name}.arrow") as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
     return meta
 
 
@@ -270,8 +276,9 @@ def _finish(out: Path, plan: dict, settings: PrepareSettings) -> dict:
     for i in range(plan["shards"]):
         name = shard_name(i)
         meta = json.loads((out / SHARDS_DIR / f"{name}.json").read_text())
-        shards.append({"name": name, "frames": meta["frames"],
-                       "bytes": (out / SHARDS_DIR / f"{name}.arrow").stat().st_size})
+        arrow = out / SHARDS_DIR / f"{name}.arrow"
+        shards.append({"name": name, "frames": meta["frames"], "bytes": arrow.stat().st_size,
+                       "sha256": meta.get("sha256") or file_sha256(arrow)})  # shards of older runs: hash them now
         videos.update(meta["videos"])
         skipped.extend(meta["skipped"])
     manifest = {
