@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from endovit.data.store import MANIFEST, filesystem, is_prepared, is_remote, load_prepared
+from endovit.data.store import MANIFEST, filesystem, is_prepared, is_remote, load_prepared, require_image_bytes
 from endovit.errors import DataError, did_you_mean
 
 __all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "load_frames", "decode_image",
@@ -30,13 +30,26 @@ DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP per frame (8000 x 8000); a 4K frame has
 
 
 def find_image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, hidden files skipped), in a stable sorted order."""
-    found = []
+    """Image files under ``root`` (recursive, hidden files skipped), in a stable sorted order.
+
+    Linked folders are followed, each real folder once (by device and inode): a link back up the tree (a loop)
+    or a second link to a folder already walked is skipped, and the skipped links are reported in one warning.
+    """
+    found, walked, skipped = [], set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        info = os.stat(dirpath)
+        if (info.st_dev, info.st_ino) in walked:
+            skipped.append(dirpath)
+            dirnames[:] = []
+            continue
+        walked.add((info.st_dev, info.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(
             Path(dirpath, f) for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
         )
+    if skipped:
+        warnings.warn(f"{root}: skipped {len(skipped)} linked folder(s) already walked (a symlink loop or a second "
+                      f"link to the same folder), e.g. {skipped[0]}", stacklevel=2)
     return sorted(found)
 
 
@@ -100,7 +113,10 @@ def _load_any(path: str | os.PathLike, split: str, storage_options: dict | None,
     fs, root = filesystem(path, storage_options)
     if _is_saved_dataset(fs, root.rstrip("/")):
         options = {"storage_options": storage_options} if remote else {}
-        return _pick_split(datasets.load_from_disk(str(path), **options), path, split)
+        dataset = _pick_split(datasets.load_from_disk(str(path), **options), path, split)
+        if remote and "image" in dataset.column_names:
+            require_image_bytes(dataset, str(path))
+        return dataset
     if remote:
         raise DataError(f"{path} is neither a prepared dataset ({MANIFEST}) nor a save_to_disk folder; remote data "
                         "must be prepared first (scripts/prepare_data.py) and uploaded as a whole folder")
