@@ -202,3 +202,18 @@ def test_prepare_skips_or_stops_at_frames_over_the_limit(tmp_path, monkeypatch):
     assert result.frames == 1 and "over the limit of 0.0001 MP" in result.skipped[0]["error"]
     with pytest.raises(DataError, match="corrupt frame .*big_000000.png: 20x12 is 0 megapixels, over the limit"):
         prepare_frames(tmp_path / "in", tmp_path / "stop", PrepareSettings(on_error="stop"), progress=False)
+
+
+def test_a_frame_error_survives_a_dataloader_worker(tmp_path):
+    import pickle
+
+    error = FrameError("a.png", "truncated")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (str(copy), copy.where, copy.reason) == (str(error), "a.png", "truncated")
+    (tmp_path / "video01").mkdir()
+    Image.fromarray(RGB).save(tmp_path / "video01" / "video01_000000.png")
+    (tmp_path / "video01" / "video01_000001.png").write_bytes(b"not a png")
+    loader = torch.utils.data.DataLoader(TrainFrames(load_frames(tmp_path), TrainTransform((8, 8)), seed=0),
+                                         batch_size=2, sampler=[(0, 0, 0), (0, 1, 0)], num_workers=1)
+    with pytest.raises(DataError, match=r"cannot decode frame .*video01_000001.png: cannot identify"):
+        next(iter(loader))

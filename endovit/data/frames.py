@@ -151,9 +151,16 @@ def load_frames(path: str | os.PathLike, split: str = "train", storage_options: 
 class FrameError(DataError):
     """A frame that cannot be decoded or used; ``reason`` is the message without the file name."""
 
-    def __init__(self, where: str, reason: str):
+    def __init__(self, where: str, reason: str | None = None):
+        if reason is None:  # rebuilt from its message alone: torch re-raises a worker's error as type(message)
+            super().__init__(where)
+            self.where, self.reason = "", where
+            return
         super().__init__(f"cannot decode frame {where}: {reason}; remove or replace the file")
         self.where, self.reason = where, reason
+
+    def __reduce__(self):
+        return type(self), (self.where, self.reason) if self.where else (self.reason,)
 
 
 def max_pixels() -> int:
