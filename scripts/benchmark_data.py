@@ -8,19 +8,20 @@ Prints frames/s in total and per worker, peak RSS (main process + workers), the 
 per-channel mean/std of the normalised outputs of both pipelines, and the speed ratio. With
 ``--rss_sizes`` both pipelines are also run over datasets of those sizes (hard links to the generated
 PNGs for EndoViT; prepared shards repeated through hard links for ours) and their peak RSS is printed.
+Everything runs in this one process, one pipeline after the other; a pipeline's memory is what its
+DataLoader workers hold plus what the main process grew by while it ran (``PeakMemory``), so the
+interpreter's own footprint, printed once, is not counted again for each run.
 Not a test: the figures depend on the machine and its load.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -49,23 +50,25 @@ def _memory(proc: psutil.Process) -> tuple[int, int]:
 
 
 class PeakMemory:
-    """Samples this process and its children every 50 ms; peaks in MiB.
+    """Samples this process and its children every 50 ms; peaks in MiB of what the pipeline added.
 
     ``rss`` sums RSS as ``top`` shows it (it counts pages shared between the forked workers once per
     process, and memory-mapped shard pages, which are reclaimable page cache). ``anon`` sums the
     proportional share of anonymous and shared-memory pages (PSS): the host memory the pipeline holds.
+    Both count the workers in full and the main process by its growth since ``__enter__``.
     """
 
     def __init__(self):
         self.rss = self.anon = 0.0
+        self.base = _memory(psutil.Process())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            rss = anon = 0
-            for proc in [me, *me.children(recursive=True)]:
+            rss, anon = (now - before for now, before in zip(_memory(me), self.base, strict=True))
+            for proc in me.children(recursive=True):
                 try:
                     proc_rss, proc_anon = _memory(proc)
                 except psutil.Error:
@@ -77,6 +80,7 @@ class PeakMemory:
             self._stop.wait(0.05)
 
     def __enter__(self) -> PeakMemory:
+        self.base = _memory(psutil.Process())
         self._thread.start()
         return self
 
@@ -96,13 +100,16 @@ def normalised(images: torch.Tensor, ours: bool) -> torch.Tensor:
     return normalize(images, ENDOVIT_MEAN, ENDOVIT_STD) if ours else images
 
 
-def measure(loader: DataLoader, ours: bool, seconds: float, max_batches: int | None = None) -> dict:
-    """Frames/s after the first batch (workers started), peak RSS, output shape and channel stats."""
+def measure(make_loader: Callable[[], DataLoader], ours: bool, seconds: float, max_batches: int | None = None
+            ) -> dict:
+    """Frames/s after the first batch (workers started), peak memory from building the loader on, output
+    shape and channel stats."""
     frames, batches, start, shape = 0, 0, None, None
     channel_sum = torch.zeros(3, dtype=torch.float64)
     channel_sq = torch.zeros(3, dtype=torch.float64)
     pixels = 0
     with PeakMemory() as memory:
+        loader = make_loader()
         epoch = 0
         while True:
             if ours:
@@ -126,6 +133,7 @@ def measure(loader: DataLoader, ours: bool, seconds: float, max_batches: int | N
                 continue
             break
         elapsed = time.perf_counter() - start
+        del loader  # its workers end here, inside the measurement
     mean = channel_sum / pixels
     std = (channel_sq / pixels - mean**2).sqrt()
     return {"fps": frames / elapsed, "rss": memory.rss, "anon": memory.anon, "shape": shape, "mean": mean.tolist(),
@@ -162,7 +170,7 @@ def linked_frames(frames_dir: Path, size: int, out: Path) -> Path:
     return out
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=256, help="generated frames (4 videos)")
     parser.add_argument("--height", type=int, default=480)
@@ -175,12 +183,11 @@ def main() -> None:
     parser.add_argument("--rss_sizes", default="", help="comma-separated dataset sizes for the RSS check")
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "endovit-benchmark-data"),
                         help="generated frames and prepared data (reused between runs)")
-    parser.add_argument("--memory_run", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.memory_run:
-        memory_run(args.memory_run, args)
-        return
+    return parser.parse_args(argv)
 
+
+def make_data(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The generated PNG frames and their prepared dataset (both reused when already there)."""
     work = Path(args.work_dir)
     raw = work / f"raw_{args.frames}_{args.width}x{args.height}"
     if not (raw / "frames").is_dir():
@@ -192,50 +199,45 @@ def main() -> None:
     prepare_frames(raw / "frames", prepared, PrepareSettings(short_side=args.short_side), num_proc=os.cpu_count() or 1,
                    progress=False, log=lambda _: None)
     print(f"prepared (or reused) in {time.perf_counter() - start:.1f}s")
+    return raw / "frames", prepared
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {args.workers} workers, batch {args.batch_size}, {args.frames} frames "
-          f"{args.width}x{args.height}")
-    results = {
-        "EndoViT (ImageFolder PNG)": measure(endovit_loader(raw / "frames", [args.img_size] * 2, args.batch_size,
-                                                            args.workers), False, args.seconds),
-        f"ours (prepared JPEG {args.short_side})": measure(our_loader(prepared, args.img_size, args.batch_size,
-                                                                      args.workers), True, args.seconds),
-    }
+
+def print_speed(results: dict[str, dict], workers: int) -> None:
     print(f"{'pipeline':<28} {'frames/s':>9} {'per worker':>11} {'peak MiB RSS (anon)':>20}  output shape        "
           "channel mean / std (normalised)")
     for name, r in results.items():
         stats = " ".join(f"{m:+.3f}/{s:.3f}" for m, s in zip(r["mean"], r["std"], strict=True))
         memory = f"{r['rss']:.0f} ({r['anon']:.0f})"
-        print(f"{name:<28} {r['fps']:>9.1f} {r['fps'] / max(args.workers, 1):>11.1f} {memory:>20}  "
+        print(f"{name:<28} {r['fps']:>9.1f} {r['fps'] / max(workers, 1):>11.1f} {memory:>20}  "
               f"{str(r['shape']):<19} {stats}")
     base, ours = results.values()
     print(f"speed ratio ours / EndoViT: {ours['fps'] / base['fps']:.1f}x")
 
-    for size in [int(s) for s in args.rss_sizes.split(",") if s.strip()]:
-        linked = linked_frames(raw / "frames", size, work / f"linked_{size}")
-        scaled = scaled_prepared(prepared, size, work / f"scaled_{size}")
-        base = isolated_memory(False, linked, args)
-        ours = isolated_memory(True, scaled, args)
-        print(f"{size:>7} frames, {RSS_BATCHES} batches: peak MiB RSS (anon) EndoViT {base['rss']:.0f} "
-              f"({base['anon']:.0f}), ours {ours['rss']:.0f} ({ours['anon']:.0f})")
 
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    frames_dir, prepared = make_data(args)
+    rss, anon = (value / 2**20 for value in _memory(psutil.Process()))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}, {args.workers} workers, batch {args.batch_size}, {args.frames} frames "
+          f"{args.width}x{args.height}; this interpreter before any pipeline: {rss:.0f} MiB RSS ({anon:.0f} anon)")
 
-def isolated_memory(ours: bool, data: Path, args: argparse.Namespace) -> dict:
-    """Peak memory of one pipeline over ``RSS_BATCHES`` batches, measured in a fresh interpreter."""
-    command = [sys.executable, __file__, "--memory_run", f"{'ours' if ours else 'endovit'}:{data}",
-               "--img_size", str(args.img_size), "--batch_size", str(args.batch_size), "--workers", str(args.workers)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    def endovit(data: Path) -> Callable[[], DataLoader]:
+        return lambda: endovit_loader(data, [args.img_size] * 2, args.batch_size, args.workers)
 
+    def ours(data: Path) -> Callable[[], DataLoader]:
+        return lambda: our_loader(data, args.img_size, args.batch_size, args.workers)
 
-def memory_run(spec: str, args: argparse.Namespace) -> None:
-    """The child side of ``isolated_memory``: prints the result as one JSON line."""
-    kind, data = spec.split(":", 1)
-    ours = kind == "ours"
-    size = args.img_size if ours else [args.img_size] * 2
-    loader = (our_loader if ours else endovit_loader)(Path(data), size, args.batch_size, args.workers)
-    print(json.dumps(measure(loader, ours, float("inf"), RSS_BATCHES)))
+    print_speed({"EndoViT (ImageFolder PNG)": measure(endovit(frames_dir), False, args.seconds),
+                 f"ours (prepared JPEG {args.short_side})": measure(ours(prepared), True, args.seconds)}, args.workers)
+    work = Path(args.work_dir)
+    for count in [int(s) for s in args.rss_sizes.split(",") if s.strip()]:
+        linked = linked_frames(frames_dir, count, work / f"linked_{count}")
+        scaled = scaled_prepared(prepared, count, work / f"scaled_{count}")
+        base = measure(endovit(linked), False, float("inf"), RSS_BATCHES)
+        mine = measure(ours(scaled), True, float("inf"), RSS_BATCHES)
+        print(f"{count:>7} frames, {RSS_BATCHES} batches: peak MiB RSS (anon) EndoViT {base['rss']:.0f} "
+              f"({base['anon']:.0f}), ours {mine['rss']:.0f} ({mine['anon']:.0f})")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,19 @@ import os
 import sys
 
 from endovit.data import DataError, PrepareSettings, prepare_frames
-from endovit.data.prepare import IMAGE_FORMATS
+from endovit.data.prepare import IMAGE_FORMATS, ON_ERROR
 from endovit.data.splits import CHOLEC80_SPLITS
 from endovit.data.stats import compute_and_store_stats
-from endovit.recipe import parse_bool
+
+
+def parse_bool(text: str) -> bool:
+    """true/false flag values as the training script reads them (a data tool does not import the recipe)."""
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="jpeg, png (lossless) or keep (original bytes; needs --short_side 0)")
     parser.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality")
     parser.add_argument("--shard_size", type=int, default=defaults.shard_size, help="frames per shard")
-    parser.add_argument("--on_error", choices=("skip", "stop"), default=defaults.on_error,
+    parser.add_argument("--on_error", choices=ON_ERROR, default=defaults.on_error,
                         help="corrupt frames: report and skip, or stop at the first")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--overwrite", type=parse_bool, default=False, help="true: delete an existing --out first")

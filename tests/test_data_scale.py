@@ -5,7 +5,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -351,57 +350,3 @@ def test_jpeg_draft_never_decodes_smaller_than_the_smallest_crop_needs(tmp_path)
     for _ in range(200):
         _, _, h, w = transform.crop_box(image.height, image.width, generator)
         assert min(h, w) >= 224
-
-
-# --- object storage (moto S3 server on 127.0.0.1) --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """A moto S3 server on loopback; the AWS environment points every client at it."""
-    pytest.importorskip("s3fs")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    saved = dict(os.environ)
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_EC2_METADATA_DISABLED="true")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield port
-    finally:
-        server.terminate()
-        server.wait()
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def test_prepared_dataset_loads_from_s3_like_from_disk(s3_server, endo_root, tmp_path, monkeypatch):
-    import datasets
-    import fsspec
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("endovit-data")
-    fs.put(str(endo_root / "Cholec80"), "endovit-data/prepared/Cholec80", recursive=True)
-    fs.put(str(endo_root / "HeiCo"), "endovit-data/prepared/HeiCo", recursive=True)
-
-    remote = load_frames("s3://endovit-data/prepared/Cholec80", cache_dir=tmp_path / "cache")
-    assert rows_of(remote) == rows_of(load_frames(endo_root / "Cholec80"))
-    assert len(list((tmp_path / "cache").rglob("shard-*.arrow"))) == 1
-
-    sources = resolve_sources("s3://endovit-data/prepared", ["Cholec80_for_Validation", "HeiCo"])
-    assert [(s.name, len(s.frames)) for s in sources] == [("Cholec80_for_Validation", 8), ("HeiCo", 6)]
-    assert rows_of(sources[1].frames) == rows_of(load_frames(endo_root / "HeiCo"))
-    with pytest.raises(DataError, match="neither a prepared dataset .* must be prepared first"):
-        load_frames("s3://endovit-data/nothing-here")

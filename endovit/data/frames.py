@@ -11,30 +11,45 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import datasets
-import fsspec
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from endovit.data.store import MANIFEST, PLAN, is_remote, load_prepared
-from endovit.errors import DataError
+from endovit.data.store import MANIFEST, filesystem, is_prepared, is_remote, load_prepared, require_image_bytes
+from endovit.errors import DataError, did_you_mean
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "load_frames", "decode_image", "find_image_files", "frame_number",
-           "video_name"]
+__all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "load_frames", "decode_image",
+           "max_pixels", "find_image_files", "frame_number", "video_name"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP per frame (8000 x 8000); a 4K frame has 8.3 MP
 
 
 def find_image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, hidden files skipped), in a stable sorted order."""
-    found = []
+    """Image files under ``root`` (recursive, hidden files skipped), in a stable sorted order.
+
+    Linked folders are followed, each real folder once (by device and inode): a link back up the tree (a loop)
+    or a second link to a folder already walked is skipped, and the skipped links are reported in one warning.
+    """
+    found, walked, skipped = [], set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        info = os.stat(dirpath)
+        if (info.st_dev, info.st_ino) in walked:
+            skipped.append(dirpath)
+            dirnames[:] = []
+            continue
+        walked.add((info.st_dev, info.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(
             Path(dirpath, f) for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
         )
+    if skipped:
+        warnings.warn(f"{root}: skipped {len(skipped)} linked folder(s) already walked (a symlink loop or a second "
+                      f"link to the same folder), e.g. {skipped[0]}", stacklevel=2)
     return sorted(found)
 
 
@@ -75,23 +90,42 @@ def _parquet_files(path: Path) -> list[str]:
     return sorted(str(p) for p in path.rglob("*.parquet"))
 
 
-def _load_remote(url: str, split: str, storage_options: dict | None, cache_dir) -> datasets.Dataset:
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    root = root.rstrip("/")
-    if fs.isfile(f"{root}/{MANIFEST}") or fs.isfile(f"{root}/{PLAN}"):
-        return load_prepared(url, storage_options, cache_dir)[0]
-    if fs.isfile(f"{root}/dataset_info.json") or fs.isfile(f"{root}/dataset_dict.json"):
-        return _pick_split(datasets.load_from_disk(url, storage_options=storage_options), url, split)
-    raise DataError(f"{url} is neither a prepared dataset ({MANIFEST}) nor a save_to_disk folder; remote data "
-                    "must be prepared first (scripts/prepare_data.py) and uploaded as a whole folder")
+def _is_saved_dataset(fs, root: str) -> bool:
+    return any(fs.isfile(f"{root}/{name}") for name in ("dataset_info.json", "dataset_dict.json"))
 
 
 def _pick_split(loaded, path, split: str) -> datasets.Dataset:
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise DataError(f"dataset {path} has splits {list(loaded)}, not {split!r}")
+            raise DataError(f"dataset {path} has no split {split!r}{did_you_mean(split, loaded)}; its splits are "
+                            f"{', '.join(loaded)} (choose one with --train_split / --val_split)")
         return loaded[split]
     return loaded
+
+
+def _load_any(path: str | os.PathLike, split: str, storage_options: dict | None, cache_dir) -> datasets.Dataset:
+    """The dataset at ``path`` in whichever accepted form it has (see ``load_frames``)."""
+    remote = is_remote(path)
+    if not remote and not Path(path).exists():
+        raise DataError(f"data path {path} does not exist; pass a folder of frames or a prepared dataset")
+    if is_prepared(path, storage_options):
+        return load_prepared(path, storage_options, cache_dir)[0]
+    fs, root = filesystem(path, storage_options)
+    if _is_saved_dataset(fs, root.rstrip("/")):
+        options = {"storage_options": storage_options} if remote else {}
+        dataset = _pick_split(datasets.load_from_disk(str(path), **options), path, split)
+        if remote and "image" in dataset.column_names:
+            require_image_bytes(dataset, str(path))
+        return dataset
+    if remote:
+        raise DataError(f"{path} is neither a prepared dataset ({MANIFEST}) nor a save_to_disk folder; remote data "
+                        "must be prepared first (scripts/prepare_data.py) and uploaded as a whole folder")
+    path = Path(path)
+    if parquet := _parquet_files(path):
+        return datasets.Dataset.from_parquet(parquet)
+    if path.is_dir():
+        return _from_image_folder(path)
+    raise DataError(f"data path {path} is a file; pass a folder of frames or a prepared dataset")
 
 
 def load_frames(path: str | os.PathLike, split: str = "train", storage_options: dict | None = None,
@@ -100,25 +134,11 @@ def load_frames(path: str | os.PathLike, split: str = "train", storage_options: 
 
     ``path`` may be a URL (``s3://bucket/prefix``) of a prepared or ``save_to_disk`` dataset; credentials and
     endpoint come from ``storage_options`` or the standard AWS environment (``AWS_ENDPOINT_URL``, ...), and
-    remote shards are cached under ``cache_dir`` (default: the datasets cache). Returns a dataset with an
-    undecoded ``image`` column (plus whatever metadata it carries).
+    remote shards are cached under ``cache_dir`` (default: the datasets cache). ``split`` picks one split of a
+    saved ``DatasetDict``. Returns a dataset with an undecoded ``image`` column (plus whatever metadata it
+    carries).
     """
-    if is_remote(path):
-        dataset = _load_remote(str(path), split, storage_options, cache_dir)
-    else:
-        path = Path(path)
-        if not path.exists():
-            raise DataError(f"data path {path} does not exist; pass a folder of frames or a prepared dataset")
-        if path.is_dir() and ((path / MANIFEST).exists() or (path / PLAN).exists()):
-            dataset = load_prepared(path)[0]
-        elif path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-            dataset = _pick_split(datasets.load_from_disk(str(path)), path, split)
-        elif parquet := _parquet_files(path):
-            dataset = datasets.Dataset.from_parquet(parquet)
-        elif path.is_dir():
-            dataset = _from_image_folder(path)
-        else:
-            raise DataError(f"data path {path} is a file; pass a folder of frames or a prepared dataset")
+    dataset = _load_any(path, split, storage_options, cache_dir)
     if "image" not in dataset.column_names:
         raise DataError(f"dataset {path} has no 'image' column (columns: {', '.join(dataset.column_names)})")
     if len(dataset) == 0:
@@ -128,21 +148,96 @@ def load_frames(path: str | os.PathLike, split: str = "train", storage_options: 
     return dataset
 
 
-def decode_image(item: dict, draft: Callable[[int, int], tuple[int, int]] | None = None) -> Image.Image:
-    """Decode one undecoded ``image`` cell ({'bytes', 'path'}) to RGB; errors name the file.
+class FrameError(DataError):
+    """A frame that cannot be decoded or used; ``reason`` is the message without the file name."""
 
-    ``draft(width, height)`` gives the smallest size the caller can use; a JPEG is then decoded at the
-    coarsest DCT scale (1/2, 1/4, 1/8) that is still at least that large. Other formats decode in full.
+    def __init__(self, where: str, reason: str | None = None):
+        if reason is None:  # rebuilt from its message alone: torch re-raises a worker's error as type(message)
+            super().__init__(where)
+            self.where, self.reason = "", where
+            return
+        super().__init__(f"cannot decode frame {where}: {reason}; remove or replace the file")
+        self.where, self.reason = where, reason
+
+    def __reduce__(self):
+        return type(self), (self.where, self.reason) if self.where else (self.reason,)
+
+
+def max_pixels() -> int:
+    """The pixel limit of one frame: ``ENDOVIT_MAX_PIXELS`` from the environment (so DataLoader workers see it
+    too; 0 or less: no limit of ours), else ``DEFAULT_MAX_PIXELS``."""
+    text = os.environ.get("ENDOVIT_MAX_PIXELS", "").strip()
+    try:
+        return int(float(text)) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise DataError(f"ENDOVIT_MAX_PIXELS={text!r} is not a number of pixels (e.g. 100000000)") from None
+
+
+def decode_image(item: dict, draft: Callable[[int, int], tuple[int, int]] | None = None,
+                 limit: int | None = None) -> Image.Image:
+    """Decode one undecoded ``image`` cell ({'bytes', 'path'}) to 8-bit RGB, faithfully for every mode PIL opens.
+
+    The one decode of the project (prepare, stats, training, validation, figures). EXIF orientation is
+    applied as ``datasets``' ``Image`` feature does. Modes: 1, L and P become grey or palette RGB; 16-bit grey
+    (I;16, I;16B, I;16L, and I, read as 0..65535) is scaled to 8 bit by round(v / 257), so v * 257 decodes to v;
+    CMYK and YCbCr are converted; alpha (LA, RGBA, PA, P with transparency) is composited on black, like the
+    black surround of an endoscope's field of view (transparent pixels become black, opaque ones keep their
+    colour); 32-bit float (F) is refused. A frame over ``limit`` pixels (default ``max_pixels()``, 64 MP) is
+    refused before it is decoded. ``draft(width, height)`` gives the smallest size the caller can use; a JPEG
+    is then decoded at the coarsest DCT scale (1/2, 1/4, 1/8) that is still at least that large. Every failure
+    is a ``FrameError`` (a DataError) naming the file.
     """
     where = item.get("path") or "<embedded image bytes>"
+    limit = max_pixels() if limit is None else limit
     try:
         source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
-        with Image.open(source) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
+            img = Image.open(source)
+        with img:
+            width, height = img.size
+            if 0 < limit < width * height:
+                raise FrameError(where, f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit "
+                                        f"of {limit / 1e6:g} MP; set ENDOVIT_MAX_PIXELS to allow it")
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft(*img.size))
             img.load()
-            return img if img.mode == "RGB" else img.convert("RGB")
+            return _to_rgb(_upright(img), where)
+    except FrameError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise FrameError(where, f"{err} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise DataError(
-            f"cannot decode frame {where}: {err}; remove or replace the file"
-        ) from None
+        raise FrameError(where, str(err)) from None
+
+
+_ORIENTATION = 0x0112
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (``ImageOps.exif_transpose``); itself when it has none."""
+    if img.getexif().get(_ORIENTATION, 1) in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(img)
+    return img
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_rgb(img: Image.Image, where: str) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _SIXTEEN_BIT:
+        values = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L").convert("RGB")
+    if mode == "F" or mode.startswith("I;"):
+        raise FrameError(where, f"pixel mode {mode} (float or unusual integer pixels) is not supported; "
+                                "store frames as 8- or 16-bit grey or RGB")
+    if mode in ("LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        black = Image.new("RGB", img.size)
+        black.paste(img.convert("RGB"), mask=img.getchannel("A"))
+        return black
+    return img.convert("RGB")

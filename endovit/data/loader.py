@@ -8,13 +8,17 @@ changed in the main process).
 """
 from __future__ import annotations
 
-import datasets
+from typing import TYPE_CHECKING
+
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from endovit.data.frames import decode_image
 from endovit.data.mixing import MixSampler, SourceMix
 from endovit.data.transforms import EvalTransform, TrainTransform, sample_seed
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["TrainFrames", "ValFrames", "build_train_loader", "build_val_loader"]
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-import datasets
 import torch
 from torch.utils.data import Sampler
 
 from endovit.data.transforms import sample_seed
 from endovit.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["Source", "SourceMix", "MixSampler", "combine_sources"]
 
@@ -86,6 +89,8 @@ def combine_sources(sources: Sequence[Source], weights: Sequence[float] | None =
         raise DataError("no training sources selected")
     if weights is not None and len(weights) != len(sources):
         raise DataError(f"--source_weights has {len(weights)} values for {len(sources)} sources; give one per source")
+    import datasets
+
     parts = [s.frames.select_columns(["image"]) for s in sources]
     frames = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     mix = SourceMix(tuple(s.name for s in sources), tuple(len(s.frames) for s in sources),

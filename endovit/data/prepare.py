@@ -25,25 +25,26 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
-from endovit.data.frames import find_image_files, frame_number, video_name
+from endovit.data.frames import FrameError, decode_image, find_image_files, frame_number, video_name
 from endovit.data.parallel import worker_pool
-from endovit.data.splits import split_summary, split_videos, video_number
+from endovit.data.splits import check_split_name, split_summary, split_videos, video_number
 from endovit.data.store import (
     FEATURES,
     FORMAT,
     MANIFEST,
     PLAN,
     SHARDS_DIR,
+    file_sha256,
     read_manifest,
     shard_name,
 )
-from endovit.errors import DataError
-from endovit.io import atomic_write_json
+from endovit.errors import DataError, did_you_mean
+from endovit.io import atomic_path, atomic_write_json
 
-__all__ = ["IMAGE_FORMATS", "PrepareSettings", "PrepareResult", "prepare_frames"]
+__all__ = ["IMAGE_FORMATS", "ON_ERROR", "PrepareSettings", "PrepareResult", "prepare_frames"]
 
 IMAGE_FORMATS = ("jpeg", "png", "keep")
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+ON_ERROR = ("skip", "stop")
 
 
 @dataclass(frozen=True)
@@ -59,24 +60,31 @@ class PrepareSettings:
     on_error: str = "skip"  # skip (report and count corrupt frames) | stop (fail on the first one)
 
     def validate(self) -> PrepareSettings:
-        def bad(key: str, why: str) -> DataError:
-            return DataError(f"--{key} {getattr(self, key)!r}: {why}")
-
-        if self.image_format not in IMAGE_FORMATS:
-            raise bad("image_format", f"choose one of {', '.join(IMAGE_FORMATS)}")
-        if self.image_format == "keep" and self.short_side:
-            raise bad("image_format", "'keep' stores original bytes, so it needs --short_side 0")
-        if self.short_side < 0:
-            raise bad("short_side", "must be 0 (keep the size) or a positive number of pixels")
-        if not 1 <= self.quality <= 100:
-            raise bad("quality", "JPEG quality must be in 1..100")
-        if self.shard_size <= 0:
-            raise bad("shard_size", "must be a positive number of frames")
-        if self.on_error not in ("skip", "stop"):
-            raise bad("on_error", "choose skip or stop")
+        """Self, or a DataError ``--key 'value': why`` for the first setting that cannot be used."""
+        checks = (
+            ("image_format", self.image_format in IMAGE_FORMATS, _choose(self.image_format, IMAGE_FORMATS)),
+            ("image_format", self.image_format != "keep" or not self.short_side,
+             "'keep' stores original bytes, so it needs --short_side 0"),
+            ("short_side", self.short_side >= 0, "must be 0 (keep the size) or a positive number of pixels"),
+            ("quality", 1 <= self.quality <= 100, "JPEG quality must be in 1..100"),
+            ("shard_size", self.shard_size > 0, "must be a positive number of frames"),
+            ("on_error", self.on_error in ON_ERROR, _choose(self.on_error, ON_ERROR)),
+        )
+        for key, ok, why in checks:
+            if not ok:
+                raise flag_error(key, getattr(self, key), why)
         if self.split:
-            split_videos(self.split)
+            check_split_name(self.split)
         return self
+
+
+def flag_error(key: str, value: object, why: str) -> DataError:
+    """The one form of a bad-flag message: ``--key 'value': why`` (the recipe's ``bad`` writes the same)."""
+    return DataError(f"--{key} {value!r}: {why}")
+
+
+def _choose(value: str, choices: tuple[str, ...]) -> str:
+    return f"choose one of {', '.join(choices)}{did_you_mean(value, choices)}"
 
 
 @dataclass
@@ -98,13 +106,16 @@ class PrepareResult:
 
 
 def _encode(path: Path, settings: PrepareSettings) -> tuple[bytes, int, int]:
-    """Fully decoded (checked), optionally resized and re-encoded bytes, plus the original height and width."""
-    with Image.open(path) as img:
-        img.load()
-        width, height = img.size
-        if settings.image_format == "keep":
-            return path.read_bytes(), height, width
-        rgb = img.convert("RGB")
+    """Fully decoded (checked, by the training decode), optionally resized and re-encoded bytes, plus the
+    original height and width (upright, as decoded)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise FrameError(str(path), str(err)) from None
+    rgb = decode_image({"bytes": data, "path": str(path)})
+    width, height = rgb.size
+    if settings.image_format == "keep":
+        return data, height, width
     if settings.short_side and min(width, height) > settings.short_side:
         scale = settings.short_side / min(width, height)
         size = ((settings.short_side, round(height * scale)) if width <= height
@@ -137,10 +148,11 @@ def _write_shard(job: _ShardJob) -> dict:
         path = Path(job.root, rel)
         try:
             data, height, width = _encode(path, job.settings)
-        except _DECODE_ERRORS as err:
+        except FrameError as err:
             if job.settings.on_error == "stop":
-                raise DataError(f"corrupt frame {path}: {err}; replace or remove it, or pass --on_error skip") from None
-            skipped.append({"path": str(path), "error": str(err)})
+                raise DataError(f"corrupt frame {path}: {err.reason}; replace or remove it, or pass --on_error skip"
+                                ) from None
+            skipped.append({"path": str(path), "error": err.reason})
             continue
         video = video_name(path, Path(job.root))
         rows["image"].append({"bytes": data, "path": rel})
@@ -151,15 +163,19 @@ def _write_shard(job: _ShardJob) -> dict:
         rows["orig_width"].append(width)
         videos[video] += 1
     shards = Path(job.out, SHARDS_DIR)
-    meta = {"name": name, "frames": len(rows["image"]), "videos": dict(videos), "skipped": skipped}
-    atomic_write_json(shards / f"{name}.json", meta)
     table = datasets.Dataset.from_dict(rows, features=FEATURES).data.table
-    tmp = shards / f".{name}.arrow.{uuid.uuid4().hex}.tmp"
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    with open(tmp, "rb") as written:
-        os.fsync(written.fileno())
-    os.replace(tmp, shards / f"{name}.arrow")
+    data = sink.getvalue()
+    meta = {"name": name, "frames": len(rows["image"]), "videos": dict(videos), "skipped": skipped,
+            "bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_json(shards / f"{name}.json", meta)
+    with atomic_path(shards / f"{name}.arrow") as tmp:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
     return meta
 
 
@@ -260,8 +276,9 @@ def _finish(out: Path, plan: dict, settings: PrepareSettings) -> dict:
     for i in range(plan["shards"]):
         name = shard_name(i)
         meta = json.loads((out / SHARDS_DIR / f"{name}.json").read_text())
-        shards.append({"name": name, "frames": meta["frames"],
-                       "bytes": (out / SHARDS_DIR / f"{name}.arrow").stat().st_size})
+        arrow = out / SHARDS_DIR / f"{name}.arrow"
+        shards.append({"name": name, "frames": meta["frames"], "bytes": arrow.stat().st_size,
+                       "sha256": meta.get("sha256") or file_sha256(arrow)})  # shards of older runs: hash them now
         videos.update(meta["videos"])
         skipped.extend(meta["skipped"])
     manifest = {

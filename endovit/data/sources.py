@@ -16,16 +16,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import datasets
-import fsspec
+from typing import TYPE_CHECKING
 
 from endovit.data.frames import load_frames
 from endovit.data.mixing import Source, SourceMix, combine_sources
 from endovit.data.splits import CHOLEC80_SOURCE, CHOLEC80_SPLITS, select_split, split_videos, video_number
 from endovit.data.stats import pooled_stats
-from endovit.data.store import MANIFEST, PLAN, is_remote, load_prepared
+from endovit.data.store import filesystem, is_prepared, is_remote, load_prepared
 from endovit.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["RunData", "resolve_sources", "mix_stats", "load_run_data"]
 
@@ -33,10 +34,11 @@ __all__ = ["RunData", "resolve_sources", "mix_stats", "load_run_data"]
 class _Root:
     """A data root (local folder or URL) and lookups of its sub-folders."""
 
-    def __init__(self, path: str, storage_options: dict | None):
+    def __init__(self, path: str, storage_options: dict | None, split: str = "train"):
         self.path = str(path).rstrip("/")
         self.storage_options = storage_options
-        self.fs, self.fs_path = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
+        self.split = split
+        self.fs, self.fs_path = filesystem(self.path, storage_options)
         self.loaded: dict[str, tuple[datasets.Dataset, dict | None]] = {}
 
     def child(self, name: str) -> str:
@@ -46,8 +48,7 @@ class _Root:
         return self.fs.isdir(f"{self.fs_path.rstrip('/')}/{name}")
 
     def is_prepared(self, path: str) -> bool:
-        fs, root = fsspec.core.url_to_fs(path, **(self.storage_options or {}))
-        return any(fs.isfile(f"{root.rstrip('/')}/{name}") for name in (MANIFEST, PLAN))
+        return is_prepared(path, self.storage_options)
 
     def prepared_children(self) -> list[str]:
         if not self.fs.isdir(self.fs_path):
@@ -61,7 +62,7 @@ class _Root:
             if self.is_prepared(path):
                 self.loaded[path] = load_prepared(path, self.storage_options)
             else:
-                self.loaded[path] = load_frames(path, storage_options=self.storage_options), None
+                self.loaded[path] = load_frames(path, self.split, storage_options=self.storage_options), None
         return self.loaded[path]
 
 
@@ -91,12 +92,14 @@ def _looks_like_path(name: str) -> bool:
 
 
 def resolve_sources(root_path: str, names: Sequence[str], role: str = "train",
-                    storage_options: dict | None = None) -> list[Source]:
-    """The sources ``names`` under ``root_path`` (see the module docstring); errors say what was expected."""
+                    storage_options: dict | None = None, split: str = "train") -> list[Source]:
+    """The sources ``names`` under ``root_path`` (see the module docstring); errors say what was expected.
+
+    ``split`` picks the split of a saved ``DatasetDict`` (``save_to_disk``) among them."""
     flag = f"--{role}_data"
     if not root_path:
         raise DataError(f"--{role}_sources {list(names)} needs {flag}, the folder or URL that holds them")
-    root = _Root(root_path, storage_options)
+    root = _Root(root_path, storage_options, split)
     if not names:
         if not root.is_prepared(root.path) and (children := root.prepared_children()):
             return [_whole(root, root.child(n), n) for n in children]
@@ -145,19 +148,24 @@ class RunData:
 
 def load_run_data(train_data: str, val_data: str = "", *, train_sources: Sequence[str] = (),
                   val_sources: Sequence[str] = (), source_weights: Sequence[float] = (),
-                  stats_from_data: bool = False, log: Callable[[str], None] = print) -> RunData:
+                  stats_from_data: bool = False, train_split: str = "train", val_split: str = "validation",
+                  log: Callable[[str], None] = print) -> RunData:
     """Training and validation frames; logs frames per source.
 
-    Validation uses ``val_data``, or ``train_data`` when only ``val_sources`` is given. With
+    Validation uses ``val_data``, or ``train_data`` when only ``val_sources`` is given. A saved ``DatasetDict``
+    (``save_to_disk`` of train + validation) gives its ``train_split`` for training and its ``val_split`` for
+    validation; when validation falls back to ``train_data`` it selects its sources from the same
+    ``train_split`` the training uses. Other forms of data have no splits and ignore both. With
     ``stats_from_data`` the training mix's stored mean/std come back as ``stats`` (rounded to 6 digits).
     """
-    sources = resolve_sources(train_data, train_sources, "train")
+    sources = resolve_sources(train_data, train_sources, "train", split=train_split)
     train, mix = combine_sources(sources, list(source_weights) or None)
     log(mix.summary("train"))
     val = None
     val_root = val_data or (train_data if val_sources else "")
     if val_root:
-        val, val_mix = combine_sources(resolve_sources(val_root, val_sources, "val"))
+        split = val_split if val_data else train_split
+        val, val_mix = combine_sources(resolve_sources(val_root, val_sources, "val", split=split))
         log(val_mix.summary("val"))
     stats = None
     if stats_from_data:

@@ -5,16 +5,17 @@ A split is a set of Cholec80 video numbers; frames belong to the video named by 
 """
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-import datasets
+from endovit.errors import DataError, did_you_mean
 
-from endovit.errors import DataError
+if TYPE_CHECKING:
+    import datasets
 
-__all__ = ["CHOLEC80_SPLITS", "CHOLEC80_SOURCE", "video_number", "split_videos", "select_split", "split_counts",
-           "split_summary"]
+__all__ = ["CHOLEC80_SPLITS", "CHOLEC80_SOURCE", "video_number", "check_split_name", "split_videos", "select_split",
+           "split_counts", "split_summary"]
 
 CHOLEC80_SOURCE = "Cholec80"
 CHOLEC80_SPLITS: dict[str, frozenset[int]] = {
@@ -33,13 +34,18 @@ def video_number(video: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def split_videos(name: str) -> frozenset[int]:
-    """Video numbers of one EndoViT split; an unknown name is a DataError listing the known ones."""
+def check_split_name(name: str) -> str:
+    """``name`` if it is one of EndoViT's Cholec80 splits; otherwise a DataError with a did-you-mean hint that
+    lists the known ones (the one check of a split name: prepare, sources and the recipe call it)."""
     if name not in CHOLEC80_SPLITS:
-        close = difflib.get_close_matches(name, CHOLEC80_SPLITS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise DataError(f"unknown Cholec80 split {name!r}{hint}; choose one of {', '.join(CHOLEC80_SPLITS)}")
-    return CHOLEC80_SPLITS[name]
+        raise DataError(f"unknown Cholec80 split {name!r}{did_you_mean(name, CHOLEC80_SPLITS)}; "
+                        f"choose one of {', '.join(CHOLEC80_SPLITS)}")
+    return name
+
+
+def split_videos(name: str) -> frozenset[int]:
+    """Video numbers of one EndoViT split; an unknown name is a DataError (``check_split_name``)."""
+    return CHOLEC80_SPLITS[check_split_name(name)]
 
 
 def split_counts(video_frames: Mapping[str, int]) -> dict[str, int]:

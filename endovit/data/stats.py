@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -21,6 +21,9 @@ from endovit.data.frames import decode_image, load_frames
 from endovit.data.parallel import worker_pool
 from endovit.data.store import is_remote, load_prepared, read_manifest, write_manifest
 from endovit.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["channel_sums", "pooled_stats", "stats_record", "compute_and_store_stats"]
 

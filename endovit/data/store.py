@@ -7,30 +7,36 @@
 
 Shards are read with ``datasets.Dataset.from_file`` (memory-mapped, nothing copied into RAM). A remote
 dataset (``s3://...``, any fsspec URL) is mirrored shard by shard into a local cache first; each shard
-file appears there only after a complete download, under a lock, so processes on one node share it.
+file appears there only after a complete download that matches the manifest's size, sha256 and row count,
+under a lock, so processes on one node share it. The manifest is input like any other: shard names must be
+``shard-NNNNN`` and every cached file stays inside the cache folder.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import uuid
+import re
 from pathlib import Path
 
 import datasets
 import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
 from filelock import FileLock
 
 from endovit.errors import DataError
-from endovit.io import atomic_write_json
+from endovit.io import atomic_path, atomic_write_json
 
-__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "is_remote", "shard_name", "read_manifest", "write_manifest",
-           "load_prepared"]
+__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "filesystem", "is_remote", "is_prepared", "shard_name",
+           "read_manifest", "write_manifest", "shard_records", "file_sha256", "load_prepared", "require_image_bytes"]
 
 MANIFEST = "endovit_dataset.json"
 PLAN = "endovit_plan.json"
 SHARDS_DIR = "shards"
 FORMAT = "endovit-prepared-v1"
+SHARD_NAME = re.compile(r"shard-\d{5,}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 FEATURES = datasets.Features({
     "image": datasets.Image(decode=False),
     "source": datasets.Value("string"),
@@ -48,11 +54,32 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 
 def shard_name(index: int) -> str:
+    """The name prepare gives shard ``index`` (``shard-00042``); manifests naming anything else are refused."""
     return f"shard-{index:05d}"
 
 
-def _location(path: str | os.PathLike, storage_options: dict | None):
-    return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+_EXTRAS = {"s3": "s3", "s3a": "s3"}  # URL protocol -> the endovit extra that installs its filesystem
+
+
+def filesystem(path: str | os.PathLike, storage_options: dict | None = None):
+    """``(fs, path inside it)`` for a local path or URL; a URL whose filesystem package is not installed is one
+    DataError naming what to install (``pip install 'endovit[s3]'`` for ``s3://``)."""
+    try:
+        return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+    except ImportError as err:
+        protocol = str(path).split("://", 1)[0]
+        install = (f"pip install 'endovit[{_EXTRAS[protocol]}]'" if protocol in _EXTRAS
+                   else "install the fsspec filesystem package for it")
+        raise DataError(f"{path}: reading {protocol}:// data needs a package that is not installed ({err}); "
+                        f"{install}") from None
+
+
+def is_prepared(path: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """True when ``path`` (a folder or URL) holds a prepared dataset, complete (manifest) or unfinished (plan).
+
+    The one test of "is this a prepared dataset?"; ``load_prepared`` then says which of the two it is."""
+    fs, root = filesystem(path, storage_options)
+    return any(fs.isfile(f"{root.rstrip('/')}/{name}") for name in (MANIFEST, PLAN))
 
 
 def _read_json(fs, path: str) -> dict | None:
@@ -66,7 +93,7 @@ def _read_json(fs, path: str) -> dict | None:
 
 def read_manifest(path: str | os.PathLike, storage_options: dict | None = None) -> dict | None:
     """The manifest of a complete prepared dataset at ``path``, or None when there is none."""
-    fs, root = _location(path, storage_options)
+    fs, root = filesystem(path, storage_options)
     manifest = _read_json(fs, f"{root.rstrip('/')}/{MANIFEST}")
     if manifest is not None and manifest.get("format") != FORMAT:
         raise DataError(f"{path}/{MANIFEST} has format {manifest.get('format')!r}, this code reads {FORMAT}; "
@@ -77,7 +104,7 @@ def read_manifest(path: str | os.PathLike, storage_options: dict | None = None) 
 def write_manifest(path: str | os.PathLike, manifest: dict, storage_options: dict | None = None) -> None:
     """Replace the manifest (one atomic rename locally, one PUT on object storage)."""
     if is_remote(path):
-        fs, root = _location(path, storage_options)
+        fs, root = filesystem(path, storage_options)
         fs.pipe_file(f"{root.rstrip('/')}/{MANIFEST}", (json.dumps(manifest, indent=1) + "\n").encode())
     else:
         atomic_write_json(Path(path) / MANIFEST, manifest)
@@ -87,27 +114,87 @@ def _default_cache_dir() -> Path:
     return Path(datasets.config.HF_DATASETS_CACHE) / "endovit-remote"
 
 
-def _mirror(fs, remote: str, local: Path) -> None:
-    """Download ``remote`` to ``local`` once: a temporary name, then a rename, under a file lock."""
+def shard_records(manifest: dict, where: str) -> list[dict]:
+    """The manifest's shards holding frames, checked: names as prepare writes them (``shard-NNNNN``, so no path
+    can be smuggled in), whole numbers of frames and bytes, and a 64-digit sha256 where there is one."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise DataError(f"{where}/{MANIFEST} lists no shards; re-run scripts/prepare_data.py")
+    for shard in shards:
+        name = shard.get("name") if isinstance(shard, dict) else None
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+            raise DataError(f"{where}/{MANIFEST} names a shard {name!r}, not one prepare writes (shard-NNNNN); "
+                            "refusing to use this manifest")
+        counts = [shard.get("frames"), shard.get("bytes", 0)]
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts) or (
+                "sha256" in shard and not SHA256.fullmatch(str(shard["sha256"]))):
+            raise DataError(f"{where}/{MANIFEST}: shard {name} has invalid frames, bytes or sha256 entries")
+    return [s for s in shards if s["frames"] > 0]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stream_rows(path: Path) -> int | None:
+    """Rows of an Arrow IPC stream file, or None when it is not one."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+    except (pa.ArrowInvalid, OSError):
+        return None
+
+
+def _verify(tmp: Path, shard: dict, where: str) -> None:
+    """Size, sha256 (when the manifest has one) and row count of a downloaded shard, before it enters the cache."""
+    size, problem = tmp.stat().st_size, ""
+    if "bytes" in shard and size != shard["bytes"]:
+        problem = f"{size} bytes, the manifest says {shard['bytes']}"
+    elif "sha256" in shard and (digest := file_sha256(tmp)) != shard["sha256"]:
+        problem = f"sha256 {digest[:12]}..., the manifest says {shard['sha256'][:12]}..."
+    elif (rows := _stream_rows(tmp)) != shard["frames"]:
+        problem = f"{'no readable' if rows is None else rows} rows, the manifest says {shard['frames']}"
+    if problem:
+        raise DataError(f"{where}: shard {shard['name']} does not match {MANIFEST} ({problem}); the upload is "
+                        "incomplete or was changed: upload the whole prepared folder again")
+
+
+def _cached_file(local_dir: Path, shard: dict) -> Path:
+    """Where a shard lives in the cache: named by its content hash when the manifest has one (a changed shard
+    gets a new name, so it is fetched again), and always inside ``local_dir``."""
+    name = f"{shard['name']}.{shard['sha256']}.arrow" if "sha256" in shard else f"{shard['name']}.arrow"
+    local = (local_dir / name).resolve()
+    if not local.is_relative_to(local_dir.resolve()):
+        raise DataError(f"shard {shard['name']!r} would be cached outside {local_dir}; refusing it")
+    return local
+
+
+def _mirror(fs, remote: str, local: Path, shard: dict, where: str) -> None:
+    """Download ``remote`` to ``local`` once, under a file lock: to a temporary name, verified, then renamed.
+
+    A file that fails the check is removed, so the next run downloads it again."""
     local.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(local) + ".lock"):
-        if local.exists():
+        if local.is_file() and local.stat().st_size == shard.get("bytes", local.stat().st_size):
             return
-        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
-        try:
+        with atomic_path(local) as tmp:
             fs.get_file(remote, str(tmp))
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
+            _verify(tmp, shard, where)
 
 
 def load_prepared(path: str | os.PathLike, storage_options: dict | None = None,
                   cache_dir: str | os.PathLike | None = None) -> tuple[datasets.Dataset, dict]:
     """A prepared dataset (local folder or URL) as one memory-mapped ``datasets.Dataset``, plus its manifest.
 
-    Remote shards are cached under ``cache_dir`` (default: the ``datasets`` cache, ``endovit-remote``).
+    Remote shards are cached under ``cache_dir`` (default: the ``datasets`` cache, ``endovit-remote``), each
+    checked against the manifest (size, sha256, rows) before it enters the cache. Manifests written before
+    shards had hashes still load, checked by size and rows only.
     """
-    fs, root = _location(path, storage_options)
+    fs, root = filesystem(path, storage_options)
     root = root.rstrip("/")
     manifest = read_manifest(path, storage_options)
     if manifest is None:
@@ -115,17 +202,17 @@ def load_prepared(path: str | os.PathLike, storage_options: dict | None = None,
             raise DataError(f"{path} is an unfinished prepared dataset (no {MANIFEST}); re-run "
                             "scripts/prepare_data.py with the same arguments to complete it")
         raise DataError(f"{path} is not a prepared dataset (no {MANIFEST}); create one with scripts/prepare_data.py")
-    shards = [s for s in manifest["shards"] if s["frames"] > 0]
+    shards = shard_records(manifest, str(path))
     if is_remote(path):
-        key = hashlib.sha1(f"{path}|{manifest['id']}".encode()).hexdigest()[:16]
+        key = hashlib.sha1(f"{path}|{manifest.get('id')}".encode()).hexdigest()[:16]
         local_dir = Path(cache_dir or _default_cache_dir()) / key
         files = []
         for shard in shards:
             remote = f"{root}/{SHARDS_DIR}/{shard['name']}.arrow"
             if not fs.isfile(remote):
                 raise DataError(f"{path}: shard {remote} listed in {MANIFEST} is missing; upload the complete folder")
-            local = local_dir / f"{shard['name']}.arrow"
-            _mirror(fs, remote, local)
+            local = _cached_file(local_dir, shard)
+            _mirror(fs, remote, local, shard, str(path))
             files.append(local)
     else:
         files = [Path(root, SHARDS_DIR, f"{s['name']}.arrow") for s in shards]
@@ -136,4 +223,30 @@ def load_prepared(path: str | os.PathLike, storage_options: dict | None = None,
     if not files:
         raise DataError(f"prepared dataset {path} holds no frames (skipped: {len(manifest.get('skipped', []))})")
     parts = [datasets.Dataset.from_file(str(f)) for f in files]
-    return (parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)), manifest
+    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    if is_remote(path):
+        require_image_bytes(dataset, str(path))
+    return dataset, manifest
+
+
+def require_image_bytes(dataset: datasets.Dataset, where: str) -> None:
+    """Remote data must carry its images: a row without bytes would make training open its ``path`` on this
+    machine's disk, whatever that path names."""
+    column = dataset.data.column("image")
+    missing, total, first = 0, 0, None
+    for chunk in column.chunks:
+        total += len(chunk)
+        if not pa.types.is_struct(chunk.type) or chunk.type.get_field_index("bytes") < 0:
+            missing, first = missing + len(chunk), first or (chunk[0].as_py() if len(chunk) else None)
+            continue
+        data = chunk.field("bytes")
+        empty = pc.or_kleene(chunk.is_null(), pc.fill_null(pc.equal(pc.binary_length(data), 0), True))
+        count = pc.sum(empty).as_py() or 0
+        if count and first is None:
+            first = chunk[pc.index(empty, True).as_py()].as_py()
+        missing += count
+    if missing:
+        named = first.get("path") if isinstance(first, dict) else first
+        raise DataError(f"{where}: {missing} of {total} frames carry no image bytes (the first names {named!r}); "
+                        "remote data must embed its images, or training would read that path from this machine: "
+                        "create it with scripts/prepare_data.py")

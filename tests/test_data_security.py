@@ -1,0 +1,85 @@
+"""Hostile or broken input on local disk: symlink loops in frame folders, forged manifests, shard hashes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from endovit.data import DataError, PrepareSettings, load_frames, prepare_frames
+from endovit.data.frames import find_image_files
+from endovit.data.store import MANIFEST, _cached_file
+
+
+def three_frames(root: Path) -> Path:
+    (root / "video01").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(root / "video01" / f"video01_{i:06d}.png")
+    return root
+
+
+def test_a_symlink_loop_is_walked_once_and_reported(tmp_path):
+    root = three_frames(tmp_path / "frames")
+    (root / "video01" / "back").symlink_to("..", target_is_directory=True)
+    with pytest.warns(UserWarning, match=r"skipped 1 linked folder\(s\) already walked .*video01/back"):
+        files = find_image_files(root)
+    assert [f.name for f in files] == [f"video01_{i:06d}.png" for i in range(3)]
+    with pytest.warns(UserWarning, match="symlink loop"):
+        assert len(load_frames(root)) == 3
+    with pytest.warns(UserWarning, match="symlink loop"):
+        assert prepare_frames(root, tmp_path / "prep", PrepareSettings(short_side=0), progress=False,
+                              log=lambda _: None).frames == 3
+
+
+def test_two_links_to_one_folder_count_its_frames_once_but_links_elsewhere_are_followed(tmp_path):
+    root = three_frames(tmp_path / "frames")
+    outside = three_frames(tmp_path / "elsewhere") / "video01"
+    (root / "video02").symlink_to(outside, target_is_directory=True)
+    (root / "video03").symlink_to(outside, target_is_directory=True)
+    with pytest.warns(UserWarning, match="skipped 1 linked folder"):
+        files = find_image_files(root)
+    assert sorted({f.parent.name for f in files}) == ["video01", "video02"] and len(files) == 6
+
+
+def test_prepared_manifest_records_each_shards_sha256_and_size(tmp_path):
+    root = three_frames(tmp_path / "frames")
+    prepare_frames(root, tmp_path / "prep", PrepareSettings(short_side=0, shard_size=2), progress=False,
+                   log=lambda _: None)
+    manifest = json.loads((tmp_path / "prep" / MANIFEST).read_text())
+    assert len(manifest["shards"]) == 2
+    for shard in manifest["shards"]:
+        data = (tmp_path / "prep" / "shards" / f"{shard['name']}.arrow").read_bytes()
+        assert shard["sha256"] == hashlib.sha256(data).hexdigest() and shard["bytes"] == len(data)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/x", "shard-00000/../../x", "shard-1", 7])
+def test_a_manifest_naming_other_files_is_refused(tmp_path, name):
+    root = three_frames(tmp_path / "frames")
+    prepare_frames(root, tmp_path / "prep", PrepareSettings(short_side=0), progress=False, log=lambda _: None)
+    manifest = json.loads((tmp_path / "prep" / MANIFEST).read_text())
+    manifest["shards"][0]["name"] = name
+    (tmp_path / "prep" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"names a shard .*not one prepare writes \(shard-NNNNN\)"):
+        load_frames(tmp_path / "prep")
+
+
+def test_a_cached_shard_path_can_never_leave_the_cache(tmp_path):
+    cache = tmp_path / "cache" / "key"
+    assert _cached_file(cache, {"name": "shard-00003", "sha256": "a" * 64}).parent == cache.resolve()
+    for forged in ("../../x", "/etc/x"):  # what the name check stops first, checked again here
+        with pytest.raises(DataError, match="would be cached outside"):
+            _cached_file(cache, {"name": forged})
+
+
+def test_older_manifests_without_hashes_still_load(tmp_path):
+    root = three_frames(tmp_path / "frames")
+    prepare_frames(root, tmp_path / "prep", PrepareSettings(short_side=0), progress=False, log=lambda _: None)
+    manifest = json.loads((tmp_path / "prep" / MANIFEST).read_text())
+    for shard in manifest["shards"]:
+        del shard["sha256"]
+    (tmp_path / "prep" / MANIFEST).write_text(json.dumps(manifest))
+    assert len(load_frames(tmp_path / "prep")) == 3
+    assert os.path.exists(tmp_path / "prep" / "shards" / "shard-00000.arrow")
