@@ -160,7 +160,7 @@ def export(argv: list[str] | None = None) -> Path:
     mae = create_mae(model, img_size=tuple(img_size), norm_pix_loss=norm_pix_loss)
     note = fit_state_dict(mae, state, redact_url(opts.source), log=print)
     step = run.get("step")
-    match = re.search(r"step_0*(\d+)$", str(opts.source).rstrip("/"))
+    match = re.search(r"(?:^|/)step_0*(\d+)(?:/model\.safetensors)?$", str(opts.source).rstrip("/"))
     if match:
         step = int(match.group(1))
     recipe = dict(run.get("recipe") or {})
