@@ -258,3 +258,28 @@ def test_export_script_errors_are_one_line(tmp_path, export_main, capsys, make, 
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_timm_folder_uploaded_to_the_hub_loads_with_hf_hub(tmp_path, monkeypatch):
+    """timm's hf-hub: path reads the same config.json and model.safetensors (downloads served from the folder)."""
+    from huggingface_hub.errors import EntryNotFoundError
+    from timm.models import _hub
+
+    out, mae, recipe = written_export(tmp_path, (32, 64))
+    requested = []
+
+    def from_folder(repo_id, filename, revision=None, cache_dir=None, **kwargs):
+        requested.append((repo_id, filename))
+        path = out / "timm" / filename
+        if not path.is_file():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(path)
+
+    monkeypatch.setattr(_hub, "hf_hub_download", from_folder)
+    model = timm.create_model("hf-hub:someone/endovit-tiny", pretrained=True).eval()
+    assert ("someone/endovit-tiny", "config.json") in requested
+    assert ("someone/endovit-tiny", "model.safetensors") in requested
+    assert list(model.pretrained_cfg["mean"]) == recipe.mean
+    assert tuple(model.pretrained_cfg["input_size"]) == (3, 32, 64)
+    images = torch.randn(1, 3, 32, 64)
+    torch.testing.assert_close(model.forward_features(images), unmasked_latent(mae, images))
