@@ -158,6 +158,14 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def _read(source: str | os.PathLike, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     source = str(source)
     sha256 = _check_sha256(sha256)
+    if _URL.match(source) and "#" in source:
+        source, fragment = source.split("#", 1)
+        pinned = re.fullmatch(r"sha256=([0-9A-Fa-f]{64})", fragment)
+        if pinned is None:
+            raise CheckpointError(f"{redact_url(source)}: the only URL fragment understood is #sha256=<64 hex digits>")
+        if sha256 is not None and sha256 != pinned.group(1).lower():
+            raise CheckpointError(f"{redact_url(source)}: two different sha256 pins (#sha256= and sha256=)")
+        sha256 = pinned.group(1).lower()
     if _URL.match(source):
         path = _fetch(source, sha256)
     else:
@@ -193,7 +201,8 @@ def read_state_dict(source: str | os.PathLike, sha256: str | None = None) -> dic
     ``argparse.Namespace`` that official MAE checkpoints keep under ``args``. A top-level ``model`` (MAE) or
     ``state_dict`` entry is unwrapped. A folder stands for its ``model.safetensors`` (a checkpoint ``step_N``, an
     export) or ``encoder.safetensors``; transformers ViT-MAE / ViT weights are renamed to ours. ``sha256`` pins
-    the file's hash: checked on every read, also for a cached download.
+    the file's hash: checked on every read, also for a cached download; a URL can carry its pin as
+    ``#sha256=<hex>`` (pip's convention), so ``--init_from`` pins without another flag.
     """
     return _read(source, sha256)[0]
 
