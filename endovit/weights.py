@@ -1,4 +1,8 @@
-"""Weight files in and out: read official MAE .pth, safetensors and URLs safely; export final weights."""
+"""Weight files in and out: read official MAE .pth, safetensors, export folders and URLs safely; export weights.
+
+An export folder holds our files (``model.safetensors``, ``encoder.safetensors``, ``endovit_config.json``) and the
+Hub-style folders that timm and transformers load (see ``endovit.hub``).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,20 +11,61 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import urllib.parse
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from endovit import hub
 from endovit.errors import CheckpointError
-from endovit.io import atomic_path
+from endovit.io import atomic_path, readable_mode
 
-__all__ = ["read_state_dict", "load_pretrained", "export_model", "export_info", "EXPORT_FILES"]
+__all__ = [
+    "read_state_dict",
+    "load_pretrained",
+    "fit_state_dict",
+    "read_weights",
+    "export_model",
+    "export_state_dict",
+    "export_info",
+    "redact_url",
+    "EXPORT_FILES",
+    "HUB_FILES",
+]
 
 EXPORT_FILES = ("model.safetensors", "encoder.safetensors", "endovit_config.json")
+HUB_FILES = (hub.CONFIG_NAME, hub.PREPROCESSOR_NAME, hub.TIMM_DIR, hub.TRANSFORMERS_DIR)
 FIXED_POS_EMBEDS = ("pos_embed", "decoder_pos_embed")
+DECODER_PREFIXES = hub.DECODER_PREFIXES
+_URL = re.compile(r"^(https?|file)://", re.IGNORECASE)
+_ANY_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with every URL's credentials (``user:password@``), query string and fragment removed.
+
+    ``https://user:tok@host/path/w.pth?X-Amz-Signature=...`` becomes ``https://host/path/w.pth``; use it wherever
+    a source location is printed, logged or stored.
+    """
+    def clean(match: re.Match) -> str:
+        url = match.group(0)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname or ""
+            if parts.port is not None:
+                host = f"{host}:{parts.port}"
+        except ValueError:
+            return url.split("?", 1)[0].split("#", 1)[0]
+        if "@" in parts.netloc and not host:
+            host = parts.netloc.rsplit("@", 1)[1]
+        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+    return _ANY_URL.sub(clean, str(text))
 
 
 def _cache_dir() -> Path:
@@ -28,63 +73,141 @@ def _cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "endovit"
 
 
-def _fetch(url: str) -> Path:
-    """Download a URL once into the cache (atomic: a partial download is never reused)."""
-    name = Path(urllib.parse.urlparse(url).path).name or "weights"
-    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
-    target = _cache_dir() / f"{digest}-{name}"
-    if target.exists():
-        return target
-    try:
-        with atomic_path(target) as tmp:
-            torch.hub.download_url_to_file(url, str(tmp), progress=False)
-    except Exception as err:
-        raise CheckpointError(f"cannot download weights from {url}: {err}") from err
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_sha256(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    sha256 = sha256.strip().lower().removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise CheckpointError(f"sha256 {sha256!r} is not 64 hex digits")
+    return sha256
+
+
+def _fetch(url: str, sha256: str | None = None) -> Path:
+    """Download a URL once into the cache (atomic: a partial download is never reused).
+
+    Unpinned downloads are cached under a digest of the URL; pinned ones under the pinned hash, and the file's
+    hash is checked on every load (a cached file that no longer matches is an error, not a silent reuse).
+    """
+    shown = redact_url(url)
+    if url.lower().startswith("http://"):
+        warnings.warn(f"downloading weights over plain http ({shown}): anyone on the way can change them; "
+                      "use https or pin the file with a sha256", stacklevel=3)
+    name = Path(urllib.parse.urlsplit(url).path).name or "weights"
+    key = sha256[:16] if sha256 else hashlib.sha256(url.encode()).hexdigest()[:12]
+    target = _cache_dir() / f"{key}-{name}"
+    if not target.exists():
+        try:
+            with atomic_path(target) as tmp:
+                torch.hub.download_url_to_file(url, str(tmp), progress=False)
+                if sha256 and _file_sha256(tmp) != sha256:
+                    raise CheckpointError(f"weights downloaded from {shown} have sha256 {_file_sha256(tmp)}, "
+                                          f"not the pinned {sha256}")
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(f"cannot download weights from {shown}: {redact_url(_first_line(err))}") from err
     return target
 
 
-def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from a .safetensors or .pth/.pt file, or a URL (cached).
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
-    ``.pth`` files are read with ``weights_only=True``; the only non-tensor object allowed is
-    the ``argparse.Namespace`` that official MAE checkpoints keep under ``args``. A top-level
-    ``model`` (MAE) or ``state_dict`` entry is unwrapped.
-    """
-    source = str(source)
-    if re.match(r"^(https?|file)://", source):
-        path = _fetch(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"weights file {path} does not exist")
+
+def _weights_in_folder(folder: Path) -> Path:
+    """The weight file a folder stands for: a checkpoint/export folder's ``model.safetensors``, else an
+    encoder-only export's ``encoder.safetensors``, else a ``pytorch_model.bin``/``.pth`` of transformers or timm."""
+    for name in ("model.safetensors", "encoder.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pth"):
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{folder} holds no weights (model.safetensors, encoder.safetensors or pytorch_model.bin)")
+
+
+def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, extras) from a weight file; extras holds an official checkpoint's ``args`` as a dict."""
     if path.suffix == ".safetensors":
-        return load_file(path)
+        try:
+            return load_file(path), {}
+        except Exception as err:
+            raise CheckpointError(f"cannot read weights from {path}: {_first_line(err)}") from err
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read weights from {path}: {first_line}") from err
+        raise CheckpointError(f"cannot read weights from {path}: {_first_line(err)}") from err
+    extras = {}
+    if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
+        extras["args"] = vars(obj["args"])
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state dict (expected tensors, or a dict with key 'model')")
-    return obj
+    return obj, extras
 
 
-def load_pretrained(model: nn.Module, source: str | os.PathLike) -> None:
-    """Load weights into ``model`` strictly; one clear error lists every mismatch.
+def _read(source: str | os.PathLike, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    source = str(source)
+    sha256 = _check_sha256(sha256)
+    if _URL.match(source) and "#" in source:
+        source, fragment = source.split("#", 1)
+        pinned = re.fullmatch(r"sha256=([0-9A-Fa-f]{64})", fragment)
+        if pinned is None:
+            raise CheckpointError(f"{redact_url(source)}: the only URL fragment understood is #sha256=<64 hex digits>")
+        if sha256 is not None and sha256 != pinned.group(1).lower():
+            raise CheckpointError(f"{redact_url(source)}: two different sha256 pins (#sha256= and sha256=)")
+        sha256 = pinned.group(1).lower()
+    if _URL.match(source):
+        path = _fetch(source, sha256)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            path = _weights_in_folder(path)
+        elif not path.is_file():
+            raise CheckpointError(f"weights file {path} does not exist")
+    if sha256 is not None:
+        actual = _file_sha256(path)
+        if actual != sha256:
+            where = f" (cached as {path}; delete it to download again)" if _URL.match(source) else ""
+            raise CheckpointError(f"weights {redact_url(source)} have sha256 {actual}, not the pinned "
+                                  f"{sha256}{where}")
+    state, extras = _read_file(path)
+    extras["path"] = path
+    if hub.is_transformers_state_dict(state):
+        state = hub.from_transformers_state_dict(state)
+        extras["format"] = "transformers"
+    return state, extras
 
-    The fixed sin-cos position embeddings are recomputed by the model for its own patch
-    grid, so weights trained at 224x224 load into a model for e.g. 224x384 frames.
+
+def read_weights(source: str | os.PathLike, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """``read_state_dict`` plus what else the file says: ``args`` (an official checkpoint's argparse values as a
+    dict), ``format`` ("transformers" when the names were converted), ``path`` (the file read)."""
+    return _read(source, sha256)
+
+
+def read_state_dict(source: str | os.PathLike, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict from a .safetensors or .pth/.pt file, a folder, or a URL (cached), under our names.
+
+    ``.pth`` files are read with ``weights_only=True``; the only non-tensor object allowed is the
+    ``argparse.Namespace`` that official MAE checkpoints keep under ``args``. A top-level ``model`` (MAE) or
+    ``state_dict`` entry is unwrapped. A folder stands for its ``model.safetensors`` (a checkpoint ``step_N``, an
+    export) or ``encoder.safetensors``; transformers ViT-MAE / ViT weights are renamed to ours. ``sha256`` pins
+    the file's hash: checked on every read, also for a cached download; a URL can carry its pin as
+    ``#sha256=<hex>`` (pip's convention), so ``--init_from`` pins without another flag.
     """
-    state = read_state_dict(source)
-    own = model.state_dict()
-    for key in FIXED_POS_EMBEDS:
-        if key in state and key in own and state[key].shape != own[key].shape:
-            state[key] = own[key]
+    return _read(source, sha256)[0]
+
+
+def _fit_report(state: dict, own: dict) -> tuple[list[str], list[str], list[str]]:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [
@@ -92,7 +215,34 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike) -> None:
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
-    if missing or unexpected or mismatched:
+    return missing, unexpected, mismatched
+
+
+def load_pretrained(model: nn.Module, source: str | os.PathLike, sha256: str | None = None,
+                    log: Callable[[str], object] | None = print) -> str | None:
+    """Load weights into ``model``; one clear error lists every mismatch.
+
+    The fixed sin-cos position embeddings are recomputed by the model for its own patch grid, so weights trained
+    at 224x224 load into a model for e.g. 224x384 frames. Encoder-only weights (timm keys, e.g. the released
+    EndoViT ``.pth`` or an ``encoder.safetensors``) load into the encoder and the decoder keeps its fresh
+    initialisation: the returned note says so (also passed to ``log``; ``None`` for a full load). Anything else
+    that does not fit exactly is refused.
+    """
+    return fit_state_dict(model, read_state_dict(source, sha256=sha256), redact_url(str(source)), log=log)
+
+
+def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str,
+                   log: Callable[[str], object] | None = print) -> str | None:
+    """``load_pretrained`` for a state dict already read; ``label`` names its source in messages."""
+    state = dict(state)
+    own = model.state_dict()
+    for key in FIXED_POS_EMBEDS:
+        if key in state and key in own and state[key].shape != own[key].shape:
+            state[key] = own[key]
+    missing, unexpected, mismatched = _fit_report(state, own)
+    decoder_keys = sorted(k for k in own if k.startswith(DECODER_PREFIXES))
+    encoder_only = bool(missing) and missing == decoder_keys and not unexpected and not mismatched
+    if (missing and not encoder_only) or unexpected or mismatched:
         parts = []
         if missing:
             parts.append(f"missing keys: {', '.join(missing)}")
@@ -100,28 +250,73 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike) -> None:
             parts.append(f"unexpected keys: {', '.join(unexpected)}")
         if mismatched:
             parts.append(f"shape mismatch: {'; '.join(mismatched)}")
-        raise CheckpointError(f"weights in {source} do not fit the model ({' | '.join(parts)})")
-    model.load_state_dict(state, strict=True)
+        raise CheckpointError(f"weights in {label} do not fit the model ({' | '.join(parts)})")
+    if not encoder_only:
+        model.load_state_dict(state, strict=True)
+        return None
+    model.load_state_dict({**own, **state}, strict=True)
+    note = (f"note: {label} holds the encoder only: the encoder is loaded and the decoder "
+            f"({len(decoder_keys)} tensors) starts from a fresh initialisation")
+    if log is not None:
+        log(note)
+    return note
 
 
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
-def export_model(model: nn.Module, out_dir: str | os.PathLike, info: dict) -> Path:
-    """Write ``model.safetensors`` (full MAE), ``encoder.safetensors`` (timm keys) and ``endovit_config.json``.
+def _readable_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        readable_mode(path)
 
-    ``info`` is stored as the JSON (architecture, image size, mean/std, recipe, ...). All three files are
-    staged first and renamed into place together, so no failure leaves a mixed set.
+
+def export_state_dict(state: dict[str, torch.Tensor], out_dir: str | os.PathLike, info: dict,
+                      hub_folders: bool = True) -> Path:
+    """Write an export folder from our MAE state dict, full or encoder-only.
+
+    Full: ``model.safetensors`` (full MAE), ``encoder.safetensors`` (timm keys), ``endovit_config.json``, and with
+    ``hub_folders`` the timm and transformers folders plus the root ``config.json``/``preprocessor_config.json``
+    (``endovit.hub``). Encoder-only: the same without ``model.safetensors`` (there is no decoder to write). Every
+    file is staged first and renamed into place at the end, so no failure leaves a mixed set; files are 0644.
     """
     out_dir = Path(out_dir)
+    has_decoder = any(k.startswith(DECODER_PREFIXES) for k in state)
+    encoder = {k: v for k, v in state.items() if not k.startswith(DECODER_PREFIXES)}
+    info = {**info, "has_decoder": has_decoder}
     metadata = {"format": "pt", "endovit": json.dumps({"model": info.get("model", ""), "step": info.get("step")})}
+    names = [n for n in EXPORT_FILES if has_decoder or n != "model.safetensors"]
+    stale = [] if has_decoder else [out_dir / "model.safetensors"]
+    if hub_folders:
+        names += list(HUB_FILES)
+    else:
+        stale += [out_dir / name for name in HUB_FILES]  # would hold older weights than the files beside them
     with contextlib.ExitStack() as stack:
-        staged = {name: stack.enter_context(atomic_path(out_dir / name)) for name in EXPORT_FILES}
-        _save_safetensors(model.state_dict(), staged["model.safetensors"], metadata)
-        _save_safetensors(model.encoder_state_dict(), staged["encoder.safetensors"], metadata)
+        staged = {name: stack.enter_context(atomic_path(out_dir / name)) for name in names}
+        if has_decoder:
+            _save_safetensors(state, staged["model.safetensors"], metadata)
+        _save_safetensors(encoder, staged["encoder.safetensors"], metadata)
         staged["endovit_config.json"].write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        if hub_folders:
+            staged[hub.CONFIG_NAME].write_text(json.dumps(hub.root_config(info), indent=2) + "\n")
+            staged[hub.PREPROCESSOR_NAME].write_text(json.dumps(hub.preprocessor_config(info), indent=2) + "\n")
+            hub.write_timm_folder(staged[hub.TIMM_DIR], encoder, info, weights_file=staged["encoder.safetensors"])
+            hub.write_transformers_folder(staged[hub.TRANSFORMERS_DIR], state, info)
+            for name in (hub.TIMM_DIR, hub.TRANSFORMERS_DIR):
+                _readable_tree(staged[name])
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     return out_dir
+
+
+def export_model(model: nn.Module, out_dir: str | os.PathLike, info: dict, hub_folders: bool = True) -> Path:
+    """Write ``model.safetensors`` (full MAE), ``encoder.safetensors`` (timm keys), ``endovit_config.json`` and
+    the folders timm and transformers load (``timm/``, ``transformers/``, root ``config.json``); see
+    ``export_state_dict``. ``info`` (``export_info``) is stored as the JSON."""
+    return export_state_dict(model.state_dict(), out_dir, info, hub_folders=hub_folders)
 
 
 def export_info(recipe, mae, step: int, val_loss: float | None) -> dict:
@@ -138,7 +333,5 @@ def export_info(recipe, mae, step: int, val_loss: float | None) -> dict:
         "std": recipe.std,
         "step": step,
         "val_loss": val_loss,
-        "recipe": recipe.to_dict(),
+        "recipe": {k: redact_url(v) if isinstance(v, str) else v for k, v in recipe.to_dict().items()},
     }
-
-
