@@ -163,7 +163,8 @@ def test_csv_and_column_labels(tmp_path):
     write_cholec80_video(tmp_path, "video01", seconds=3, phase_change=0, tools=[[0] * 7])
     frames = load_frames(tmp_path / "frames")
     paths = [f"video01/video01_{i:06d}.png" for i in range(3)]
-    (tmp_path / "single.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in zip(paths, "bab", strict=True)))
+    rows = "".join(f"{p},{c}\n" for p, c in zip(paths, "bab", strict=True))
+    (tmp_path / "single.csv").write_text("path,label\n" + rows)
     single = csv_labels(frames, tmp_path / "single.csv", tmp_path / "frames")
     assert single.names == ["a", "b"] and single.values.tolist() == [1, 0, 1]
     (tmp_path / "multi.csv").write_text("path,smoke,blood\n" + "".join(f"{p},1,{i % 2}\n" for i, p in

@@ -52,7 +52,8 @@ def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     heads = [c.removeprefix("ap/") for c in columns]
     width = max(len(m) for m in [*results, "model"])
     widths = [max(len(h), 5) for h in heads]
-    lines = ["  ".join([f"{'model':<{width}}", f"{'probe':<10}", *(f"{h:>{w}}" for h, w in zip(heads, widths, strict=True))])]
+    cells = [f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)]
+    lines = ["  ".join([f"{'model':<{width}}", f"{'probe':<10}", *cells])]
     for model, probes in results.items():
         for probe, metrics in probes.items():
             cells = [f"{100 * metrics.get(c, math.nan):>{w}.1f}" for c, w in zip(columns, widths, strict=True)]
