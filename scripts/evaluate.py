@@ -62,6 +62,9 @@ def weights_source(weights: str) -> tuple[Path | None, dict, int]:
     if weights == "random":
         return None, {}, 0
     path = Path(weights)
+    if not path.exists():
+        raise CheckpointError(f"--weights {weights}: no such file or folder; give weights, a checkpoint or export "
+                              "folder, or 'random'")
     if path.is_dir():
         found = [path / n for n in ("model.safetensors", "encoder.safetensors") if (path / n).is_file()]
         if not found:
