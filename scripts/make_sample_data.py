@@ -1,6 +1,10 @@
 """Write synthetic endoscopy-like frames in the Cholec80 layout (the embedded default data).
 
     python scripts/make_sample_data.py --out data/sample --videos 4 --frames 50
+    python scripts/make_sample_data.py --out data/sample/probe --videos 8 --frames 16 --labels
+
+With ``--labels`` the frames show surgical phases and instruments, and their annotations are written in
+Cholec80's format (``phase_annotations/``, ``tool_annotations/``) for ``scripts/evaluate.py``.
 """
 from __future__ import annotations
 
@@ -19,13 +23,15 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480, help="frame height (Cholec80: 480)")
     parser.add_argument("--width", type=int, default=854, help="frame width (Cholec80: 854)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", action="store_true", help="draw phases and instruments, write their annotations")
     args = parser.parse_args()
     if min(args.videos, args.frames, args.height, args.width) <= 0:
         parser.error("--videos, --frames, --height and --width must be positive")
     start = time.perf_counter()
     written = write_sample_frames(args.out, args.videos, args.frames, args.height, args.width, args.seed,
-                                  args.first_video)
-    print(f"wrote {len(written)} frames to {args.out}/frames in {time.perf_counter() - start:.1f}s")
+                                  args.first_video, args.labels)
+    labels = f" and Cholec80 annotations to {args.out}/phase_annotations, tool_annotations" if args.labels else ""
+    print(f"wrote {len(written)} frames to {args.out}/frames{labels} in {time.perf_counter() - start:.1f}s")
 
 
 if __name__ == "__main__":

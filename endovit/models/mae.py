@@ -201,6 +201,16 @@ class MaskedAutoencoderViT(nn.Module):
         x = self._run_blocks(self.blocks, x)
         return self.norm(x), mask, ids_restore
 
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """The encoder on every patch (no masking): (N, 1 + L, D) tokens after the final norm, cls first.
+
+        Equals timm's ``VisionTransformer.forward_features`` with the weights of ``encoder_state_dict``.
+        """
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls_tokens, x], dim=1)
+        return self.norm(self._run_blocks(self.blocks, x))
+
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         x = self.decoder_embed(latent)
         n, visible_plus_cls, dim = x.shape

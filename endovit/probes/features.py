@@ -1,0 +1,78 @@
+"""Frozen features of an MAE encoder on unmasked frames: the cls token and the mean of the patch tokens."""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from endovit.checkpoint import read_state_dict
+from endovit.data.transforms import normalize
+from endovit.errors import CheckpointError
+
+__all__ = ["POOLS", "load_encoder", "features_from_loader", "features_from_pixels"]
+
+POOLS = ("cls", "avg")
+_DECODER_KEYS = ("decoder_", "mask_token")
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def load_encoder(mae, source: str | os.PathLike) -> None:
+    """Load the encoder of ``mae`` from a full MAE or an encoder-only state dict (our exports, the
+    ``model.safetensors`` of a training checkpoint, official MAE ``.pth``); decoder weights are ignored.
+
+    The fixed sin-cos position embedding is the model's own, so weights of another image size load.
+    """
+    state = {}
+    for key, value in read_state_dict(source).items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        if not key.startswith(_DECODER_KEYS):
+            state[key] = value
+    own = mae.encoder_state_dict()
+    if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
+        state["pos_embed"] = own["pos_embed"]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    problems = [f"missing keys: {', '.join(missing)}"] if missing else []
+    problems += [f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []
+    problems += [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if problems:
+        raise CheckpointError(f"weights in {source} do not fit this encoder ({'; '.join(problems)}); check --model")
+    mae.load_state_dict(state, strict=False)
+
+
+def _pooled(mae, images: torch.Tensor, accelerator) -> torch.Tensor:
+    """(N, 2D): cls token, then mean-pooled patch tokens, in float32."""
+    with accelerator.autocast():
+        tokens = mae.forward_features(images)
+    return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=1).float()
+
+
+def _split_pools(features: torch.Tensor) -> dict[str, torch.Tensor]:
+    return dict(zip(POOLS, features.chunk(2, dim=1), strict=True))
+
+
+@torch.no_grad()
+def features_from_loader(mae, loader, accelerator, mean, std) -> dict[str, torch.Tensor]:
+    """Features of every frame of a prepared loader of ``{"pixels", "index"}`` batches, in index order,
+    gathered across processes (``gather_for_metrics`` drops the samples that pad the last batch)."""
+    features, indices = [], []
+    for batch in loader:
+        features.append(accelerator.gather_for_metrics(_pooled(mae, normalize(batch["pixels"], mean, std),
+                                                               accelerator)))
+        indices.append(accelerator.gather_for_metrics(batch["index"]))
+    return _split_pools(torch.cat(features)[torch.cat(indices).argsort()])
+
+
+@torch.no_grad()
+def features_from_pixels(mae, pixels: torch.Tensor, accelerator, mean, std, batch_size: int
+                         ) -> dict[str, torch.Tensor]:
+    """Features of every frame of a uint8 (N, 3, H, W) tensor. Each process embeds a contiguous share (the
+    last one padded with repeats), gathered across processes, so every process must call this."""
+    share = math.ceil(len(pixels) / accelerator.num_processes)
+    start = accelerator.process_index * share
+    rows = torch.arange(start, start + share).clamp(max=len(pixels) - 1)
+    mine = [_pooled(mae, normalize(pixels[rows[i:i + batch_size]].to(accelerator.device), mean, std), accelerator)
+            for i in range(0, share, batch_size)]
+    return _split_pools(accelerator.gather(torch.cat(mine))[:len(pixels)])

@@ -1,0 +1,180 @@
+"""Frozen-feature probes of an MAE encoder on labelled frames, split by video: settings, scoring, and the
+``Probe`` that a training loop builds once and evaluates every few steps."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import datasets
+import torch
+
+from endovit.data.frames import decode_image, load_frames
+from endovit.data.transforms import EvalTransform
+from endovit.errors import DataError, RecipeError, did_you_mean
+from endovit.probes.classifiers import knn_scores, linear_probe_scores
+from endovit.probes.features import features_from_pixels
+from endovit.probes.labels import LABEL_FORMATS, Labels, cholec80_labels, column_labels, csv_labels
+from endovit.probes.metrics import score
+from endovit.probes.split import split_by_video
+
+__all__ = ["KINDS", "ProbeSettings", "ProbeData", "load_probe_data", "probe_metrics", "flatten", "Probe",
+           "build_probe"]
+
+KINDS = ("knn", "linear", "both")
+
+
+@dataclass
+class ProbeSettings:
+    """What to probe with and how. As recipe keys each field is ``probe_<name>``."""
+
+    data: str = ""  # labelled frames: a folder (Cholec80 layout), a prepared / save_to_disk dataset or parquet
+    label_format: str = "cholec80_phase"  # cholec80_phase | cholec80_tool | csv | column
+    labels: str = ""  # annotation root (holds phase_annotations/; empty = data or its parent), CSV, or column name
+    kind: str = "knn"  # knn | linear | both
+    k: int = 20  # k-NN neighbours
+    temperature: float = 0.07  # k-NN vote weight exp(cosine / temperature)
+    l2: float = 1.0e-4  # linear probe: L2 penalty on the mean loss
+    batch_size: int = 64  # frames per forward pass, per process
+    train_videos: list = field(default_factory=list)  # e.g. [1-40] or [video01, video02]; empty = default split
+    test_videos: list = field(default_factory=list)  # empty = the default split, or the videos not in train
+    frame_fps: float = 1.0  # rate the frames were extracted at (file index / frame_fps = seconds)
+    annotation_fps: float = 25.0  # rate of Cholec80's annotation frame numbers
+    first_frame: int = 0  # file index of the frame at time 0 (1 for ffmpeg's default numbering)
+
+    @classmethod
+    def from_recipe(cls, recipe, prefix: str = "probe_") -> ProbeSettings:
+        """Settings from an object with one ``<prefix><field>`` attribute per field."""
+        return cls(**{f.name: getattr(recipe, prefix + f.name) for f in fields(cls)})
+
+    def validate(self, prefix: str = "") -> ProbeSettings:
+        """Raise RecipeError naming the first bad value as its flag ``--<prefix><name>``; returns self."""
+        def bad(key: str, why: str) -> RecipeError:
+            return RecipeError(f"--{prefix}{key} {getattr(self, key)!r}: {why}")
+
+        if not self.data:
+            raise bad("data", "give a folder or dataset of labelled frames")
+        if self.label_format not in LABEL_FORMATS:
+            raise bad("label_format", f"choose one of {', '.join(LABEL_FORMATS)}"
+                                      f"{did_you_mean(self.label_format, LABEL_FORMATS)}")
+        if self.label_format == "csv" and not self.labels:
+            raise bad("labels", "give the CSV file of labels")
+        if self.kind not in KINDS:
+            raise bad("kind", f"choose one of {', '.join(KINDS)}")
+        for key in ("k", "batch_size"):
+            if getattr(self, key) <= 0:
+                raise bad(key, "must be a positive integer")
+        for key in ("temperature", "frame_fps", "annotation_fps"):
+            if getattr(self, key) <= 0:
+                raise bad(key, "must be positive")
+        if self.l2 < 0:
+            raise bad("l2", "must not be negative")
+        return self
+
+
+@dataclass
+class ProbeData:
+    """The probe's frames (train videos first, then test videos) and their labels."""
+
+    frames: datasets.Dataset
+    labels: Labels
+    num_train: int
+    videos: dict  # {"train": [...], "test": [...]}
+
+
+def _annotation_root(data: str, sub: str) -> Path:
+    candidates = [Path(data), Path(data).parent]
+    for folder in candidates:
+        if (folder / sub).is_dir():
+            return folder
+    raise DataError(f"no {sub} folder in {candidates[0]} or {candidates[1]}; pass the folder that holds it "
+                    "as the labels setting")
+
+
+def _labels(frames: datasets.Dataset, s: ProbeSettings) -> Labels:
+    if s.label_format == "csv":
+        return csv_labels(frames, s.labels, s.data)
+    if s.label_format == "column":
+        return column_labels(frames, s.labels or "label")
+    task = s.label_format.removeprefix("cholec80_")
+    folder = s.labels or _annotation_root(s.data, f"{task}_annotations")
+    return cholec80_labels(frames, folder, task, s.frame_fps, s.annotation_fps, s.first_frame)
+
+
+def load_probe_data(settings: ProbeSettings) -> ProbeData:
+    """Frames, labels and the video split; a video never has frames on both sides."""
+    frames = load_frames(settings.data)
+    labels = _labels(frames, settings)
+    if "video" not in frames.column_names:
+        raise DataError(f"probe data {settings.data} has no 'video' column; probes split by video")
+    videos = frames.select_columns(["video"]).to_dict()["video"]
+    train, test = split_by_video(videos, settings.train_videos, settings.test_videos)
+    rows = train + test
+    return ProbeData(frames.select(rows), labels.select(rows), len(train),
+                     {"train": sorted({videos[i] for i in train}), "test": sorted({videos[i] for i in test})})
+
+
+def probe_metrics(features: dict[str, torch.Tensor], data: ProbeData, s: ProbeSettings
+                  ) -> dict[str, dict[str, float]]:
+    """``{"knn_cls": {"acc": ..., "f1": ...}, "linear_avg": {"map": ..., "ap/Grasper": ...}, ...}``."""
+    n, names = data.num_train, data.labels.names
+    test_target = data.labels.values[n:]
+    results = {}
+    for pool, feats in features.items():
+        targets = torch.as_tensor(data.labels.values[:n], device=feats.device)
+        if s.kind in ("knn", "both"):
+            scores = knn_scores(feats[:n], targets, feats[n:], len(names), s.k, s.temperature)
+            results[f"knn_{pool}"] = score(scores.cpu().numpy(), test_target, names)
+        if s.kind in ("linear", "both"):
+            scores = linear_probe_scores(feats[:n], targets, feats[n:], len(names), s.l2)
+            results[f"linear_{pool}"] = score(scores.cpu().numpy(), test_target, names)
+    return results
+
+
+def flatten(results: dict[str, dict[str, float]], prefix: str = "probe/") -> dict[str, float]:
+    """``{"knn_cls": {"acc": x}}`` -> ``{"probe/knn_cls_acc": x}``."""
+    return {f"{prefix}{probe}_{metric}": value for probe, metrics in results.items() for metric, value in
+            metrics.items()}
+
+
+def decode_frames(frames: datasets.Dataset, img_size, chunk: int = 256) -> torch.Tensor:
+    """Every frame decoded and resized as for validation: one uint8 (N, 3, H, W) tensor."""
+    resize = EvalTransform(tuple(img_size))
+    items = frames.select_columns(["image"])
+    return torch.stack([resize(decode_image(item)) for start in range(0, len(items), chunk)
+                        for item in items[start:start + chunk]["image"]])
+
+
+class Probe:
+    """Probes an MAE encoder on cached probe frames during training.
+
+    ``evaluate`` leaves the training run as it was: no global RNG draws (the classifiers are deterministic and
+    the encoder runs in eval mode without dropout), no gradients, and each module's train/eval mode restored.
+    Every process must call it (features are gathered across processes).
+    """
+
+    def __init__(self, pixels: torch.Tensor, data: ProbeData, settings: ProbeSettings, mean, std, accelerator):
+        self.pixels, self.data, self.settings = pixels, data, settings
+        self.mean, self.std, self.accelerator = mean, std, accelerator
+
+    @torch.no_grad()
+    def evaluate(self, mae) -> dict[str, float]:
+        """Metrics such as ``probe/knn_cls_acc``, ``probe/knn_avg_f1`` (phase), ``probe/knn_cls_map`` (tools)."""
+        modes = {module: module.training for module in mae.modules()}
+        mae.eval()
+        try:
+            features = features_from_pixels(mae, self.pixels, self.accelerator, self.mean, self.std,
+                                            self.settings.batch_size)
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+        return flatten(probe_metrics(features, self.data, self.settings))
+
+
+def build_probe(settings: ProbeSettings, img_size, mean, std, accelerator) -> Probe:
+    """Load, label, split and decode the probe frames once (kept on ``accelerator.device`` as uint8)."""
+    data = load_probe_data(settings.validate("probe_"))
+    pixels = decode_frames(data.frames, img_size).to(accelerator.device)
+    accelerator.print(f"probe: {data.num_train} train frames ({len(data.videos['train'])} videos), "
+                      f"{len(data.frames) - data.num_train} test frames ({len(data.videos['test'])} videos), "
+                      f"{len(data.labels.names)} {'labels' if data.labels.multilabel else 'classes'}")
+    return Probe(pixels, data, settings, mean, std, accelerator)

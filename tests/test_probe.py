@@ -1,0 +1,277 @@
+"""Frozen-feature probes: classifiers and metrics equal scikit-learn, Cholec80 labels map frame by frame,
+splits keep videos apart, the in-training probe leaves the run untouched, and pretraining beats random init."""
+from __future__ import annotations
+
+import json
+import random
+
+import datasets
+import numpy as np
+import pytest
+import timm
+import torch
+from accelerate import Accelerator
+from conftest import run_script
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, f1_score
+from sklearn.neighbors import NearestNeighbors
+
+from endovit.checkpoint import CheckpointError, export_model
+from endovit.data.frames import load_frames
+from endovit.data.synthetic import write_sample_frames
+from endovit.data.transforms import normalize
+from endovit.engine import build_optimizer, train_step
+from endovit.errors import DataError
+from endovit.models.mae import create_mae
+from endovit.probes import PHASES, TOOLS, ProbeSettings, build_probe
+from endovit.probes.classifiers import knn_scores, linear_probe_scores, standardize
+from endovit.probes.features import load_encoder
+from endovit.probes.labels import cholec80_labels, column_labels, csv_labels
+from endovit.probes.metrics import average_precision, macro_f1
+from endovit.probes.probe import decode_frames
+from endovit.probes.split import split_by_video
+
+MEAN, STD = [0.35, 0.23, 0.22], [0.25, 0.21, 0.21]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Labelled synthetic probe frames (8 videos x 16 s) and unlabelled-use pretraining frames (8 other videos)."""
+    root = tmp_path_factory.mktemp("labelled")
+    write_sample_frames(root / "probe", videos=8, frames=16, height=64, width=64, seed=1, labelled=True)
+    write_sample_frames(root / "pretrain", videos=8, frames=16, height=64, width=64, seed=2, labelled=True,
+                        first_video=9)
+    return root
+
+
+def test_forward_features_equals_timm_vision_transformer():
+    mae = create_mae("mae_vit_tiny_patch16", img_size=32)
+    with torch.no_grad():
+        for p in mae.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=0)
+    vit.load_state_dict(mae.encoder_state_dict(), strict=True)
+    images = torch.randn(3, 3, 32, 32)
+    tokens = mae.eval().forward_features(images)
+    assert tokens.shape == (3, 1 + 4, 192)
+    torch.testing.assert_close(tokens, vit.eval().forward_features(images))
+
+
+def dino_reference(train, labels, test, k, temperature, num_classes):
+    """DINO's weighted vote over scikit-learn's cosine neighbours."""
+    distances, neighbours = NearestNeighbors(n_neighbors=k, metric="cosine").fit(train).kneighbors(test)
+    weights = np.exp((1 - distances) / temperature)
+    votes = np.zeros((len(test), num_classes))
+    for row in range(len(test)):
+        np.add.at(votes[row], labels[neighbours[row]], weights[row])
+    return votes
+
+
+def test_knn_predicts_as_dino_over_sklearn_neighbours():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 16))
+    labels = rng.integers(0, 5, 300)
+    train = centres[labels] + rng.normal(scale=1.5, size=(300, 16))
+    test_labels = rng.integers(0, 5, 120)
+    test = centres[test_labels] + rng.normal(scale=1.5, size=(120, 16))
+    for k, temperature in [(20, 0.07), (5, 0.5)]:
+        ours = knn_scores(torch.tensor(train), torch.tensor(labels), torch.tensor(test), 5, k, temperature, chunk=50)
+        reference = dino_reference(train, labels, test, k, temperature, 5)
+        np.testing.assert_array_equal(ours.argmax(1).numpy(), reference.argmax(1))
+        assert 0.4 < (reference.argmax(1) == test_labels).mean() < 1.0
+
+
+def test_knn_multilabel_scores_are_weighted_fractions_of_neighbours():
+    rng = np.random.default_rng(1)
+    train, test = rng.normal(size=(80, 8)), rng.normal(size=(30, 8))
+    targets = rng.integers(0, 2, (80, 3))
+    ours = knn_scores(torch.tensor(train), torch.tensor(targets), torch.tensor(test), 3, k=10, temperature=0.1)
+    distances, neighbours = NearestNeighbors(n_neighbors=10, metric="cosine").fit(train).kneighbors(test)
+    weights = np.exp((1 - distances) / 0.1)
+    reference = np.einsum("mk,mkc->mc", weights, targets[neighbours]) / weights.sum(1, keepdims=True)
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-4)
+
+
+def test_linear_probe_matches_sklearn_logistic_regression():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(4, 32))
+    labels, test_labels = rng.integers(0, 4, 400), rng.integers(0, 4, 300)
+    scale = rng.uniform(0.5, 5, 32)  # unequal feature scales: the batch norm matters
+    train = (centres[labels] + rng.normal(scale=2.0, size=(400, 32))) * scale
+    test = (centres[test_labels] + rng.normal(scale=2.0, size=(300, 32))) * scale
+    l2 = 1e-2
+    probs = linear_probe_scores(torch.tensor(train), torch.tensor(labels), torch.tensor(test), 4, l2=l2)
+    ours = (probs.argmax(1).numpy() == test_labels).mean()
+    train_std, test_std = (x.numpy() for x in standardize(torch.tensor(train).float(), torch.tensor(test).float()))
+    sklearn = LogisticRegression(C=1 / (l2 * len(train)), max_iter=5000).fit(train_std, labels)
+    assert abs(ours - sklearn.score(test_std, test_labels)) <= 0.01
+    np.testing.assert_allclose(probs.numpy(), sklearn.predict_proba(test_std), atol=2e-3)
+    assert 0.5 < ours < 1.0
+
+
+def test_metrics_equal_sklearn_including_ties():
+    rng = np.random.default_rng(3)
+    target, pred = rng.integers(0, 5, 200), rng.integers(0, 4, 200)
+    assert macro_f1(pred, target) == pytest.approx(f1_score(target, pred, average="macro"))
+    scores, positives = rng.integers(0, 6, 200) / 5, rng.integers(0, 2, 200)
+    assert average_precision(scores, positives) == pytest.approx(average_precision_score(positives, scores))
+    assert np.isnan(average_precision(scores, np.zeros(200, dtype=int)))
+
+
+def write_cholec80_video(root, video: str, seconds: int, phase_change: int, tools: list[list[int]]):
+    """Frames at 1 fps and Cholec80 annotations at 25 fps whose phase changes at annotation frame ``phase_change``."""
+    (root / "frames" / video).mkdir(parents=True)
+    for i in range(seconds):
+        Image.new("RGB", (8, 8)).save(root / "frames" / video / f"{video}_{i:06d}.png")
+    (root / "phase_annotations").mkdir(exist_ok=True)
+    (root / "tool_annotations").mkdir(exist_ok=True)
+    rows = [f"{f}\t{PHASES[0] if f < phase_change else PHASES[1]}" for f in range(25 * len(tools))]
+    (root / "phase_annotations" / f"{video}-phase.txt").write_text("Frame\tPhase\n" + "\n".join(rows) + "\n")
+    rows = [f"{25 * t}\t" + "\t".join(map(str, row)) for t, row in enumerate(tools)]
+    (root / "tool_annotations" / f"{video}-tool.txt").write_text("Frame\t" + "\t".join(TOOLS) + "\n" +
+                                                                 "\n".join(rows) + "\n")
+
+
+def test_cholec80_annotations_map_one_fps_frames_to_every_25th_row(tmp_path):
+    tools = [[1, 0, 0, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0, 0]]
+    write_cholec80_video(tmp_path, "video01", seconds=3, phase_change=26, tools=tools)
+    frames = load_frames(tmp_path / "frames")
+    phases = cholec80_labels(frames, tmp_path, "phase")
+    assert phases.values.tolist() == [0, 0, 1] and phases.names == list(PHASES)  # row 25 is before the change
+    assert cholec80_labels(frames, tmp_path, "tool").values.tolist() == tools[:3]
+    assert cholec80_labels(frames, tmp_path, "tool", first_frame=-1).values.tolist() == tools[1:]
+    shifted = cholec80_labels(frames, tmp_path, "phase", first_frame=-1)
+    assert shifted.values.tolist() == [0, 1, 1]  # frame i -> row (i + 1) * 25
+
+
+def test_frames_without_labels_are_refused_naming_the_first(tmp_path):
+    write_cholec80_video(tmp_path, "video01", seconds=4, phase_change=30, tools=[[1] * 7] * 3)
+    frames = load_frames(tmp_path / "frames")
+    for task in ("phase", "tool"):
+        with pytest.raises(DataError, match=r"frame .*video01_000003\.png \(index 3 -> annotation frame 75\) has no "
+                                            r"label in .*video01-" + task):
+            cholec80_labels(frames, tmp_path, task)
+    with pytest.raises(DataError, match="annotation frame 12.5"):
+        cholec80_labels(frames, tmp_path, "tool", frame_fps=2)
+    (tmp_path / "phase_annotations" / "video01-phase.txt").write_text("Frame\tPhase\n0\tPreperation\n")
+    with pytest.raises(DataError, match="unknown phase 'Preperation' .did you mean Preparation"):
+        cholec80_labels(frames, tmp_path, "phase")
+
+
+def test_csv_and_column_labels(tmp_path):
+    write_cholec80_video(tmp_path, "video01", seconds=3, phase_change=0, tools=[[0] * 7])
+    frames = load_frames(tmp_path / "frames")
+    paths = [f"video01/video01_{i:06d}.png" for i in range(3)]
+    rows = "".join(f"{p},{c}\n" for p, c in zip(paths, "bab", strict=True))
+    (tmp_path / "single.csv").write_text("path,label\n" + rows)
+    single = csv_labels(frames, tmp_path / "single.csv", tmp_path / "frames")
+    assert single.names == ["a", "b"] and single.values.tolist() == [1, 0, 1]
+    (tmp_path / "multi.csv").write_text("path,smoke,blood\n" + "".join(f"{p},1,{i % 2}\n" for i, p in
+                                                                       enumerate(paths)))
+    multi = csv_labels(frames, tmp_path / "multi.csv", tmp_path / "frames")
+    assert multi.multilabel and multi.values.tolist() == [[1, 0], [1, 1], [1, 0]]
+    (tmp_path / "short.csv").write_text("path,label\n" + f"{paths[0]},a\n")
+    with pytest.raises(DataError, match="video01_000001.png has no row in"):
+        csv_labels(frames, tmp_path / "short.csv", tmp_path / "frames")
+    table = datasets.Dataset.from_dict(
+        {"image": [str(tmp_path / "frames" / p) for p in paths], "video": ["v1"] * 3, "phase": [2, 0, 1],
+         "tools": [[0], [], [1, 2]]},
+        features=datasets.Features({"image": datasets.Image(decode=False), "video": datasets.Value("string"),
+                                    "phase": datasets.ClassLabel(names=["x", "y", "z"]),
+                                    "tools": datasets.Sequence(datasets.ClassLabel(names=["p", "q", "r"]))}))
+    assert column_labels(table, "phase").values.tolist() == [2, 0, 1]
+    assert column_labels(table, "tools").values.tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 1]]
+    with pytest.raises(DataError, match="expected ClassLabel"):
+        column_labels(table, "video")
+
+
+def test_split_keeps_every_video_on_one_side():
+    cholec = [f"video{n:02d}" for n in range(1, 81) for _ in range(3)]
+    train, test = split_by_video(cholec)
+    assert {cholec[i] for i in train} == {f"video{n:02d}" for n in range(1, 41)}
+    assert {cholec[i] for i in test} == {f"video{n:02d}" for n in range(41, 81)}
+    few = ["video03", "video01", "video07", "video05", "video01", "other"]
+    train, test = split_by_video(few)
+    assert {few[i] for i in train} == {"video01", "video03", "video05"} and {few[i] for i in test} == {"video07",
+                                                                                                        "other"}
+    train, test = split_by_video(few, train_videos=["1-3"])
+    assert {few[i] for i in train} == {"video01", "video03"} and not {few[i] for i in train} & {few[i] for i in test}
+    with pytest.raises(DataError, match="video01 are in both"):
+        split_by_video(few, train_videos=["1", "3"], test_videos=["video01"])
+    with pytest.raises(DataError, match="test set is empty"):
+        split_by_video(few, train_videos=["1-7", "other"])
+    with pytest.raises(DataError, match="video 'video09' is not in the probe data"):
+        split_by_video(few, test_videos=["video09"])
+
+
+def test_probe_leaves_rng_modes_and_grads_untouched(labelled):
+    accelerator = Accelerator(cpu=True)
+    settings = ProbeSettings(data=str(labelled / "probe" / "frames"), label_format="cholec80_tool", kind="both")
+    probe = build_probe(settings, (32, 32), MEAN, STD, accelerator)
+    assert probe.pixels.dtype == torch.uint8 and probe.pixels.shape == (128, 3, 32, 32)
+    assert set(probe.data.videos["train"]).isdisjoint(probe.data.videos["test"])
+    mae = create_mae("mae_vit_tiny_patch16", img_size=32, depth=2).train()
+    mae.blocks[0].eval()
+    mae(torch.randn(2, 3, 32, 32))[0].backward()
+    grads = {n: p.grad.clone() for n, p in mae.named_parameters() if p.grad is not None}
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    metrics = probe.evaluate(mae)
+    assert torch.equal(torch.get_rng_state(), states[0]) and np.array_equal(np.random.get_state()[1], states[1])
+    assert random.getstate() == states[2]
+    assert mae.training and not mae.blocks[0].training and mae.blocks[1].training
+    assert all(torch.equal(p.grad, grads[n]) for n, p in mae.named_parameters() if p.grad is not None)
+    assert {"probe/knn_cls_map", "probe/knn_avg_map", "probe/linear_cls_map", "probe/knn_cls_ap/Grasper"} <= set(
+        metrics)
+    assert metrics == probe.evaluate(mae)
+
+
+def test_pretrained_encoder_beats_random_init_on_knn(labelled):
+    """200 MAE steps (4-block tiny ViT, 64 px) on other labelled videos. Measured: tool k-NN mAP (mean-pooled
+    features) 0.535 at random init, 0.640 after pretraining."""
+    accelerator = Accelerator(cpu=True)
+    settings = ProbeSettings(data=str(labelled / "probe" / "frames"), label_format="cholec80_tool")
+    probe = build_probe(settings, (64, 64), MEAN, STD, accelerator)
+    pixels = decode_frames(load_frames(labelled / "pretrain" / "frames"), (64, 64))
+    torch.manual_seed(0)
+    mae = create_mae("mae_vit_tiny_patch16", img_size=64, depth=4)
+    before = probe.evaluate(mae)["probe/knn_avg_map"]
+    params = [{"params": [p for p in mae.parameters() if p.requires_grad], "weight_decay": 0.05}]
+    optimizer = build_optimizer(params, 1.5e-3, True, accelerator.device)
+    generator = torch.Generator().manual_seed(0)
+    mae.train()
+    for _ in range(200):
+        images = normalize(pixels[torch.randint(0, len(pixels), (16,), generator=generator)], MEAN, STD)
+        images = images.flip(-1) if torch.rand(1, generator=generator) < 0.5 else images
+        noise = torch.rand(16, mae.num_patches, generator=generator)
+        train_step(accelerator, mae, optimizer, images, noise, 0.75, None)
+    after = probe.evaluate(mae)["probe/knn_avg_map"]
+    assert before == pytest.approx(0.535, abs=0.02)
+    assert after > before + 0.07, (before, after)
+
+
+def test_load_encoder_refuses_another_architecture(tmp_path):
+    export_model(create_mae("mae_vit_tiny_patch16", img_size=32), tmp_path, {"model": "mae_vit_tiny_patch16"})
+    mae = create_mae("mae_vit_tiny_patch16", img_size=32, depth=2)
+    with pytest.raises(CheckpointError, match=r"unexpected keys: blocks\.10\..*check --model"):
+        load_encoder(mae, tmp_path / "encoder.safetensors")
+
+
+def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path):
+    source = create_mae("mae_vit_tiny_patch16", img_size=32)
+    info = {"model": "mae_vit_tiny_patch16", "img_size": [32, 32], "mean": MEAN, "std": STD, "step": 7}
+    export_model(source, tmp_path / "export", info)
+    output = tmp_path / "probe.json"
+    result = run_script("scripts/evaluate.py", "--weights", str(tmp_path / "export"), "random", "--data",
+                        str(labelled / "probe"), "--kind", "both", "--test_videos", "7-8", "--output", str(output),
+                        "--num_workers", "0", "--batch_size", "24")
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "probe"])
+    assert lines[header].split()[2:] == ["acc", "f1"] and len(lines[header + 1:header + 9]) == 8
+    summary = json.loads(output.read_text())
+    assert summary["videos"] == {"train": [f"video0{n}" for n in range(1, 7)], "test": ["video07", "video08"]}
+    assert summary["frames"] == {"train": 96, "test": 32} and summary["classes"] == list(PHASES)
+    exported, random_init = summary["results"][str(tmp_path / "export")], summary["results"]["random"]
+    assert exported["step"] == 7 and set(exported["metrics"]) == {"knn_cls", "knn_avg", "linear_cls", "linear_avg"}
+    assert exported["metrics"] != random_init["metrics"]
+    assert list((tmp_path / "tensorboard").iterdir())
