@@ -28,7 +28,8 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_mixed_precision(setting: str, device: torch.device,
-                            measure_cpu: Callable[[], tuple[str, str]] | None = None) -> tuple[str, str]:
+                            measure_cpu: Callable[[], tuple[str, str]] | None = None,
+                            origin: str = "set explicitly") -> tuple[str, str]:
     """``auto`` -> what is fast on ``device``; explicit settings pass through. Returns (precision, reason).
 
     CUDA: bf16 where the GPU runs it natively, else fp16 (with accelerate's GradScaler), as EndoViT ran on
@@ -36,7 +37,7 @@ def resolve_mixed_precision(setting: str, device: torch.device,
     with AVX512-BF16 alone); without it, bf16 only with AMX.
     """
     if setting != "auto":
-        return setting, "set explicitly"
+        return setting, origin
     if device.type == "cuda":
         if bf16_supported(device):
             return "bf16", "auto: the GPU runs bf16 natively"
@@ -166,7 +167,8 @@ def resolve_settings(recipe, device: torch.device, local_processes: int = 1,
                      measure_cpu: Callable[[], tuple[str, str]] | None = None) -> Resolved:
     """Resolve ``mixed_precision``, ``torch_compile``, ``num_workers`` and ``report_to`` of ``recipe`` for
     ``device`` and the number of processes on this machine (``measure_cpu``: see ``resolve_mixed_precision``)."""
-    precision, precision_why = resolve_mixed_precision(recipe.mixed_precision, device, measure_cpu)
+    precision, precision_why = resolve_mixed_precision(
+        recipe.mixed_precision, device, measure_cpu, f"from the {recipe.origin.get('mixed_precision', 'default')}")
     compile_on, compile_why = resolve_torch_compile(recipe.torch_compile, device)
     workers, workers_why = resolve_num_workers(recipe.num_workers, local_processes)
     return Resolved(precision, compile_on, resolve_trackers(recipe.report_to), workers,

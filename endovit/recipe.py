@@ -1,13 +1,13 @@
 """Every training setting in one dataclass: YAML recipes plus ``--key value`` overrides.
 
-One name per concept: a recipe key is also the CLI flag and the SageMaker hyperparameter.
-Inside a SageMaker training job the job's folders and data channels are the defaults (``endovit.sagemaker``).
+One name per concept: a recipe key is also the CLI flag and the SageMaker hyperparameter, and its one line
+of documentation here is its ``--help``. Inside a SageMaker training job the job's folders and data channels
+are the defaults (``endovit.sagemaker.job``).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
 import os
 import typing
@@ -17,17 +17,29 @@ from pathlib import Path
 
 import yaml
 
-from endovit.data.splits import CHOLEC80_SPLITS
-from endovit.errors import RecipeError
+from endovit.cli import OneLineParser, converter, parse_bool
+from endovit.data.splits import check_split_name
+from endovit.errors import DataError, RecipeError, did_you_mean
 from endovit.models.mae import MODEL_ARCHS
 from endovit.sagemaker import job_defaults
 
 __all__ = ["Recipe", "RecipeError", "parse_bool", "RECIPES_DIR", "load_recipe", "build_parser", "recipe_from_args",
-           "parse_recipe"]
+           "parse_recipe", "ACCELERATE_PRECISIONS"]
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 ENDOVIT_MEAN = [0.3464, 0.2280, 0.2228]
 ENDOVIT_STD = [0.2520, 0.2128, 0.2093]
+GROUPS = {"data": "data", "model": "model", "optim": "optimisation", "speed": "speed and devices",
+          "swa": "stochastic weight averaging", "probe": "downstream probe", "run": "validation, logging, checkpoints"}
+# accelerate's mixed precision that counts as chosen (its configs write "no" when nobody chose anything)
+ACCELERATE_PRECISIONS = ("fp16", "bf16")
+
+
+def setting(group: str, default, doc: str):
+    """A recipe field: its default, its one-line documentation (= its ``--help``) and its ``--help`` group."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, "group": group})
+    return field(default=default, metadata={"doc": doc, "group": group})
 
 
 @dataclass
@@ -38,61 +50,73 @@ class Recipe:
     `recipes/endovit_seg.yaml` holds its full published recipe.
     """
 
-    # data
-    train_data: str = ""  # folder of frames (any nesting), a save_to_disk folder, or parquet shards
-    val_data: str = ""  # same forms; empty = no validation
-    img_size: list = field(default_factory=lambda: [224, 224])  # [H, W]; a single int means square
-    crop_scale: list = field(default_factory=lambda: [0.6, 1.0])  # RandomResizedCrop area range
-    mean: list = field(default_factory=lambda: list(ENDOVIT_MEAN))
-    std: list = field(default_factory=lambda: list(ENDOVIT_STD))
-    num_workers: str = "auto"  # DataLoader workers per process; auto = CPU cores per local process (at most 16)
-    train_sources: list = field(default_factory=list)  # sub-folders of train_data, Cholec80 split names or paths
-    source_weights: list = field(default_factory=list)  # one weight per train_sources entry; empty = each frame once
-    val_sources: list = field(default_factory=list)  # the same for val_data (or train_data when val_data is empty)
-    stats_from_data: bool = False  # replace mean/std by the training data's stored stats (scripts/compute_stats.py)
-    fast_decode: bool = True  # reduced-scale JPEG decode + uint8 tensor resize; false = PIL exactly as EndoViT
-    # model
-    model: str = "mae_vit_base_patch16"
-    norm_pix_loss: bool = False
-    mask_ratio: float = 0.75
-    init_from: str = ""  # .pth / .safetensors / URL of weights to start from; empty = random init
-    # optimisation
-    epochs: int = 15
-    warmup_epochs: float = 1.0
-    batch_size: int = 256  # effective batch per optimizer step, over all processes and accumulation
-    grad_accum_steps: int = 1
-    blr: float = 1.5e-3  # lr = blr * batch_size / 256 unless lr is set
-    lr: typing.Optional[float] = None
-    min_lr: float = 1.0e-6
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    clip_grad: typing.Optional[float] = None
-    mixed_precision: str = "auto"  # auto = bf16 where the GPU/CPU runs it natively, else no | no | fp16 | bf16
-    torch_compile: str = "auto"  # auto = on for CUDA GPUs | true | false (falls back to eager on failure)
-    fused_optimizer: bool = True  # fused AdamW kernel instead of a per-parameter loop
-    grad_checkpointing: bool = False  # recompute block activations in backward (saves memory for ViT-L/H)
-    tf32: bool = True  # TF32 tensor cores for fp32 matmuls on CUDA GPUs (Ampere and newer)
-    ddp_comm_hook: str = "none"  # none | bf16 | fp16: compress the gradient all-reduce between GPUs
-    dist_timeout: int = 7200  # seconds a process waits for the others (checkpoint writes, downloads); NCCL's is 600
-    seed: int = 1665
-    # stochastic weight averaging
-    swa: bool = False
-    swa_start_epoch: int = 10
-    swa_every_steps: int = 500
-    swa_lr: float = 4.0e-4
-    # validation, logging, checkpoints
-    val_every_steps: int = 500
-    val_batch_size: int = 0  # per process; 0 = the training micro-batch
-    log_every_steps: int = 20
-    save_every_steps: int = 500
-    keep_checkpoints: int = 3
-    num_recon_images: int = 4
-    report_to: str = "tensorboard"  # tensorboard | wandb | tensorboard,wandb | none
-    output_dir: str = "outputs/run"  # final weights, config.yaml, reconstruction.png
-    checkpoint_dir: str = ""  # training checkpoints; empty = <output_dir>/checkpoints
-    logging_dir: str = ""  # TensorBoard events; empty = <output_dir>/tensorboard
-    resume: str = "none"  # none | auto (newest complete checkpoint in output_dir) | a checkpoint folder
-    stop_at_step: typing.Optional[int] = None  # stop early at this optimizer step; the schedule is unchanged
+    train_data: str = setting("data", "", "folder of frames (any nesting), a prepared/save_to_disk dataset, parquet "
+                                           "shards, or an s3:// URL of one")
+    val_data: str = setting("data", "", "validation frames, same forms; empty = no validation")
+    train_split: str = setting("data", "train", "split to train on when train_data is a saved DatasetDict")
+    val_split: str = setting("data", "validation", "split to validate on when val_data is a saved DatasetDict")
+    img_size: list = setting("data", [224, 224], "input size in pixels, H,W (one number = square)")
+    crop_scale: list = setting("data", [0.6, 1.0], "RandomResizedCrop area range, min,max (fractions)")
+    mean: list = setting("data", ENDOVIT_MEAN, "per-channel mean of the frames, R,G,B in [0, 1] (EndoViT's)")
+    std: list = setting("data", ENDOVIT_STD, "per-channel std of the frames, R,G,B (EndoViT's)")
+    num_workers: str = setting("data", "auto", "DataLoader workers per process; auto = CPU cores per process "
+                                               "on this machine (at most 16)")
+    train_sources: list = setting("data", [], "sub-folders of train_data, Cholec80 split names or paths; "
+                                              "empty = all of train_data")
+    source_weights: list = setting("data", [], "one sampling weight per train_sources entry; empty = each frame once")
+    val_sources: list = setting("data", [], "the same for val_data (or train_data when val_data is empty)")
+    stats_from_data: bool = setting("data", False, "use the training data's stored mean/std "
+                                                   "(scripts/compute_stats.py) instead of mean/std")
+    fast_decode: bool = setting("data", True, "reduced-scale JPEG decode + uint8 resize; false = PIL as EndoViT")
+    model: str = setting("model", "mae_vit_base_patch16", f"architecture: {', '.join(MODEL_ARCHS)}")
+    norm_pix_loss: bool = setting("model", False, "loss on per-patch normalised pixels (EndoViT: false)")
+    mask_ratio: float = setting("model", 0.75, "fraction of patches masked")
+    init_from: str = setting("model", "", "weights to start from: .pth/.safetensors/export folder/URL "
+                                          "(URL#sha256=HEX pins it); empty = random init")
+    epochs: int = setting("optim", 15, "epochs of the schedule")
+    warmup_epochs: float = setting("optim", 1.0, "linear lr warmup, in epochs")
+    batch_size: int = setting("optim", 256, "images per optimizer step over all processes and accumulation")
+    grad_accum_steps: int = setting("optim", 1, "micro-batches accumulated per optimizer step")
+    blr: float = setting("optim", 1.5e-3, "base lr: lr = blr * batch_size / 256 unless lr is set")
+    lr: typing.Optional[float] = setting("optim", None, "peak lr; none = from blr")
+    min_lr: float = setting("optim", 1.0e-6, "lr at the end of the cosine schedule")
+    weight_decay: float = setting("optim", 0.05, "AdamW weight decay (not on norms, biases, tokens)")
+    layer_decay: float = setting("optim", 0.75, "layer-wise lr decay over encoder and decoder (1 = none)")
+    clip_grad: typing.Optional[float] = setting("optim", None, "clip the gradient norm to this; none = no clipping")
+    seed: int = setting("optim", 1665, "seed of weights, crops and masks")
+    mixed_precision: str = setting("speed", "auto", "auto (fastest here: bf16 on GPUs that have it, else fp16; "
+                                                    "on CPUs measured) | no | fp16 | bf16")
+    torch_compile: str = setting("speed", "auto", "auto (on for CUDA) | true | false; falls back to eager on failure")
+    fused_optimizer: bool = setting("speed", True, "fused AdamW kernel instead of torch's default implementation")
+    grad_checkpointing: bool = setting("speed", False, "recompute block activations in backward (less memory)")
+    tf32: bool = setting("speed", True, "TF32 tensor cores for fp32 matmuls on CUDA GPUs (Ampere and newer)")
+    ddp_comm_hook: str = setting("speed", "none", "none | bf16 | fp16: compress the gradient all-reduce between GPUs")
+    dist_timeout: int = setting("speed", 7200, "seconds a process waits for the others (NCCL's default is 600)")
+    swa: bool = setting("swa", False, "keep a stochastic weight average of the model")
+    swa_start_epoch: int = setting("swa", 10, "epoch at which averaging (and the SWA lr) starts")
+    swa_every_steps: int = setting("swa", 500, "average every this many optimizer steps (and at each epoch's end)")
+    swa_lr: float = setting("swa", 4.0e-4, "lr the SWA phase anneals to over one epoch")
+    probe_data: str = setting("probe", "", "labelled frames for a k-NN/linear probe during training; empty = none")
+    probe_label_format: str = setting("probe", "cholec80_phase", "cholec80_phase | cholec80_tool | csv | column")
+    probe_labels: str = setting("probe", "", "annotation root, CSV file or column name; empty = beside probe_data")
+    probe_kind: str = setting("probe", "knn", "knn | linear | both")
+    probe_train_videos: list = setting("probe", [], "videos the probe fits on, e.g. [1-40]; empty = default split")
+    probe_test_videos: list = setting("probe", [], "videos the probe scores; empty = the rest")
+    probe_every_steps: int = setting("probe", 500, "probe every this many optimizer steps (and at the end)")
+    val_every_steps: int = setting("run", 500, "validate every this many optimizer steps (and at the end)")
+    val_batch_size: int = setting("run", 0, "validation images per process; 0 = the training micro-batch")
+    log_every_steps: int = setting("run", 20, "log loss, lr and speed every this many optimizer steps")
+    save_every_steps: int = setting("run", 500, "save the training state every this many optimizer steps")
+    keep_checkpoints: int = setting("run", 3, "newest training checkpoints to keep")
+    num_recon_images: int = setting("run", 4, "validation frames in reconstruction.png; 0 = none")
+    report_to: str = setting("run", "tensorboard", "tensorboard | wandb | tensorboard,wandb | none")
+    output_dir: str = setting("run", "outputs/run", "final weights, exports, config.yaml, reconstruction.png")
+    checkpoint_dir: str = setting("run", "", "training checkpoints; empty = <output_dir>/checkpoints")
+    logging_dir: str = setting("run", "", "TensorBoard events; empty = <output_dir>/tensorboard")
+    resume: str = setting("run", "none", "none | auto (newest complete checkpoint) | a checkpoint folder")
+    stop_at_step: typing.Optional[int] = setting("run", None, "stop early at this optimizer step (schedule unchanged)")
+    origin: dict = field(default_factory=dict, repr=False, compare=False,
+                         metadata={"internal": True})  # key -> where its value came from; not a setting
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, int):
@@ -116,13 +140,15 @@ class Recipe:
     def patch_size(self) -> int:
         return MODEL_ARCHS[self.model]["patch_size"]
 
+    def _bad(self, key: str, why: str) -> RecipeError:
+        return RecipeError(f"--{key} {getattr(self, key)!r}: {why}")
+
     def validate(self) -> Recipe:
         """Raise RecipeError naming the first bad value; returns self."""
-        def bad(key: str, why: str) -> RecipeError:
-            return RecipeError(f"--{key} {getattr(self, key)!r}: {why}")
-
+        bad = self._bad
         if self.model not in MODEL_ARCHS:
-            raise bad("model", f"unknown model; choose one of {', '.join(MODEL_ARCHS)}")
+            raise bad("model", f"unknown model{did_you_mean(self.model, MODEL_ARCHS)}; choose one of "
+                               f"{', '.join(MODEL_ARCHS)}")
         try:
             self.img_size = [int(s) for s in self.img_size]
         except (TypeError, ValueError):
@@ -138,7 +164,7 @@ class Recipe:
         if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise bad("crop_scale", "need [min, max] with 0 < min <= max <= 1")
         for key in ("epochs", "batch_size", "grad_accum_steps", "log_every_steps", "val_every_steps",
-                    "save_every_steps", "swa_every_steps"):
+                    "save_every_steps", "swa_every_steps", "dist_timeout", "probe_every_steps"):
             if getattr(self, key) <= 0:
                 raise bad(key, "must be a positive integer")
         if str(self.num_workers) != "auto":
@@ -146,11 +172,7 @@ class Recipe:
                 self.num_workers = int(self.num_workers)
             except ValueError:
                 raise bad("num_workers", "give a number of workers or auto") from None
-        if self.ddp_comm_hook not in ("none", "bf16", "fp16"):
-            raise bad("ddp_comm_hook", "choose none, bf16 or fp16")
-        if self.dist_timeout <= 0:
-            raise bad("dist_timeout", "must be a positive number of seconds")
-        for key in ("num_recon_images", "blr", "min_lr", "weight_decay") + (
+        for key in ("num_recon_images", "blr", "min_lr", "weight_decay", "swa_start_epoch", "val_batch_size") + (
                 () if self.num_workers == "auto" else ("num_workers",)):
             if getattr(self, key) < 0:
                 raise bad(key, "must not be negative")
@@ -158,34 +180,35 @@ class Recipe:
             raise bad("lr", "must be positive, or none to derive it from blr")
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", "keep at least 1, or resuming has nothing to start from")
-        if self.swa_start_epoch < 0:
-            raise bad("swa_start_epoch", "must not be negative")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise bad("warmup_epochs", f"must be in [0, epochs={self.epochs})")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise bad("mixed_precision", "choose auto, no, fp16 or bf16")
-        if self.torch_compile not in ("auto", "true", "false"):
-            raise bad("torch_compile", "choose auto, true or false")
+        for key, choices in (("mixed_precision", ("auto", "no", "fp16", "bf16")),
+                             ("torch_compile", ("auto", "true", "false")), ("ddp_comm_hook", ("none", "bf16", "fp16"))):
+            if getattr(self, key) not in choices:
+                raise bad(key, f"choose {', '.join(choices[:-1])} or {choices[-1]}")
         if not self.train_data:
             raise bad("train_data", "give a folder of frames or a prepared dataset")
         self._validate_sources()
+        if self.probe_data:
+            from endovit.probes import ProbeSettings
+
+            ProbeSettings.from_recipe(self).validate("probe_")
         if self.stop_at_step is not None and self.stop_at_step <= 0:
             raise bad("stop_at_step", "must be a positive step number")
         return self
 
     def _validate_sources(self) -> None:
-        def bad(key: str, why: str) -> RecipeError:
-            return RecipeError(f"--{key} {getattr(self, key)!r}: {why}")
-
+        bad = self._bad
         for key in ("train_sources", "val_sources"):
             names = [str(n) for n in getattr(self, key)]
             if any(not n.strip() for n in names) or len(set(names)) != len(names):
                 raise bad(key, "give distinct, non-empty source names")
             for name in names:
-                if name.startswith("Cholec80_for_") and name not in CHOLEC80_SPLITS:
-                    close = difflib.get_close_matches(name, CHOLEC80_SPLITS, n=1)
-                    hint = f" (did you mean {close[0]}?)" if close else ""
-                    raise bad(key, f"unknown Cholec80 split {name!r}{hint}; choose from {', '.join(CHOLEC80_SPLITS)}")
+                if name.startswith("Cholec80_for_"):
+                    try:
+                        check_split_name(name)
+                    except DataError as err:
+                        raise bad(key, str(err)) from None
             setattr(self, key, names)
         if self.source_weights:
             if len(self.source_weights) != len(self.train_sources):
@@ -213,59 +236,35 @@ class Recipe:
         return self.batch_size // per_step
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting (not ``origin``), as saved in ``config.yaml``."""
+        return {f.name: getattr(self, f.name) for f in settings_fields()}
+
+
+def settings_fields() -> list[dataclasses.Field]:
+    return [f for f in fields(Recipe) if not f.metadata.get("internal")]
 
 
 def _field_types() -> dict[str, type]:
-    return typing.get_type_hints(Recipe)
-
-
-def parse_bool(text: str) -> bool:
-    lowered = str(text).strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _parse_list(text: str) -> list:
-    text = text.strip()
-    value = yaml.safe_load(text) if text.startswith("[") else [yaml.safe_load(p) for p in text.split(",") if p.strip()]
-    if not isinstance(value, list):
-        value = [value]
-    return value
-
-
-def _converter(hint):
-    """A string -> value converter for one field's type hint ('none' means None where allowed)."""
-    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    convert = {bool: parse_bool, int: int, float: float, str: str, list: _parse_list}[base]
-
-    def parse(text: str):
-        if optional and str(text).strip().lower() in ("none", "null", ""):
-            return None
-        try:
-            return convert(text)
-        except (TypeError, ValueError, yaml.YAMLError) as err:
-            raise argparse.ArgumentTypeError(f"cannot read {text!r} as {base.__name__}: {err}") from None
-
-    parse.__name__ = base.__name__
-    return parse
+    hints = typing.get_type_hints(Recipe)
+    return {f.name: hints[f.name] for f in settings_fields()}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``--recipe NAME|PATH`` plus one ``--key value`` flag per recipe field (no bare switches)."""
-    parser = argparse.ArgumentParser(
-        description="MAE pretraining on endoscopic frames (run under `accelerate launch`).",
-        allow_abbrev=False,
-    )
+    """``--recipe NAME|PATH`` plus one ``--key value`` flag per recipe field (no bare switches), grouped, each with
+    its documentation and default."""
+    parser = OneLineParser(usage="accelerate launch scripts/pretrain.py [--recipe NAME|PATH] [--KEY VALUE ...]",
+                           description="MAE pretraining on endoscopic frames (run under `accelerate launch`). "
+                                       "Every flag is also a recipe YAML key; defaults shown are the built-in "
+                                       "ones, which --recipe (default endovit_seg) overrides.", allow_abbrev=False)
     names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
     parser.add_argument("--recipe", default="endovit_seg", help=f"recipe name ({names}) or path to a YAML file")
     hints = _field_types()
-    for f in fields(Recipe):
-        parser.add_argument(f"--{f.name}", type=_converter(hints[f.name]), default=argparse.SUPPRESS, metavar="VALUE")
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    for f in settings_fields():
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        groups[f.metadata["group"]].add_argument(
+            f"--{f.name}", type=converter(hints[f.name]), default=argparse.SUPPRESS, metavar="VALUE",
+            help=f"{f.metadata['doc']} (default: {default!r})")
     return parser
 
 
@@ -286,23 +285,30 @@ def load_recipe(name_or_path: str) -> dict:
     hints = _field_types()
     for key, value in data.items():
         if key not in hints:
-            close = difflib.get_close_matches(str(key), hints, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RecipeError(f"recipe {path}: unknown key {key!r}{hint}")
+            raise RecipeError(f"recipe {path}: unknown key {key!r}{did_you_mean(repr(key), map(repr, hints))}")
         if isinstance(value, str) and hints[key] is not str:
             try:
-                data[key] = _converter(hints[key])(value)
+                data[key] = converter(hints[key])(value)
             except argparse.ArgumentTypeError as err:
                 raise RecipeError(f"recipe {path}: key {key!r}: {err}") from None
     return data
 
 
 def recipe_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Recipe:
-    """Recipe file values, then SageMaker job defaults (only inside a job), then CLI overrides; validated."""
-    values = load_recipe(args.recipe)
-    values.update(job_defaults(os.environ if environ is None else environ))
-    values.update({k: v for k, v in vars(args).items() if k != "recipe"})
-    return Recipe(**values).validate()
+    """Recipe file values, then SageMaker job defaults (only inside a job), then an explicit accelerate mixed
+    precision (``accelerate launch --mixed_precision`` or its config), then CLI flags; validated. ``origin``
+    records where each value that is not a built-in default came from."""
+    environ = os.environ if environ is None else environ
+    layers = [(f"recipe {args.recipe}", load_recipe(args.recipe)), ("SageMaker job", job_defaults(environ))]
+    accelerate_precision = environ.get("ACCELERATE_MIXED_PRECISION", "")
+    if accelerate_precision in ACCELERATE_PRECISIONS:
+        layers.append(("accelerate's mixed_precision", {"mixed_precision": accelerate_precision}))
+    layers.append(("command line", {k: v for k, v in vars(args).items() if k != "recipe"}))
+    values, origin = {}, {}
+    for name, layer in layers:
+        values.update(layer)
+        origin.update(dict.fromkeys(layer, name))
+    return Recipe(**values, origin=origin).validate()
 
 
 def parse_recipe(argv: list[str] | None = None) -> Recipe:

@@ -25,8 +25,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from endovit.checkpoint import CHECKPOINT_PREFIX
 from endovit.data.loader import build_val_loader
-from endovit.engine import resolve_mixed_precision
 from endovit.errors import CheckpointError, DataError, RecipeError, did_you_mean
+from endovit.hardware import resolve_mixed_precision
 from endovit.io import atomic_write_json
 from endovit.models.mae import MODEL_ARCHS, create_mae
 from endovit.probes.features import features_from_loader, load_encoder
@@ -130,7 +130,7 @@ def report(summary: dict, output: Path, logging_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     process = PartialState(cpu=not torch.accelerator.is_available())
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision, process.device))
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision, process.device)[0])
     try:
         summary = evaluate(args, accelerator)
     except (RecipeError, DataError, CheckpointError) as err:

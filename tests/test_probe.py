@@ -17,13 +17,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score
 from sklearn.neighbors import NearestNeighbors
 
-from endovit.checkpoint import CheckpointError, export_model
 from endovit.data.frames import load_frames
 from endovit.data.synthetic import write_sample_frames
 from endovit.data.transforms import normalize
-from endovit.engine import build_optimizer, train_step
-from endovit.errors import DataError
+from endovit.engine import train_step
+from endovit.errors import CheckpointError, DataError
 from endovit.models.mae import create_mae
+from endovit.optim import build_optimizer
 from endovit.probes import PHASES, TOOLS, ProbeSettings, build_probe
 from endovit.probes.classifiers import knn_scores, linear_probe_scores, standardize
 from endovit.probes.features import load_encoder
@@ -31,6 +31,7 @@ from endovit.probes.labels import cholec80_labels, column_labels, csv_labels
 from endovit.probes.metrics import average_precision, macro_f1
 from endovit.probes.probe import decode_frames
 from endovit.probes.split import split_by_video
+from endovit.weights import export_model
 
 MEAN, STD = [0.35, 0.23, 0.22], [0.25, 0.21, 0.21]
 

@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from endovit.checkpoint import read_state_dict
 from endovit.data.transforms import normalize
 from endovit.errors import CheckpointError
+from endovit.weights import read_state_dict
 
 __all__ = ["POOLS", "load_encoder", "features_from_loader", "features_from_pixels"]
 

@@ -43,8 +43,9 @@ class ProbeSettings:
 
     @classmethod
     def from_recipe(cls, recipe, prefix: str = "probe_") -> ProbeSettings:
-        """Settings from an object with one ``<prefix><field>`` attribute per field."""
-        return cls(**{f.name: getattr(recipe, prefix + f.name) for f in fields(cls)})
+        """Settings from an object's ``<prefix><field>`` attributes (fields it lacks keep their defaults)."""
+        given = [f.name for f in fields(cls) if hasattr(recipe, prefix + f.name)]
+        return cls(**{name: getattr(recipe, prefix + name) for name in given})
 
     def validate(self, prefix: str = "") -> ProbeSettings:
         """Raise RecipeError naming the first bad value as its flag ``--<prefix><name>``; returns self."""
