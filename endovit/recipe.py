@@ -20,7 +20,7 @@ import yaml
 from endovit.data.splits import CHOLEC80_SPLITS
 from endovit.errors import RecipeError
 from endovit.models.mae import MODEL_ARCHS
-from endovit.sagemaker import job_defaults
+from endovit.sagemaker.job import job_defaults
 
 __all__ = ["Recipe", "RecipeError", "parse_bool", "RECIPES_DIR", "load_recipe", "build_parser", "recipe_from_args",
            "parse_recipe"]

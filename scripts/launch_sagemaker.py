@@ -15,7 +15,8 @@ import sys
 
 from accelerate.commands.config.config_args import default_config_file
 
-from endovit.sagemaker import LaunchError, launch
+from endovit.errors import LaunchError
+from endovit.sagemaker.sdk import require_sdk_v2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("training_script_args", nargs=argparse.REMAINDER, help="its --key value flags")
     args = parser.parse_args(argv)
     try:
-        job = launch(args.config_file, args.training_script, args.training_script_args, job_name=args.job_name,
-                     dry_run=args.dry_run, wait=args.wait)
+        require_sdk_v2()
+        from endovit.sagemaker import launch  # imports SDK v2, so only after the check that names the fix
+
+        plan = launch.plan_job(args.config_file, args.training_script, args.training_script_args,
+                               job_name=args.job_name)
+        for note in plan.notes:
+            print(note, file=sys.stderr)
+        job = launch.preview(plan) if args.dry_run else launch.submit(plan, wait=args.wait)
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,231 @@
+"""The launcher: an accelerate SageMaker config and ``scripts/pretrain.py``'s flags as a SageMaker training job.
+
+:func:`plan_job` reads the config with accelerate's own config classes and makes every check that needs no AWS
+call; its :class:`JobPlan` holds everything a submission needs. :func:`preview` turns a plan into the
+CreateTrainingJob request without sending anything (``--dry-run``); :func:`submit` uploads local data and starts
+the job through SageMaker Python SDK v2's ``HuggingFace`` estimator. This does what ``accelerate launch`` would do
+for that config, without its defects in accelerate 1.15: configs that do not load, the script's folder as the only
+code, smdistributed instead of torchrun, and DLC versions too old for this code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+from accelerate.utils import merge_dicts
+from botocore.awsrequest import AWSResponse
+from sagemaker import Session
+from sagemaker.config import load_sagemaker_config
+from sagemaker.exceptions import UnexpectedStatusException
+from sagemaker.huggingface import HuggingFace
+from sagemaker.utils import name_from_base
+
+from endovit.errors import LaunchError, did_you_mean
+from endovit.sagemaker import config as cfg
+from endovit.sagemaker.script import check_hyperparameters, script_hyperparameters
+from endovit.sagemaker.source import stage_source_dir
+
+__all__ = ["DEFAULT_BASE_JOB_NAME", "JobPlan", "Launch", "plan_job", "preview", "submit"]
+
+DEFAULT_BASE_JOB_NAME = "endovit-pretrain"
+ACCOUNT_PLACEHOLDER = "<account-id>"
+
+
+@dataclasses.dataclass
+class JobPlan:
+    """Everything needed to submit one training job, checked offline."""
+
+    job_name: str
+    config_path: Path
+    region: str
+    profile: str | None
+    entry_script: Path
+    estimator_kwargs: dict  # HuggingFace(...) arguments, less source_dir, hyperparameters and sagemaker_session
+    hyperparameters: dict
+    channels: dict[str, str]  # channel -> S3 URI the job reads (a local source: the URI it is uploaded to)
+    uploads: dict[str, tuple[str, str]]  # channel -> (local path, S3 URI it is uploaded to)
+    output_root: str  # output_path, or the session's default bucket (account id unknown offline)
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the user should know, one line each
+
+    @property
+    def model_uri(self) -> str:
+        return f"{self.output_root}/{self.job_name}/output/model.tar.gz"
+
+
+@dataclasses.dataclass
+class Launch:
+    """A submitted (or, for a dry run, prepared) training job."""
+
+    job_name: str
+    request: dict  # the CreateTrainingJob request as sent (dry run: as it would be sent)
+    uploads: dict[str, tuple[str, str]]  # channel -> (local path, S3 URI it is uploaded to)
+    model_uri: str  # where SageMaker puts model.tar.gz
+    region: str
+
+
+def _boto_session(profile: str | None, region: str | None, config_path: Path) -> boto3.Session:
+    try:
+        session = boto3.Session(profile_name=profile, region_name=region)
+    except botocore.exceptions.ProfileNotFound:
+        raise LaunchError(f"{config_path}: AWS profile {profile!r} not found; run `aws configure --profile "
+                          f"{profile}` or remove profile:") from None
+    if not session.region_name:
+        raise LaunchError(f"no AWS region: set region: in {config_path} or AWS_DEFAULT_REGION")
+    known = session.get_available_regions("sagemaker")
+    if session.region_name not in known:
+        raise LaunchError(f"{config_path}: region {session.region_name!r} has no SageMaker"
+                          f"{did_you_mean(session.region_name, known)}")
+    return session
+
+
+def _environment(config) -> dict[str, str]:
+    environment = {
+        "ACCELERATE_USE_SAGEMAKER": "true",
+        "ACCELERATE_SAGEMAKER_DISTRIBUTED_TYPE": "NO",  # torchrun's process group, not smdistributed
+        "ACCELERATE_MIXED_PRECISION": str(config.mixed_precision or "no"),
+    }
+    if (config.dynamo_config or {}).get("dynamo_backend"):
+        environment["ACCELERATE_DYNAMO_BACKEND"] = str(config.dynamo_config["dynamo_backend"])
+    return environment
+
+
+def _channels(config, flag_channels: dict[str, str], config_path: Path) -> dict[str, str]:
+    """The config's input channels, replaced by --train_data / --val_data; S3 URIs checked, local paths found."""
+    channels = dict(cfg.read_tsv(config.sagemaker_inputs_file, "sagemaker_inputs_file", config_path)
+                    if config.sagemaker_inputs_file else [])
+    channels.update(flag_channels)
+    for channel, source in channels.items():
+        if source.startswith("s3://"):
+            channels[channel] = cfg.check_s3_uri(source, f"channel {channel}")
+        elif not Path(source).exists():
+            raise LaunchError(f"channel {channel}: {source} is neither an s3:// URI nor an existing local folder")
+    return channels
+
+
+def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike, script_args: list[str],
+             job_name: str | None = None) -> JobPlan:
+    """The training job for ``training_script`` (``scripts/pretrain.py``) and its flags under an accelerate
+    SageMaker config; every check that needs no AWS call is made here, before anything is uploaded."""
+    config_path = Path(config_file)
+    config, given = cfg.read_config(config_path)
+    entry_script = Path(training_script)
+    if not entry_script.is_file() or entry_script.suffix != ".py":
+        raise LaunchError(f"training script {entry_script}: not a Python file (give scripts/pretrain.py)")
+    hyperparameters, flag_channels = script_hyperparameters(script_args)
+    channels = _channels(config, flag_channels, config_path)
+    check_hyperparameters(hyperparameters, channels)
+    metrics = [{"Name": name, "Regex": regex} for name, regex in
+               (cfg.read_tsv(config.sagemaker_metrics_file, "sagemaker_metrics_file", config_path)
+                if config.sagemaker_metrics_file else [])]
+    cfg.check_instance_type(config.ec2_instance_type, config_path)
+    region = _boto_session(config.profile, config.region if "region" in given else None, config_path).region_name
+    image = cfg.image(config, given, region, config_path)
+    # torchrun (one process per GPU, process group from the environment) unless it is surely one GPU on one instance
+    torchrun = config.num_machines > 1 or cfg.gpus_per_instance(config.ec2_instance_type, region) != 1
+    base_job_name = config.base_job_name if "base_job_name" in given else DEFAULT_BASE_JOB_NAME
+    job_name = job_name or name_from_base(base_job_name)
+    extra = cfg.job_storage(dict(config.additional_args or {}), job_name, hyperparameters, config_path)
+    output_root = extra.get("output_path") or f"s3://sagemaker-{region}-{ACCOUNT_PLACEHOLDER}"
+    uploads = {channel: (source, f"{output_root}/{job_name}/input/{channel}")
+               for channel, source in channels.items() if not source.startswith("s3://")}
+    channels.update({channel: uri for channel, (_, uri) in uploads.items()})
+    kwargs = merge_dicts(extra, {
+        **image,
+        "entry_point": entry_script.name,
+        "role": config.iam_role_name,
+        "base_job_name": base_job_name,
+        "instance_count": config.num_machines,
+        "instance_type": config.ec2_instance_type,
+        "debugger_hook_config": False,
+        "distribution": {"torch_distributed": {"enabled": True}} if torchrun else None,
+        "environment": _environment(config),
+        "metric_definitions": metrics or None,
+    })
+    return JobPlan(job_name=job_name, config_path=config_path, region=region, profile=config.profile,
+                   entry_script=entry_script, estimator_kwargs=kwargs, hyperparameters=hyperparameters,
+                   channels=channels, uploads=uploads, output_root=output_root)
+
+
+class _RequestRecorder:
+    """botocore hooks: record the CreateTrainingJob request; in a dry run, answer every call locally instead."""
+
+    OFFLINE_ANSWERS = {("s3", "PutObject"), ("sagemaker", "CreateTrainingJob")}
+
+    def __init__(self, dry_run: bool):
+        self.dry_run = dry_run
+        self.request: dict = {}
+
+    def __call__(self, params, event_name: str, **kwargs):
+        _, service, operation = event_name.split(".", 2)
+        if (service, operation) == ("sagemaker", "CreateTrainingJob"):
+            self.request = json.loads(params["body"])
+        if not self.dry_run:
+            return None
+        if (service, operation) not in self.OFFLINE_ANSWERS:
+            raise LaunchError(f"--dry-run would have to ask AWS ({service} {operation}); give iam_role_name as a role "
+                              "ARN and set additional_args output_path and code_location in the config")
+        return AWSResponse(params["url"], 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
+
+
+def _telemetry_opt_out(config: dict) -> dict:
+    """The user's SageMaker SDK defaults plus TelemetryOptOut, so that a dry run sends no request at all."""
+    config = dict(config or {}, SchemaVersion="1.0")
+    modules = config.setdefault("SageMaker", {}).setdefault("PythonSDK", {}).setdefault("Modules", {})
+    modules["TelemetryOptOut"] = True
+    return config
+
+
+def _run(plan: JobPlan, dry_run: bool, wait: bool) -> Launch:
+    """Upload (unless a dry run) and create the job through the SDK, recording the request it sends."""
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    boto_session = _boto_session(plan.profile, plan.region, plan.config_path)
+    if not dry_run and boto_session.get_credentials() is None:
+        raise LaunchError("no AWS credentials found: run `aws configure` (or `aws sso login`), set "
+                          f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or set profile: in {plan.config_path}")
+    recorder = _RequestRecorder(dry_run)
+    boto_session.events.register("before-call", recorder, unique_id="endovit-launch")
+    session = Session(boto_session=boto_session,
+                      sagemaker_config=_telemetry_opt_out(load_sagemaker_config()) if dry_run else None)
+    channels, uploads, output_root = dict(plan.channels), dict(plan.uploads), plan.output_root
+    with tempfile.TemporaryDirectory(prefix="endovit-sourcedir-") as staged:
+        stage_source_dir(plan.entry_script, staged)
+        kwargs = dict(plan.estimator_kwargs, source_dir=staged, hyperparameters=plan.hyperparameters,
+                      sagemaker_session=session)
+        try:
+            estimator = HuggingFace(**kwargs)
+        except ValueError as err:
+            raise LaunchError(f"SageMaker estimator: {cfg.first_line(err)}") from None
+        try:
+            if ACCOUNT_PLACEHOLDER in output_root:
+                bucket_root = f"s3://{session.default_bucket()}"
+                output_root = bucket_root
+                uploads = {c: (src, uri.replace(plan.output_root, bucket_root)) for c, (src, uri) in uploads.items()}
+                channels.update({c: uri for c, (_, uri) in uploads.items()})
+            if not dry_run:
+                for folder, uri in uploads.values():
+                    bucket, _, prefix = uri[len("s3://"):].partition("/")
+                    session.upload_data(folder, bucket=bucket, key_prefix=prefix)
+            estimator.fit(inputs=channels, job_name=plan.job_name, wait=wait, logs="All" if wait else "None")
+        except LaunchError:
+            raise
+        except UnexpectedStatusException as err:
+            raise LaunchError(f"training job {plan.job_name}: {err}") from None
+        except (ValueError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+            raise LaunchError(f"SageMaker: {cfg.first_line(err)}") from None
+    return Launch(plan.job_name, recorder.request, uploads, f"{output_root}/{plan.job_name}/output/model.tar.gz",
+                  plan.region)
+
+
+def preview(plan: JobPlan) -> Launch:
+    """The CreateTrainingJob request ``plan`` would send; nothing is uploaded, no job is created."""
+    return _run(plan, dry_run=True, wait=False)
+
+
+def submit(plan: JobPlan, wait: bool = False) -> Launch:
+    """Upload local data, then create the training job; ``wait`` streams its logs until it ends."""
+    return _run(plan, dry_run=False, wait=wait)

@@ -1,0 +1,94 @@
+"""The entry script's ``--key value`` flags as SageMaker hyperparameters and input channels, checked with
+``scripts/pretrain.py``'s own parser in a simulated job environment."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from accelerate.utils.launch import _convert_nargs_to_dict
+
+from endovit.errors import LaunchError, RecipeError, did_you_mean
+from endovit.recipe import Recipe, build_parser, recipe_from_args
+from endovit.sagemaker.job import (
+    CHANNEL_ROOT,
+    CHANNELS,
+    CHECKPOINT_LOCAL_PATH,
+    JOB_ENVIRON,
+    JOB_FOLDER_KEYS,
+    TENSORBOARD_LOCAL_PATH,
+)
+
+__all__ = ["to_script_args", "script_hyperparameters", "check_hyperparameters"]
+
+
+def to_script_args(hyperparameters: Mapping[str, object]) -> list[str]:
+    """Hyperparameters as the training toolkit passes them to the entry script: sorted ``--key str(value)``."""
+    args = []
+    for key in sorted(hyperparameters):
+        args += [f"--{key}", str(hyperparameters[key])]
+    return args
+
+
+def _split_flags(script_args: list[str]) -> list[str]:
+    """``--key=value`` split in two; every flag checked to have exactly one value."""
+    args: list[str] = []
+    for token in script_args:
+        args += token.split("=", 1) if token.startswith("--") and "=" in token else [token]
+    seen = set()
+    for index in range(0, len(args), 2):
+        flag = args[index]
+        value = args[index + 1] if index + 1 < len(args) else None
+        if not flag.startswith("--"):
+            raise LaunchError(f"script argument {flag!r} is not a --key: SageMaker passes only --key value pairs")
+        if value is None or value.startswith("--"):
+            raise LaunchError(f"{flag} has no value: SageMaker passes every hyperparameter as --key value "
+                              f"(write e.g. {flag} true)")
+        if flag in seen:
+            raise LaunchError(f"{flag} is given twice; keep one")
+        seen.add(flag)
+    return args
+
+
+def script_hyperparameters(script_args: list[str]) -> tuple[dict, dict[str, str]]:
+    """The script's ``--key value`` flags as hyperparameters (accelerate's conversion); data flags become channels."""
+    args = _split_flags(script_args)
+    try:
+        hyperparameters = _convert_nargs_to_dict(args)
+    except ValueError as err:
+        raise LaunchError(f"script arguments: {err}") from None
+    channels = {CHANNELS[key]: str(hyperparameters.pop(key)) for key in list(hyperparameters) if key in CHANNELS}
+    for key in JOB_FOLDER_KEYS:
+        if key in hyperparameters:
+            raise LaunchError(f"--{key}: a SageMaker job sets it (model -> SM_MODEL_DIR, checkpoints -> "
+                              f"{CHECKPOINT_LOCAL_PATH}, TensorBoard -> {TENSORBOARD_LOCAL_PATH}); remove the flag")
+    if str(hyperparameters.get("resume", "auto")) != "auto":
+        raise LaunchError(f"--resume {hyperparameters['resume']}: a SageMaker job resumes from its own checkpoints "
+                          "(--resume auto); remove the flag")
+    recipe = str(hyperparameters.get("recipe", ""))
+    if Path(recipe).suffix:
+        raise LaunchError(f"--recipe {recipe}: only the recipes in endovit/recipes travel to SageMaker; pass a "
+                          "recipe name, add your file there, or give its settings as --key value flags")
+    return hyperparameters, channels
+
+
+def check_hyperparameters(hyperparameters: dict, channels: Collection[str]) -> Recipe:
+    """The recipe the job would run: the hyperparameters parsed with pretrain.py's own parser in a simulated job."""
+    if CHANNELS["train_data"] not in channels:
+        raise LaunchError("no training data: pass --train_data (a local folder or an s3:// URI) or give a "
+                          f"'{CHANNELS['train_data']}' channel in the config's sagemaker_inputs_file")
+    parser = build_parser()
+    parser.exit_on_error = False
+    try:
+        args, unknown = parser.parse_known_args(to_script_args(hyperparameters))
+    except argparse.ArgumentError as err:
+        raise LaunchError(f"scripts/pretrain.py would reject {err}") from None
+    if unknown:
+        known = ["--recipe"] + [f"--{f.name}" for f in dataclasses.fields(Recipe)]
+        raise LaunchError(f"scripts/pretrain.py has no flag {unknown[0]}{did_you_mean(unknown[0], known)}")
+    environ = dict(JOB_ENVIRON, **{f"SM_CHANNEL_{c.upper()}": f"{CHANNEL_ROOT}/{c}" for c in channels})
+    try:
+        return recipe_from_args(args, environ)
+    except RecipeError as err:
+        raise LaunchError(f"scripts/pretrain.py would reject {err}") from None
