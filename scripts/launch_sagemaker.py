@@ -3,9 +3,21 @@
     python scripts/launch_sagemaker.py --config_file accelerate_configs/sagemaker.yaml scripts/pretrain.py \
         --recipe endovit_seg --train_data s3://my-bucket/endovit/data/train --val_data data/cholec80/val
 
-Use it instead of `accelerate launch` for SageMaker configs (accelerate 1.15 cannot start them). Script flags
-become hyperparameters; --train_data / --val_data become the job's input channels (a local folder is uploaded
-first). --dry-run prints the CreateTrainingJob request without sending anything; --wait streams the job's logs.
+Use it instead of `accelerate launch` for SageMaker configs (accelerate 1.15 cannot start them); a file written
+by `accelerate config` works as it is (its default DLC versions 4.17.0 / 1.10.2 / py38 are replaced by the newest
+image that runs endovit, a role name is expanded to its ARN). Script flags become hyperparameters; --train_data /
+--val_data become the job's input channels, and a local or s3:// --init_from becomes channel "init" (a local folder
+or file is uploaded first, next to the job's output).
+
+--dry-run checks everything and prints the CreateTrainingJob request as one JSON document on stdout (notes go to
+stderr, so `| jq` works), offline: what only AWS knows shows as <account-id> (role ARN, default bucket).
+--wait streams the job's CloudWatch log until it ends: every instance's stream (pip install, torchrun and
+pretrain.py's lines), then its status. Ctrl-C stops following, not the job (aws sagemaker stop-training-job).
+
+Network: the job needs the internet at start (pip install of the shipped requirements.txt) and for an https://
+--init_from such as endovit_seg's MAE weights (a VPC config needs a NAT gateway). With enable_network_isolation
+in additional_args, give an image_uri that already holds the requirements (none are shipped then) and a local or
+s3:// --init_from.
 """
 from __future__ import annotations
 
@@ -16,7 +28,7 @@ import sys
 from accelerate.commands.config.config_args import default_config_file
 
 from endovit.errors import LaunchError
-from endovit.sagemaker.sdk import require_sdk_v2
+from endovit.sagemaker.sdk import prepare_sdk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("training_script_args", nargs=argparse.REMAINDER, help="its --key value flags")
     args = parser.parse_args(argv)
     try:
-        require_sdk_v2()
+        prepare_sdk()
         from endovit.sagemaker import launch  # imports SDK v2, so only after the check that names the fix
 
         plan = launch.plan_job(args.config_file, args.training_script, args.training_script_args,

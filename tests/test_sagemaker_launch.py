@@ -24,6 +24,7 @@ BUCKET = "endovit-test"
 REGION = "us-east-1"
 DLC_IMAGE = ("763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:"
              "2.8.0-transformers4.56.2-gpu-py312-cu129-ubuntu22.04")
+ISOLATED_IMAGE = "111122223333.dkr.ecr.us-east-1.amazonaws.com/endovit:1"
 JOB_FOLDER_KEYS = {"train_data", "val_data", "output_dir", "checkpoint_dir", "logging_dir", "resume"}
 
 
@@ -247,8 +248,8 @@ def no_region(monkeypatch, tmp_path, config):
 @pytest.mark.parametrize("prepare, changes, script_args, message", [
     (fake_sdk_v3, {}, [], "sagemaker 3.0.0 is installed"),
     (None, {"ec2_instance_type": "ml.g5.2xlarg"}, [], "(did you mean ml.g5.2xlarge?)"),
-    (None, {"transformers_version": "4.17.0", "pytorch_version": "1.10.2", "py_version": "py38"}, [],
-     "pytorch_version 1.10.2 / py_version py38 cannot run endovit"),
+    (None, {"transformers_version": "4.26.0", "pytorch_version": "1.13.1", "py_version": "py39"}, [],
+     "pytorch_version 1.13.1 / py_version py39 cannot run endovit"),
     (None, {"compute_environment": "LOCAL_MACHINE"}, [], "not AMAZON_SAGEMAKER"),
     (None, {"additional_args": {"use_spot_instances": True, "max_wait": 90000}}, [], "without checkpoint_s3_uri"),
     (None, {"additional_args": {"use_spot_instance": True}}, [],
@@ -260,9 +261,15 @@ def no_region(monkeypatch, tmp_path, config):
     (None, {}, ["--output_dir", "outputs/x"], "--output_dir: a SageMaker job sets it"),
     (no_credentials, {}, [], "no AWS credentials found"),
     (no_region, {}, [], "no AWS region"),
+    (None, {"additional_args": {"enable_network_isolation": True}}, [],
+     "enable_network_isolation: the job could not pip-install endovit's requirements.txt"),
+    (None, {"image_uri": ISOLATED_IMAGE, "additional_args": {"enable_network_isolation": True}},
+     ["--init_from", "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base_full.pth"],
+     "a job with enable_network_isolation cannot download it; pass a local file or an s3:// URI"),
+    (None, {}, ["--init_from", "weights/missing.pth"], "--init_from weights/missing.pth: no such file"),
 ], ids=["sdk-v3", "instance-type", "old-dlc", "local-config", "spot-without-checkpoints", "estimator-arg-typo",
-        "unknown-flag",
-        "bare-flag", "bad-type", "bad-value", "job-folder-flag", "no-credentials", "no-region"])
+        "unknown-flag", "bare-flag", "bad-type", "bad-value", "job-folder-flag", "no-credentials", "no-region",
+        "isolated-without-image", "isolated-url-weights", "missing-weights"])
 def test_launch_refuses_bad_setups_with_one_clear_line_and_sends_nothing(
         offline_aws, sent, launcher, tmp_path, monkeypatch, capsys, prepare, changes, script_args, message):
     config = write_config(tmp_path, "sagemaker.yaml", **changes)
@@ -273,3 +280,68 @@ def test_launch_refuses_bad_setups_with_one_clear_line_and_sends_nothing(
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert sent == []
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "launch"])
+@pytest.mark.parametrize("launcher_args, changes, message", [
+    (["--job_name", "my_job.1"], {}, "--job_name 'my_job.1' is not a valid SageMaker job name: use at most 63 "
+     "letters, digits and hyphens, starting and ending with a letter or digit (e.g. my-job-1)"),
+    (["--job_name", "j" * 70], {}, "is not a valid SageMaker job name: use at most 63 letters"),
+    ([], {"base_job_name": "endovit_pretrain_v1"}, "base_job_name 'endovit_pretrain_v1' is not a valid SageMaker "
+     "job name: use at most 39 (63 less the 24-character timestamp the SDK appends) letters, digits and hyphens"),
+    ([], {"base_job_name": "b" * 40}, "use at most 39 (63 less the 24-character timestamp the SDK appends)"),
+], ids=["characters", "length", "base-characters", "base-length-with-timestamp"])
+def test_invalid_job_names_are_refused_before_anything_is_sent(
+        offline_aws, sent, launcher, project, tmp_path, capsys, dry_run, launcher_args, changes, message):
+    config = write_config(tmp_path, "sagemaker.yaml", **changes)
+    rc = launcher(["--config_file", str(config), *launcher_args, *(["--dry-run"] if dry_run else []),
+                   "scripts/pretrain.py", "--recipe", "demo", "--train_data", "data/train"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert sent == []
+
+
+def test_weights_travel_as_input_channel_into_a_network_isolated_job(aws, sent, launcher, project, tmp_path, capsys):
+    """A local --init_from is uploaded as channel init; without internet no requirements.txt is shipped."""
+    (project / "weights").mkdir()
+    (project / "weights" / "mae.pth").write_bytes(b"weights")
+    config = write_config(tmp_path, "sagemaker.yaml", image_uri=ISOLATED_IMAGE, transformers_version=None,
+                          pytorch_version=None, py_version=None,
+                          additional_args={"enable_network_isolation": True, "output_path": f"s3://{BUCKET}/jobs"})
+    rc = launcher(["--config_file", str(config), "--job_name", "isolated-1", "scripts/pretrain.py", "--recipe", "demo",
+                   "--train_data", f"s3://{BUCKET}/data/train", "--init_from", "weights/mae.pth"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "no requirements.txt is shipped" in err
+    request = create_training_job_request(sent)
+    assert request["EnableNetworkIsolation"] is True
+    assert request["AlgorithmSpecification"]["TrainingImage"] == ISOLATED_IMAGE
+    assert json.loads(request["HyperParameters"]["init_from"]) == "/opt/ml/input/data/init/mae.pth"
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
+    assert channels["init"] == f"s3://{BUCKET}/jobs/isolated-1/input/init"
+    assert bucket_keys(aws, "jobs/isolated-1/input/") == ["jobs/isolated-1/input/init/mae.pth"]
+    source = [key for key in bucket_keys(aws) if key.endswith("sourcedir.tar.gz")]
+    body = aws.client("s3").get_object(Bucket=BUCKET, Key=source[0])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        assert "pretrain.py" in tar.getnames() and "requirements.txt" not in tar.getnames()
+
+
+def test_s3_weights_become_the_init_channel_and_urls_stay_urls(offline_aws, sent, launcher, tmp_path, capsys):
+    config = write_config(tmp_path, "sagemaker.yaml")
+    rc = launcher(["--config_file", str(config), "--dry-run", "scripts/pretrain.py", "--recipe", "demo",
+                   "--init_from", f"s3://{BUCKET}/weights/mae_pretrain.pth"])
+    request = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
+    assert channels["init"] == f"s3://{BUCKET}/weights/mae_pretrain.pth"
+    assert json.loads(request["HyperParameters"]["init_from"]) == "/opt/ml/input/data/init/mae_pretrain.pth"
+
+    url = "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base_full.pth"
+    rc = launcher(["--config_file", str(config), "--dry-run", "scripts/pretrain.py", "--recipe", "demo",
+                   "--init_from", url])
+    request = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert json.loads(request["HyperParameters"]["init_from"]) == url
+    assert "init" not in {c["ChannelName"] for c in request["InputDataConfig"]}

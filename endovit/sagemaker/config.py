@@ -10,6 +10,11 @@ import botocore.session
 import yaml
 from accelerate.commands.config.config_args import SageMakerConfig
 from accelerate.utils import ComputeEnvironment, SageMakerDistributedType
+from accelerate.utils.constants import (
+    SAGEMAKER_PYTHON_VERSION,
+    SAGEMAKER_PYTORCH_VERSION,
+    SAGEMAKER_TRANSFORMERS_VERSION,
+)
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 from sagemaker import image_uris, instance_types_gpu_info
@@ -21,9 +26,13 @@ from endovit.sagemaker.job import CHECKPOINT_LOCAL_PATH, TENSORBOARD_LOCAL_PATH
 from endovit.sagemaker.source import endovit_requirements
 
 __all__ = ["DEFAULT_DLC", "read_config", "read_tsv", "check_instance_type", "gpus_per_instance", "image",
-           "check_s3_uri", "job_storage", "first_line"]
+           "check_s3_uri", "check_additional_args", "job_storage", "first_line", "dlc_versions"]
 
+# the newest Hugging Face PyTorch training image (SDK 2.257) that runs endovit
 DEFAULT_DLC = {"transformers_version": "4.56.2", "pytorch_version": "2.8.0", "py_version": "py312"}
+# what `accelerate config` writes without asking: read as "not set"
+ACCELERATE_DLC = {"transformers_version": SAGEMAKER_TRANSFORMERS_VERSION, "pytorch_version": SAGEMAKER_PYTORCH_VERSION,
+                  "py_version": SAGEMAKER_PYTHON_VERSION}
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -103,11 +112,22 @@ def gpus_per_instance(instance_type: str, region: str) -> int | None:
     return info.get(instance_type, {}).get("Count")
 
 
-def image(config: SageMakerConfig, given: set[str], region: str, config_path: Path) -> dict:
-    """The Hugging Face DLC (or the config's image_uri), checked against what endovit needs."""
+def dlc_versions(config: SageMakerConfig, given: set[str], config_path: Path) -> tuple[dict[str, str], str | None]:
+    """The DLC versions the user chose, DEFAULT_DLC for the rest, and a note when the file holds exactly the three
+    versions `accelerate config` writes without asking (read as not set)."""
+    chosen = {key: str(getattr(config, key)) for key in DEFAULT_DLC if key in given}
+    if chosen != ACCELERATE_DLC:
+        return dict(DEFAULT_DLC, **chosen), None
+    note = (f"{config_path}: " + ", ".join(f"{key} {value}" for key, value in ACCELERATE_DLC.items())
+            + " are what `accelerate config` writes without asking; using the newest Hugging Face training image "
+            + "that runs endovit instead: " + ", ".join(f"{key} {value}" for key, value in DEFAULT_DLC.items()))
+    return dict(DEFAULT_DLC), note
+
+
+def image(config: SageMakerConfig, versions: dict[str, str], region: str, config_path: Path) -> dict:
+    """The Hugging Face DLC of ``versions`` (or the config's image_uri), checked against what endovit needs."""
     if config.image_uri:
-        return {"image_uri": config.image_uri}
-    versions = {key: str(getattr(config, key)) if key in given else value for key, value in DEFAULT_DLC.items()}
+        return {"image_uri": config.image_uri, "py_version": None}  # the estimator requires the argument
     fix = ("use transformers_version: {transformers_version}, pytorch_version: {pytorch_version}, "
            "py_version: {py_version}, or an image_uri").format(**DEFAULT_DLC)
     torch = next(Requirement(r) for r in endovit_requirements() if Requirement(r).name == "torch")
@@ -146,26 +166,54 @@ def _estimator_arguments() -> set[str]:
             for name in inspect.signature(cls.__init__).parameters} - {"self", "kwargs", "args"}
 
 
-def job_storage(extra: dict, job_name: str, hyperparameters: dict, config_path: Path) -> dict:
-    """additional_args checked (estimator arguments, spot settings, S3 URIs), with per-job checkpoint and
-    TensorBoard folders; a non-default local folder for either reaches the script as its hyperparameter."""
+# estimator arguments the launcher sets itself -> where the user sets them instead
+LAUNCHER_ARGUMENTS = {
+    "role": "iam_role_name", "image_uri": "image_uri", "instance_type": "ec2_instance_type",
+    "instance_count": "num_machines", "base_job_name": "base_job_name or --job_name",
+    "transformers_version": "transformers_version", "pytorch_version": "pytorch_version", "py_version": "py_version",
+    "entry_point": "the launcher's training_script argument", "source_dir": "nothing: endovit travels as code",
+    "dependencies": "nothing: endovit travels as code", "git_config": "nothing: endovit travels as code",
+    "hyperparameters": "the script's --key value flags", "environment": "mixed_precision and dynamo_config",
+    "distribution": "nothing: the launcher runs torchrun", "metric_definitions": "sagemaker_metrics_file",
+    "sagemaker_session": "profile and region", "debugger_hook_config": "nothing: the launcher turns it off",
+}
+
+
+def check_additional_args(extra: dict, has_image_uri: bool, config_path: Path) -> None:
+    """additional_args: only estimator arguments the launcher leaves to the user, spot and isolation rules."""
     known = _estimator_arguments()
     for key in extra:
+        if key in LAUNCHER_ARGUMENTS:
+            raise LaunchError(f"{config_path}: additional_args {key} is set by the launcher; remove it (set "
+                              f"{LAUNCHER_ARGUMENTS[key]})")
         if key not in known:  # the SDK would drop it without a word
             raise LaunchError(f"{config_path}: additional_args {key!r} is not a SageMaker estimator argument"
                               f"{did_you_mean(key, known)}")
     if extra.get("use_spot_instances") and int(extra.get("max_wait") or 0) < int(extra.get("max_run") or 86400):
         raise LaunchError(f"{config_path}: use_spot_instances needs additional_args max_wait >= max_run "
                           "(seconds, waiting for spot capacity included)")
-    for key in ("output_path", "code_location"):
-        if key in extra:
-            extra[key] = check_s3_uri(str(extra[key]), f"{config_path}: additional_args {key}")
     if extra.get("use_spot_instances") and not extra.get("checkpoint_s3_uri"):
         raise LaunchError(f"{config_path}: use_spot_instances without checkpoint_s3_uri would restart from step 0 "
                           "after every interruption; set additional_args checkpoint_s3_uri")
+    if extra.get("enable_network_isolation") and not has_image_uri:
+        raise LaunchError(f"{config_path}: additional_args enable_network_isolation: the job could not pip-install "
+                          "endovit's requirements.txt (timm, datasets, ...) into the Hugging Face image; build an "
+                          "image FROM it with `pip install -r requirements.txt` and set image_uri, or remove the key")
+
+
+def job_storage(extra: dict, job_name: str, hyperparameters: dict, config_path: Path,
+                checkpoint_job: str | None = None) -> dict:
+    """additional_args with S3 URIs checked and per-job checkpoint and TensorBoard folders (checkpoints: those of
+    ``checkpoint_job``, when given); a non-default local folder for either reaches the script as its flag."""
+    for key in ("output_path", "code_location"):
+        if key in extra:
+            extra[key] = check_s3_uri(str(extra[key]), f"{config_path}: additional_args {key}")
+    if checkpoint_job and not extra.get("checkpoint_s3_uri"):
+        raise LaunchError(f"--resume_from_job {checkpoint_job}: set additional_args checkpoint_s3_uri in "
+                          f"{config_path} (the prefix that holds <job>/step_NNNNNNNN of earlier jobs)")
     if extra.get("checkpoint_s3_uri"):
         checkpoints = check_s3_uri(str(extra["checkpoint_s3_uri"]), f"{config_path}: additional_args checkpoint_s3_uri")
-        extra["checkpoint_s3_uri"] = f"{checkpoints}/{job_name}"
+        extra["checkpoint_s3_uri"] = f"{checkpoints}/{checkpoint_job or job_name}"
         local = extra.setdefault("checkpoint_local_path", CHECKPOINT_LOCAL_PATH)
         if local != CHECKPOINT_LOCAL_PATH:
             hyperparameters["checkpoint_dir"] = local

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -23,17 +25,20 @@ from sagemaker import Session
 from sagemaker.config import load_sagemaker_config
 from sagemaker.exceptions import UnexpectedStatusException
 from sagemaker.huggingface import HuggingFace
-from sagemaker.utils import name_from_base
+from sagemaker.utils import name_from_base, sagemaker_timestamp
 
 from endovit.errors import LaunchError, did_you_mean
 from endovit.sagemaker import config as cfg
-from endovit.sagemaker.script import check_hyperparameters, script_hyperparameters
+from endovit.sagemaker.script import INIT_CHANNEL, check_hyperparameters, init_channel, script_hyperparameters
 from endovit.sagemaker.source import stage_source_dir
 
 __all__ = ["DEFAULT_BASE_JOB_NAME", "JobPlan", "Launch", "plan_job", "preview", "submit"]
 
 DEFAULT_BASE_JOB_NAME = "endovit-pretrain"
-ACCOUNT_PLACEHOLDER = "<account-id>"
+JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # AWS's pattern for training job names, and
+JOB_NAME_LENGTH = 63  # their length limit (the pattern does not count hyphens)
+ACCOUNT_PLACEHOLDER = "<account-id>"  # in a dry run, where only AWS knows the account id
+STAND_IN_ACCOUNT = "000000000000"  # what the SDK sees instead in a dry run (bucket names cannot hold "<>")
 
 
 @dataclasses.dataclass
@@ -49,7 +54,8 @@ class JobPlan:
     hyperparameters: dict
     channels: dict[str, str]  # channel -> S3 URI the job reads (a local source: the URI it is uploaded to)
     uploads: dict[str, tuple[str, str]]  # channel -> (local path, S3 URI it is uploaded to)
-    output_root: str  # output_path, or the session's default bucket (account id unknown offline)
+    output_root: str  # output_path, or the default bucket s3://sagemaker-<region>-<account-id>
+    requirements: bool = True  # ship requirements.txt (pip-installed at job start; not with network isolation)
     notes: list[str] = dataclasses.field(default_factory=list)  # what the user should know, one line each
 
     @property
@@ -83,6 +89,17 @@ def _boto_session(profile: str | None, region: str | None, config_path: Path) ->
     return session
 
 
+def _check_job_name(name: str, what: str, suffix: str = "") -> None:
+    """Refuse a name AWS would refuse, ``suffix`` (the timestamp the SDK appends to base_job_name) included."""
+    if JOB_NAME.match(name + suffix) and len(name + suffix) <= JOB_NAME_LENGTH:
+        return
+    limit = JOB_NAME_LENGTH - len(suffix)
+    fixed = re.sub(r"[^a-zA-Z0-9]+", "-", name).strip("-")[:limit].rstrip("-")
+    why = f" ({JOB_NAME_LENGTH} less the {len(suffix)}-character timestamp the SDK appends)" if suffix else ""
+    raise LaunchError(f"{what} {name!r} is not a valid SageMaker job name: use at most {limit}{why} letters, digits "
+                      f"and hyphens, starting and ending with a letter or digit (e.g. {fixed or 'endovit-pretrain'})")
+
+
 def _environment(config) -> dict[str, str]:
     environment = {
         "ACCELERATE_USE_SAGEMAKER": "true",
@@ -113,23 +130,33 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
     SageMaker config; every check that needs no AWS call is made here, before anything is uploaded."""
     config_path = Path(config_file)
     config, given = cfg.read_config(config_path)
+    base_job_name = config.base_job_name if "base_job_name" in given else DEFAULT_BASE_JOB_NAME
+    if job_name is None:
+        _check_job_name(base_job_name, f"{config_path}: base_job_name", suffix=f"-{sagemaker_timestamp()}")
+        job_name = name_from_base(base_job_name)
+    _check_job_name(job_name, "--job_name")
     entry_script = Path(training_script)
     if not entry_script.is_file() or entry_script.suffix != ".py":
         raise LaunchError(f"training script {entry_script}: not a Python file (give scripts/pretrain.py)")
+    extra = dict(config.additional_args or {})
+    cfg.check_additional_args(extra, bool(config.image_uri), config_path)
+    isolated = bool(extra.get("enable_network_isolation"))
     hyperparameters, flag_channels = script_hyperparameters(script_args)
     channels = _channels(config, flag_channels, config_path)
-    check_hyperparameters(hyperparameters, channels)
+    init_source = init_channel(hyperparameters, check_hyperparameters(hyperparameters, channels), isolated)
+    if init_source:
+        channels[INIT_CHANNEL] = (cfg.check_s3_uri(init_source, "--init_from") if init_source.startswith("s3://")
+                                  else init_source)
     metrics = [{"Name": name, "Regex": regex} for name, regex in
                (cfg.read_tsv(config.sagemaker_metrics_file, "sagemaker_metrics_file", config_path)
                 if config.sagemaker_metrics_file else [])]
     cfg.check_instance_type(config.ec2_instance_type, config_path)
     region = _boto_session(config.profile, config.region if "region" in given else None, config_path).region_name
-    image = cfg.image(config, given, region, config_path)
+    versions, dlc_note = cfg.dlc_versions(config, given, config_path)
+    image = cfg.image(config, versions, region, config_path)
     # torchrun (one process per GPU, process group from the environment) unless it is surely one GPU on one instance
     torchrun = config.num_machines > 1 or cfg.gpus_per_instance(config.ec2_instance_type, region) != 1
-    base_job_name = config.base_job_name if "base_job_name" in given else DEFAULT_BASE_JOB_NAME
-    job_name = job_name or name_from_base(base_job_name)
-    extra = cfg.job_storage(dict(config.additional_args or {}), job_name, hyperparameters, config_path)
+    extra = cfg.job_storage(extra, job_name, hyperparameters, config_path)
     output_root = extra.get("output_path") or f"s3://sagemaker-{region}-{ACCOUNT_PLACEHOLDER}"
     uploads = {channel: (source, f"{output_root}/{job_name}/input/{channel}")
                for channel, source in channels.items() if not source.startswith("s3://")}
@@ -146,29 +173,34 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
         "environment": _environment(config),
         "metric_definitions": metrics or None,
     })
+    notes = [dlc_note] if dlc_note and not config.image_uri else []
+    if isolated:
+        notes.append(f"{config_path}: enable_network_isolation: no requirements.txt is shipped; image_uri "
+                     f"{config.image_uri} must already hold endovit's requirements")
     return JobPlan(job_name=job_name, config_path=config_path, region=region, profile=config.profile,
                    entry_script=entry_script, estimator_kwargs=kwargs, hyperparameters=hyperparameters,
-                   channels=channels, uploads=uploads, output_root=output_root)
+                   channels=channels, uploads=uploads, output_root=output_root, requirements=not isolated,
+                   notes=notes)
 
 
 class _RequestRecorder:
-    """botocore hooks: record the CreateTrainingJob request; in a dry run, answer every call locally instead."""
+    """botocore hook: record the CreateTrainingJob request; offline (dry run), answer the calls that create the
+    job locally and refuse every other one."""
 
     OFFLINE_ANSWERS = {("s3", "PutObject"), ("sagemaker", "CreateTrainingJob")}
 
-    def __init__(self, dry_run: bool):
-        self.dry_run = dry_run
+    def __init__(self, offline: bool):
+        self.offline = offline
         self.request: dict = {}
 
     def __call__(self, params, event_name: str, **kwargs):
         _, service, operation = event_name.split(".", 2)
         if (service, operation) == ("sagemaker", "CreateTrainingJob"):
             self.request = json.loads(params["body"])
-        if not self.dry_run:
+        if not self.offline:
             return None
         if (service, operation) not in self.OFFLINE_ANSWERS:
-            raise LaunchError(f"--dry-run would have to ask AWS ({service} {operation}); give iam_role_name as a role "
-                              "ARN and set additional_args output_path and code_location in the config")
+            raise LaunchError(f"--dry-run would have to ask AWS ({service} {operation}); please report this")
         return AWSResponse(params["url"], 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
 
 
@@ -180,36 +212,27 @@ def _telemetry_opt_out(config: dict) -> dict:
     return config
 
 
-def _run(plan: JobPlan, dry_run: bool, wait: bool) -> Launch:
-    """Upload (unless a dry run) and create the job through the SDK, recording the request it sends."""
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+def _session(plan: JobPlan, recorder: _RequestRecorder) -> Session:
     boto_session = _boto_session(plan.profile, plan.region, plan.config_path)
-    if not dry_run and boto_session.get_credentials() is None:
+    if not recorder.offline and boto_session.get_credentials() is None:
         raise LaunchError("no AWS credentials found: run `aws configure` (or `aws sso login`), set "
                           f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or set profile: in {plan.config_path}")
-    recorder = _RequestRecorder(dry_run)
     boto_session.events.register("before-call", recorder, unique_id="endovit-launch")
-    session = Session(boto_session=boto_session,
-                      sagemaker_config=_telemetry_opt_out(load_sagemaker_config()) if dry_run else None)
-    channels, uploads, output_root = dict(plan.channels), dict(plan.uploads), plan.output_root
+    return Session(boto_session=boto_session,
+                   sagemaker_config=_telemetry_opt_out(load_sagemaker_config()) if recorder.offline else None)
+
+
+def _fit(plan: JobPlan, session: Session, kwargs: dict, channels: dict[str, str], wait: bool) -> None:
+    """Create the training job through the SDK's HuggingFace estimator (its code staged in a temporary folder).
+
+    With ``wait``, the SDK streams the job's CloudWatch log (every instance's stream: the pip install of
+    requirements.txt, torchrun and pretrain.py's lines) until the job ends, then its status and billable time.
+    """
     with tempfile.TemporaryDirectory(prefix="endovit-sourcedir-") as staged:
-        stage_source_dir(plan.entry_script, staged)
-        kwargs = dict(plan.estimator_kwargs, source_dir=staged, hyperparameters=plan.hyperparameters,
-                      sagemaker_session=session)
+        stage_source_dir(plan.entry_script, staged, requirements=plan.requirements)
         try:
-            estimator = HuggingFace(**kwargs)
-        except ValueError as err:
-            raise LaunchError(f"SageMaker estimator: {cfg.first_line(err)}") from None
-        try:
-            if ACCOUNT_PLACEHOLDER in output_root:
-                bucket_root = f"s3://{session.default_bucket()}"
-                output_root = bucket_root
-                uploads = {c: (src, uri.replace(plan.output_root, bucket_root)) for c, (src, uri) in uploads.items()}
-                channels.update({c: uri for c, (_, uri) in uploads.items()})
-            if not dry_run:
-                for folder, uri in uploads.values():
-                    bucket, _, prefix = uri[len("s3://"):].partition("/")
-                    session.upload_data(folder, bucket=bucket, key_prefix=prefix)
+            estimator = HuggingFace(**kwargs, source_dir=staged, hyperparameters=plan.hyperparameters,
+                                    sagemaker_session=session)
             estimator.fit(inputs=channels, job_name=plan.job_name, wait=wait, logs="All" if wait else "None")
         except LaunchError:
             raise
@@ -217,15 +240,48 @@ def _run(plan: JobPlan, dry_run: bool, wait: bool) -> Launch:
             raise LaunchError(f"training job {plan.job_name}: {err}") from None
         except (ValueError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
             raise LaunchError(f"SageMaker: {cfg.first_line(err)}") from None
-    return Launch(plan.job_name, recorder.request, uploads, f"{output_root}/{plan.job_name}/output/model.tar.gz",
-                  plan.region)
 
 
 def preview(plan: JobPlan) -> Launch:
-    """The CreateTrainingJob request ``plan`` would send; nothing is uploaded, no job is created."""
-    return _run(plan, dry_run=True, wait=False)
+    """The CreateTrainingJob request ``plan`` would send, made offline: nothing is uploaded, no job is created.
+    What only AWS knows shows as a placeholder: ``<account-id>`` in the role ARN (from a role name) and in the
+    default bucket ``sagemaker-<region>-<account-id>``."""
+    recorder = _RequestRecorder(offline=True)
+    session = _session(plan, recorder)
+    kwargs = dict(plan.estimator_kwargs)
+    if "/" not in kwargs["role"]:  # a role name, as `accelerate config` writes it; the SDK would ask IAM
+        partition = session.boto_session.get_partition_for_region(plan.region)
+        kwargs["role"] = f"arn:{partition}:iam::{ACCOUNT_PLACEHOLDER}:role/{kwargs['role']}"
+    default_bucket = f"sagemaker-{plan.region}-{ACCOUNT_PLACEHOLDER}"
+    stand_in = f"sagemaker-{plan.region}-{STAND_IN_ACCOUNT}"
+    if not kwargs.get("output_path"):
+        kwargs["output_path"] = f"s3://{stand_in}/"  # the SDK's own default: output and code in the default bucket
+    sdk_logger = logging.getLogger("sagemaker")
+    level = sdk_logger.level
+    sdk_logger.setLevel(logging.WARNING)  # not "Creating training-job ...": nothing is created
+    try:
+        _fit(plan, session, kwargs, plan.channels, wait=False)
+    finally:
+        sdk_logger.setLevel(level)
+    request = json.loads(json.dumps(recorder.request).replace(stand_in, default_bucket))
+    return Launch(plan.job_name, request, plan.uploads, plan.model_uri, plan.region)
 
 
 def submit(plan: JobPlan, wait: bool = False) -> Launch:
     """Upload local data, then create the training job; ``wait`` streams its logs until it ends."""
-    return _run(plan, dry_run=False, wait=wait)
+    recorder = _RequestRecorder(offline=False)
+    session = _session(plan, recorder)
+    channels, uploads, output_root = dict(plan.channels), dict(plan.uploads), plan.output_root
+    try:
+        if ACCOUNT_PLACEHOLDER in output_root:
+            output_root = f"s3://{session.default_bucket()}"
+            uploads = {c: (src, uri.replace(plan.output_root, output_root)) for c, (src, uri) in uploads.items()}
+            channels.update({c: uri for c, (_, uri) in uploads.items()})
+        for folder, uri in uploads.values():
+            bucket, _, prefix = uri[len("s3://"):].partition("/")
+            session.upload_data(folder, bucket=bucket, key_prefix=prefix)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        raise LaunchError(f"S3: {cfg.first_line(err)}") from None
+    _fit(plan, session, plan.estimator_kwargs, channels, wait)
+    return Launch(plan.job_name, recorder.request, uploads, f"{output_root}/{plan.job_name}/output/model.tar.gz",
+                  plan.region)

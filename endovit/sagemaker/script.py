@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import urllib.parse
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from endovit.sagemaker.job import (
     TENSORBOARD_LOCAL_PATH,
 )
 
-__all__ = ["to_script_args", "script_hyperparameters", "check_hyperparameters"]
+__all__ = ["INIT_CHANNEL", "to_script_args", "script_hyperparameters", "check_hyperparameters", "init_channel"]
+
+INIT_CHANNEL = "init"  # input channel of a local or s3:// --init_from
 
 
 def to_script_args(hyperparameters: Mapping[str, object]) -> list[str]:
@@ -92,3 +95,39 @@ def check_hyperparameters(hyperparameters: dict, channels: Collection[str]) -> R
         return recipe_from_args(args, environ)
     except RecipeError as err:
         raise LaunchError(f"scripts/pretrain.py would reject {err}") from None
+
+
+def _public_url(url: urllib.parse.SplitResult) -> str:
+    """The URL without user info, query and fragment: what an error message may show."""
+    return urllib.parse.urlunsplit((url.scheme, url.hostname or "", url.path, "", ""))
+
+
+def init_channel(hyperparameters: dict, recipe: Recipe, isolated: bool) -> str | None:
+    """The weights ``recipe.init_from`` as the source of input channel ``init`` (a local file or an s3:// URI),
+    with ``init_from`` pointing the job at the channel's copy; None when the job needs no channel for them.
+
+    A URL stays a URL (the job downloads it), unless it carries credentials or a query (a presigned URL's token
+    would sit in the job's hyperparameters, readable by anyone who may describe the job) or the job has no internet.
+    """
+    source = recipe.init_from
+    if not source:
+        return None
+    url = urllib.parse.urlsplit(source)
+    if url.scheme in ("http", "https"):
+        if url.username or url.password or url.query or url.fragment:
+            raise LaunchError(f"--init_from {_public_url(url)}: the URL carries credentials or a query token (not "
+                              "shown; e.g. a presigned S3 URL) that would be stored in the job's hyperparameters; "
+                              "download the file and "
+                              f"pass its local path or its s3:// URI (both travel as input channel '{INIT_CHANNEL}')")
+        if isolated:
+            raise LaunchError(f"--init_from {source}: a job with enable_network_isolation cannot download it; pass "
+                              f"a local file or an s3:// URI (both travel as input channel '{INIT_CHANNEL}')")
+        return None
+    if url.scheme == "s3":
+        if source.endswith("/"):
+            raise LaunchError(f"--init_from {source}: give the weights file's s3:// URI, not a prefix")
+    elif not Path(source).is_file():
+        raise LaunchError(f"--init_from {source}: no such file (give a local .pth/.safetensors file, an s3:// URI "
+                          "or an https:// URL)")
+    hyperparameters["init_from"] = f"{CHANNEL_ROOT}/{INIT_CHANNEL}/{Path(url.path).name}"
+    return source

@@ -25,9 +25,10 @@ def endovit_requirements() -> list[str]:
     return [r for r in requires if Requirement(r).marker is None or "extra" not in str(Requirement(r).marker)]
 
 
-def stage_source_dir(entry_script: str | os.PathLike, dest: str | os.PathLike) -> Path:
+def stage_source_dir(entry_script: str | os.PathLike, dest: str | os.PathLike, requirements: bool = True) -> Path:
     """Fill ``dest`` with what the job runs: the entry script, the ``endovit`` package (its ``.py`` and recipe
-    files only) and a ``requirements.txt`` that the container installs. Nothing else travels."""
+    files only) and, with ``requirements``, a ``requirements.txt`` that the container pip-installs at job start
+    (which needs the internet). Nothing else travels."""
     entry_script, dest = Path(entry_script), Path(dest)
 
     def skip(folder: str, names: list[str]) -> list[str]:
@@ -37,7 +38,8 @@ def stage_source_dir(entry_script: str | os.PathLike, dest: str | os.PathLike) -
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(PACKAGE, dest / PACKAGE.name, ignore=skip, dirs_exist_ok=True)
     shutil.copy2(entry_script, dest / entry_script.name)
-    (dest / "requirements.txt").write_text(
-        "# endovit's requirements; the SageMaker container installs them before running the entry script\n"
-        + "\n".join(endovit_requirements()) + "\n")
+    if requirements:
+        (dest / "requirements.txt").write_text(
+            "# endovit's requirements; the SageMaker container installs them before running the entry script\n"
+            + "\n".join(endovit_requirements()) + "\n")
     return dest
