@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import runpy
 import tarfile
 from pathlib import Path
@@ -121,6 +120,9 @@ def project(tmp_path, monkeypatch):
     scripts.mkdir(parents=True)
     (scripts / "pretrain.py").write_text((REPO / "scripts" / "pretrain.py").read_text())
     write_sample_frames(root / "data" / "train", videos=1, frames=8, height=48, width=64)
+    (root / "data" / "train" / ".DS_Store").write_bytes(b"finder")
+    (root / "data" / "train" / "frames" / ".cache").mkdir()
+    (root / "data" / "train" / "frames" / ".cache" / "index").write_bytes(b"cache")
     write_sample_frames(scripts / "data", videos=1, frames=2, height=48, width=64)
     (scripts / "outputs" / "run").mkdir(parents=True)
     (scripts / "outputs" / "run" / "model.safetensors").write_bytes(b"weights")
@@ -132,7 +134,9 @@ def test_one_gpu_launch_creates_the_training_job(aws, sent, launcher, project, t
     config = write_config(tmp_path, "sagemaker.yaml")
     rc = launcher(["--config_file", str(config), "--job_name", "endovit-test-1", "scripts/pretrain.py", *TINY,
                    "--swa", "false", "--train_data", "data/train", "--val_data", f"s3://{BUCKET}/data/val"])
-    assert rc == 0, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "channel train: 2 hidden file(s) in data/train left out of the upload" in err
     request = create_training_job_request(sent)
     job = f"{BUCKET}/endovit/jobs/endovit-test-1"
 
@@ -170,11 +174,15 @@ def test_one_gpu_launch_creates_the_training_job(aws, sent, launcher, project, t
             "endovit/data/frames.py", "endovit/models/mae.py", "endovit/recipes/demo.yaml"} <= names
     assert not [n for n in names if "__pycache__" in n or n.startswith(("data", "outputs", "scripts"))
                 or n.endswith((".png", ".safetensors"))]
-    assert {"timm", "accelerate", "datasets", "safetensors"} <= {re.split(r"[<>=!~; ]", line)[0]
-                                                                 for line in requirements.splitlines()}
+    tested = dict(line.lower().split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                  if "==" in line)
+    pins = dict(line.split("==") for line in requirements.splitlines() if not line.startswith("#"))
+    assert {"timm", "accelerate", "datasets", "safetensors", "pyarrow", "numpy"} <= set(pins)
+    assert pins == {name: tested[name] for name in pins}  # exactly the versions CI tests
+    assert not {"torch", "torchvision"} & set(pins)  # the image's own builds
     described = aws.client("sagemaker").describe_training_job(TrainingJobName="endovit-test-1")
     assert described["AlgorithmSpecification"]["TrainingImage"] == DLC_IMAGE
-    assert "endovit-test-1" in capsys.readouterr().out
+    assert "endovit-test-1" in out
 
 
 def test_multi_gpu_launch_runs_torchrun_on_every_instance(aws, sent, launcher, tmp_path, capsys):
@@ -345,3 +353,52 @@ def test_s3_weights_become_the_init_channel_and_urls_stay_urls(offline_aws, sent
     assert rc == 0
     assert json.loads(request["HyperParameters"]["init_from"]) == url
     assert "init" not in {c["ChannelName"] for c in request["InputDataConfig"]}
+
+
+@pytest.mark.parametrize("secret", [".aws/credentials", ".env", "keys/server.pem", "id_rsa"])
+def test_data_folder_with_credentials_is_refused_before_upload(
+        offline_aws, sent, launcher, project, tmp_path, capsys, secret):
+    (project / "data" / "train" / secret).parent.mkdir(parents=True, exist_ok=True)
+    (project / "data" / "train" / secret).write_text("aws_secret_access_key = not-for-s3\n")
+    config = write_config(tmp_path, "sagemaker.yaml")
+    rc = launcher(["--config_file", str(config), "--dry-run", "scripts/pretrain.py", "--recipe", "demo",
+                   "--train_data", "data/train"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"error: channel train: {Path('data/train', secret)} looks like a credentials file and would be uploaded to "
+        "S3; move it out of the folder (or upload the data yourself and pass its s3:// URI)"]
+    assert sent == []
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("https://endovit.s3.amazonaws.com/mae.pth?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef", "deadbeef"),
+    ("https://user:hunter2@weights.example.org/mae.pth", "hunter2"),
+], ids=["presigned", "user-info"])
+def test_url_with_credentials_never_reaches_the_job(offline_aws, sent, launcher, tmp_path, capsys, url, secret):
+    config = write_config(tmp_path, "sagemaker.yaml")
+    rc = launcher(["--config_file", str(config), "--dry-run", "scripts/pretrain.py", "--recipe", "demo",
+                   "--init_from", url])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and sent == []
+    assert secret not in err and "AKIAEXAMPLE" not in err
+    assert err.strip().splitlines() == [
+        f"error: --init_from {url.split('?')[0].replace('user:hunter2@', '')}: the URL carries credentials or a query "
+        "token (not shown; e.g. a presigned S3 URL) that would be stored in the job's hyperparameters, readable by "
+        "anyone who may describe the job; download the file and pass its local path, or pass its s3:// URI"]
+
+
+@pytest.mark.parametrize("key, where", [
+    ("role", "iam_role_name"), ("entry_point", "the launcher's training_script argument"),
+    ("source_dir", "nothing: endovit travels as code"), ("image_uri", "image_uri"),
+    ("hyperparameters", "the script's --key value flags"), ("environment", "mixed_precision and dynamo_config"),
+    ("instance_count", "num_machines"), ("distribution", "nothing: the launcher runs torchrun"),
+])
+def test_additional_args_cannot_replace_what_the_launcher_sets(offline_aws, sent, launcher, tmp_path, capsys,
+                                                               key, where):
+    config = write_config(tmp_path, "sagemaker.yaml", additional_args={key: "anything"})
+    rc = launcher(["--config_file", str(config), "--dry-run", "scripts/pretrain.py", "--recipe", "demo"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and sent == []
+    assert err.strip().splitlines() == [
+        f"error: {config}: additional_args {key} is set by the launcher; remove it (set {where})"]

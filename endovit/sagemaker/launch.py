@@ -20,6 +20,7 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 from accelerate.utils import merge_dicts
+from boto3.exceptions import S3UploadFailedError
 from botocore.awsrequest import AWSResponse
 from sagemaker import Session
 from sagemaker.config import load_sagemaker_config
@@ -30,7 +31,7 @@ from sagemaker.utils import name_from_base, sagemaker_timestamp
 from endovit.errors import LaunchError, did_you_mean
 from endovit.sagemaker import config as cfg
 from endovit.sagemaker.script import INIT_CHANNEL, check_hyperparameters, init_channel, script_hyperparameters
-from endovit.sagemaker.source import stage_source_dir
+from endovit.sagemaker.source import Upload, plan_upload, stage_source_dir
 
 __all__ = ["DEFAULT_BASE_JOB_NAME", "JobPlan", "Launch", "plan_job", "preview", "submit"]
 
@@ -53,7 +54,7 @@ class JobPlan:
     estimator_kwargs: dict  # HuggingFace(...) arguments, less source_dir, hyperparameters and sagemaker_session
     hyperparameters: dict
     channels: dict[str, str]  # channel -> S3 URI the job reads (a local source: the URI it is uploaded to)
-    uploads: dict[str, tuple[str, str]]  # channel -> (local path, S3 URI it is uploaded to)
+    uploads: dict[str, Upload]  # channel -> the local file or folder uploaded for it
     output_root: str  # output_path, or the default bucket s3://sagemaker-<region>-<account-id>
     requirements: bool = True  # ship requirements.txt (pip-installed at job start; not with network isolation)
     notes: list[str] = dataclasses.field(default_factory=list)  # what the user should know, one line each
@@ -158,9 +159,9 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
     torchrun = config.num_machines > 1 or cfg.gpus_per_instance(config.ec2_instance_type, region) != 1
     extra = cfg.job_storage(extra, job_name, hyperparameters, config_path)
     output_root = extra.get("output_path") or f"s3://sagemaker-{region}-{ACCOUNT_PLACEHOLDER}"
-    uploads = {channel: (source, f"{output_root}/{job_name}/input/{channel}")
+    uploads = {channel: plan_upload(channel, source, f"{output_root}/{job_name}/input/{channel}")
                for channel, source in channels.items() if not source.startswith("s3://")}
-    channels.update({channel: uri for channel, (_, uri) in uploads.items()})
+    channels.update({channel: upload.uri for channel, upload in uploads.items()})
     kwargs = merge_dicts(extra, {
         **image,
         "entry_point": entry_script.name,
@@ -174,6 +175,8 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
         "metric_definitions": metrics or None,
     })
     notes = [dlc_note] if dlc_note and not config.image_uri else []
+    notes += [f"channel {channel}: {upload.hidden} hidden file(s) in {upload.source} left out of the upload (names "
+              "starting with '.')" for channel, upload in uploads.items() if upload.hidden]
     if isolated:
         notes.append(f"{config_path}: enable_network_isolation: no requirements.txt is shipped; image_uri "
                      f"{config.image_uri} must already hold endovit's requirements")
@@ -264,7 +267,8 @@ def preview(plan: JobPlan) -> Launch:
     finally:
         sdk_logger.setLevel(level)
     request = json.loads(json.dumps(recorder.request).replace(stand_in, default_bucket))
-    return Launch(plan.job_name, request, plan.uploads, plan.model_uri, plan.region)
+    return Launch(plan.job_name, request, {c: (u.source, u.uri) for c, u in plan.uploads.items()}, plan.model_uri,
+                  plan.region)
 
 
 def submit(plan: JobPlan, wait: bool = False) -> Launch:
@@ -275,13 +279,16 @@ def submit(plan: JobPlan, wait: bool = False) -> Launch:
     try:
         if ACCOUNT_PLACEHOLDER in output_root:
             output_root = f"s3://{session.default_bucket()}"
-            uploads = {c: (src, uri.replace(plan.output_root, output_root)) for c, (src, uri) in uploads.items()}
-            channels.update({c: uri for c, (_, uri) in uploads.items()})
-        for folder, uri in uploads.values():
-            bucket, _, prefix = uri[len("s3://"):].partition("/")
-            session.upload_data(folder, bucket=bucket, key_prefix=prefix)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
-        raise LaunchError(f"S3: {cfg.first_line(err)}") from None
+            uploads = {c: dataclasses.replace(u, uri=u.uri.replace(plan.output_root, output_root))
+                       for c, u in uploads.items()}
+            channels.update({c: u.uri for c, u in uploads.items()})
+        s3 = session.boto_session.client("s3")
+        for upload in uploads.values():
+            bucket, _, prefix = upload.uri[len("s3://"):].partition("/")
+            for path, key in upload.files:
+                s3.upload_file(path, bucket, f"{prefix}/{key}")
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, S3UploadFailedError) as err:
+        raise LaunchError(f"S3 upload: {cfg.first_line(err)}") from None
     _fit(plan, session, plan.estimator_kwargs, channels, wait)
-    return Launch(plan.job_name, recorder.request, uploads, f"{output_root}/{plan.job_name}/output/model.tar.gz",
-                  plan.region)
+    return Launch(plan.job_name, recorder.request, {c: (u.source, u.uri) for c, u in uploads.items()},
+                  f"{output_root}/{plan.job_name}/output/model.tar.gz", plan.region)

@@ -54,9 +54,24 @@ def _split_flags(script_args: list[str]) -> list[str]:
     return args
 
 
+def _secret_url_error(key: str, value: str) -> LaunchError | None:
+    """The error for a URL that carries credentials or a query token (shown without them), else None."""
+    url = urllib.parse.urlsplit(value)
+    if not (url.scheme and url.netloc and (url.username or url.password or url.query or url.fragment)):
+        return None
+    public = urllib.parse.urlunsplit((url.scheme, url.hostname or "", url.path, "", ""))
+    return LaunchError(f"--{key} {public}: the URL carries credentials or a query token (not shown; e.g. a presigned "
+                       "S3 URL) that would be stored in the job's hyperparameters, readable by anyone who may describe "
+                       "the job; download the file and pass its local path, or pass its s3:// URI")
+
+
 def script_hyperparameters(script_args: list[str]) -> tuple[dict, dict[str, str]]:
     """The script's ``--key value`` flags as hyperparameters (accelerate's conversion); data flags become channels."""
     args = _split_flags(script_args)
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        error = _secret_url_error(flag[2:], value)
+        if error:
+            raise error
     try:
         hyperparameters = _convert_nargs_to_dict(args)
     except ValueError as err:
@@ -97,11 +112,6 @@ def check_hyperparameters(hyperparameters: dict, channels: Collection[str]) -> R
         raise LaunchError(f"scripts/pretrain.py would reject {err}") from None
 
 
-def _public_url(url: urllib.parse.SplitResult) -> str:
-    """The URL without user info, query and fragment: what an error message may show."""
-    return urllib.parse.urlunsplit((url.scheme, url.hostname or "", url.path, "", ""))
-
-
 def init_channel(hyperparameters: dict, recipe: Recipe, isolated: bool) -> str | None:
     """The weights ``recipe.init_from`` as the source of input channel ``init`` (a local file or an s3:// URI),
     with ``init_from`` pointing the job at the channel's copy; None when the job needs no channel for them.
@@ -114,11 +124,9 @@ def init_channel(hyperparameters: dict, recipe: Recipe, isolated: bool) -> str |
         return None
     url = urllib.parse.urlsplit(source)
     if url.scheme in ("http", "https"):
-        if url.username or url.password or url.query or url.fragment:
-            raise LaunchError(f"--init_from {_public_url(url)}: the URL carries credentials or a query token (not "
-                              "shown; e.g. a presigned S3 URL) that would be stored in the job's hyperparameters; "
-                              "download the file and "
-                              f"pass its local path or its s3:// URI (both travel as input channel '{INIT_CHANNEL}')")
+        error = _secret_url_error("init_from", source)
+        if error:
+            raise error
         if isolated:
             raise LaunchError(f"--init_from {source}: a job with enable_network_isolation cannot download it; pass "
                               f"a local file or an s3:// URI (both travel as input channel '{INIT_CHANNEL}')")
