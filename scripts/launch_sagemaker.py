@@ -14,6 +14,12 @@ stderr, so `| jq` works), offline: what only AWS knows shows as <account-id> (ro
 --wait streams the job's CloudWatch log until it ends: every instance's stream (pip install, torchrun and
 pretrain.py's lines), then its status. Ctrl-C stops following, not the job (aws sagemaker stop-training-job).
 
+--resume_from_job OLD_JOB continues a job that ended before its last step (it failed, reached max_run, was
+stopped) in a new job: the new job's checkpoint_s3_uri is OLD_JOB's checkpoint prefix, restored into the job, and
+it resumes from the newest complete checkpoint there with the same flags (a spot interruption needs no new job:
+SageMaker restarts the same one). The instance type may change if the number of processes stays the same (the
+checkpoint refuses another world size); give the same script flags.
+
 Network: the job needs the internet at start (pip install of the shipped requirements.txt) and for an https://
 --init_from such as endovit_seg's MAE weights (a VPC config needs a NAT gateway). With enable_network_isolation
 in additional_args, give an image_uri that already holds the requirements (none are shipped then) and a local or
@@ -36,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config_file", default=default_config_file,
                         help="accelerate SageMaker config (default: the one `accelerate config` wrote)")
     parser.add_argument("--job_name", default=None, help="training job name (default: base_job_name + timestamp)")
+    parser.add_argument("--resume_from_job", default=None, metavar="JOB",
+                        help="continue JOB's training: the new job uses JOB's checkpoint prefix under "
+                             "checkpoint_s3_uri and resumes from its newest complete checkpoint (after a failure, "
+                             "max_run, a manual stop, or to change the instance type with the same process count)")
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                         help="print the training-job request; upload nothing, start nothing")
     parser.add_argument("--wait", action="store_true", help="stream the job's logs until it ends")
@@ -47,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from endovit.sagemaker import launch  # imports SDK v2, so only after the check that names the fix
 
         plan = launch.plan_job(args.config_file, args.training_script, args.training_script_args,
-                               job_name=args.job_name)
+                               job_name=args.job_name, resume_from_job=args.resume_from_job)
         for note in plan.notes:
             print(note, file=sys.stderr)
         job = launch.preview(plan) if args.dry_run else launch.submit(plan, wait=args.wait)

@@ -83,10 +83,9 @@ def run_job(code: Path, env: dict, argv: list[str], processes: int = 1) -> subpr
     return result
 
 
-@pytest.fixture
-def simulated_job(tmp_path):
-    """/opt/ml-like folders under tmp: channels with frames, the staged source dir as /opt/ml/code."""
-    ml = tmp_path / "opt" / "ml"
+def job_folders(ml: Path) -> tuple[Path, dict[str, str]]:
+    """/opt/ml-like folders at ``ml``: channels with frames, the staged source dir as /opt/ml/code; and the job's
+    environment."""
     environ = job_environ(ml)
     write_sample_frames(environ["SM_CHANNEL_TRAIN"], videos=1, frames=8, height=48, width=64)
     write_sample_frames(environ["SM_CHANNEL_VALIDATION"], videos=1, frames=4, height=48, width=64, first_video=2)
@@ -94,6 +93,13 @@ def simulated_job(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SM_", "ACCELERATE_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
     env.update(environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return code, env
+
+
+@pytest.fixture
+def simulated_job(tmp_path):
+    ml = tmp_path / "opt" / "ml"
+    code, env = job_folders(ml)
     return ml, code, env
 
 

@@ -28,6 +28,7 @@ from sagemaker.exceptions import UnexpectedStatusException
 from sagemaker.huggingface import HuggingFace
 from sagemaker.utils import name_from_base, sagemaker_timestamp
 
+from endovit.checkpoint import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX
 from endovit.errors import LaunchError, did_you_mean
 from endovit.sagemaker import config as cfg
 from endovit.sagemaker.script import INIT_CHANNEL, check_hyperparameters, init_channel, script_hyperparameters
@@ -57,6 +58,7 @@ class JobPlan:
     uploads: dict[str, Upload]  # channel -> the local file or folder uploaded for it
     output_root: str  # output_path, or the default bucket s3://sagemaker-<region>-<account-id>
     requirements: bool = True  # ship requirements.txt (pip-installed at job start; not with network isolation)
+    resume_checkpoints: str | None = None  # an earlier job's checkpoint prefix this job continues from
     notes: list[str] = dataclasses.field(default_factory=list)  # what the user should know, one line each
 
     @property
@@ -126,9 +128,14 @@ def _channels(config, flag_channels: dict[str, str], config_path: Path) -> dict[
 
 
 def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike, script_args: list[str],
-             job_name: str | None = None) -> JobPlan:
+             job_name: str | None = None, resume_from_job: str | None = None) -> JobPlan:
     """The training job for ``training_script`` (``scripts/pretrain.py``) and its flags under an accelerate
-    SageMaker config; every check that needs no AWS call is made here, before anything is uploaded."""
+    SageMaker config; every check that needs no AWS call is made here, before anything is uploaded.
+
+    ``resume_from_job`` names an earlier job whose checkpoint prefix (``<checkpoint_s3_uri>/<job>``) the new job
+    uses as its own: SageMaker restores it into the job's checkpoint folder and the job resumes from the newest
+    complete checkpoint there (``resume: auto``), writing its own checkpoints next to them.
+    """
     config_path = Path(config_file)
     config, given = cfg.read_config(config_path)
     base_job_name = config.base_job_name if "base_job_name" in given else DEFAULT_BASE_JOB_NAME
@@ -136,6 +143,8 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
         _check_job_name(base_job_name, f"{config_path}: base_job_name", suffix=f"-{sagemaker_timestamp()}")
         job_name = name_from_base(base_job_name)
     _check_job_name(job_name, "--job_name")
+    if resume_from_job is not None:
+        _check_job_name(resume_from_job, "--resume_from_job")
     entry_script = Path(training_script)
     if not entry_script.is_file() or entry_script.suffix != ".py":
         raise LaunchError(f"training script {entry_script}: not a Python file (give scripts/pretrain.py)")
@@ -157,7 +166,7 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
     image = cfg.image(config, versions, region, config_path)
     # torchrun (one process per GPU, process group from the environment) unless it is surely one GPU on one instance
     torchrun = config.num_machines > 1 or cfg.gpus_per_instance(config.ec2_instance_type, region) != 1
-    extra = cfg.job_storage(extra, job_name, hyperparameters, config_path)
+    extra = cfg.job_storage(extra, job_name, hyperparameters, config_path, checkpoint_job=resume_from_job)
     output_root = extra.get("output_path") or f"s3://sagemaker-{region}-{ACCOUNT_PLACEHOLDER}"
     uploads = {channel: plan_upload(channel, source, f"{output_root}/{job_name}/input/{channel}")
                for channel, source in channels.items() if not source.startswith("s3://")}
@@ -175,6 +184,9 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
         "metric_definitions": metrics or None,
     })
     notes = [dlc_note] if dlc_note and not config.image_uri else []
+    if resume_from_job:
+        notes.append(f"continuing job {resume_from_job}: resumes from the newest complete checkpoint under "
+                     f"{extra['checkpoint_s3_uri']}/ and writes its own checkpoints there")
     notes += [f"channel {channel}: {upload.hidden} hidden file(s) in {upload.source} left out of the upload (names "
               "starting with '.')" for channel, upload in uploads.items() if upload.hidden]
     if isolated:
@@ -183,7 +195,7 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
     return JobPlan(job_name=job_name, config_path=config_path, region=region, profile=config.profile,
                    entry_script=entry_script, estimator_kwargs=kwargs, hyperparameters=hyperparameters,
                    channels=channels, uploads=uploads, output_root=output_root, requirements=not isolated,
-                   notes=notes)
+                   resume_checkpoints=extra["checkpoint_s3_uri"] if resume_from_job else None, notes=notes)
 
 
 class _RequestRecorder:
@@ -271,6 +283,18 @@ def preview(plan: JobPlan) -> Launch:
                   plan.region)
 
 
+def _check_checkpoints(s3, prefix_uri: str) -> None:
+    """Refuse to continue from a checkpoint prefix without one complete checkpoint (its manifest is written last)."""
+    bucket, _, prefix = prefix_uri[len("s3://"):].partition("/")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/{CHECKPOINT_PREFIX}")
+    pattern = re.compile(rf"^{re.escape(prefix)}/{CHECKPOINT_PREFIX}\d+/{re.escape(CHECKPOINT_MANIFEST)}$")
+    if not any(pattern.match(obj["Key"]) for page in pages for obj in page.get("Contents", [])):
+        job = prefix.rsplit("/", 1)[-1]
+        raise LaunchError(f"--resume_from_job {job}: no complete checkpoint under {prefix_uri}/ (no "
+                          f"{CHECKPOINT_PREFIX}NNNNNNNN/{CHECKPOINT_MANIFEST}); check the job name and the config's "
+                          "checkpoint_s3_uri (a job that itself continued another writes to that job's prefix)")
+
+
 def submit(plan: JobPlan, wait: bool = False) -> Launch:
     """Upload local data, then create the training job; ``wait`` streams its logs until it ends."""
     recorder = _RequestRecorder(offline=False)
@@ -283,6 +307,8 @@ def submit(plan: JobPlan, wait: bool = False) -> Launch:
                        for c, u in uploads.items()}
             channels.update({c: u.uri for c, u in uploads.items()})
         s3 = session.boto_session.client("s3")
+        if plan.resume_checkpoints:
+            _check_checkpoints(s3, plan.resume_checkpoints)
         for upload in uploads.values():
             bucket, _, prefix = upload.uri[len("s3://"):].partition("/")
             for path, key in upload.files:
