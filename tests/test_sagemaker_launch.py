@@ -234,62 +234,6 @@ def test_dry_run_prints_the_request_sends_nothing_and_round_trips_to_the_local_r
     assert (job.output_dir, job.checkpoints_path, job.resume) == (str(ml / "model"), ml / "checkpoints", "auto")
 
 
-def fake_sdk_v3(monkeypatch, tmp_path, config):
-    dist_info = tmp_path / "site" / "sagemaker-3.0.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: sagemaker\nVersion: 3.0.0\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    return config
-
-
-def no_credentials(monkeypatch, tmp_path, config):
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    return config
-
-
-def no_region(monkeypatch, tmp_path, config):
-    monkeypatch.delenv("AWS_DEFAULT_REGION")
-    return write_config(tmp_path, "sagemaker.yaml", region=None)
-
-
-@pytest.mark.parametrize("prepare, changes, script_args, message", [
-    (fake_sdk_v3, {}, [], "sagemaker 3.0.0 is installed"),
-    (None, {"ec2_instance_type": "ml.g5.2xlarg"}, [], "(did you mean ml.g5.2xlarge?)"),
-    (None, {"transformers_version": "4.26.0", "pytorch_version": "1.13.1", "py_version": "py39"}, [],
-     "pytorch_version 1.13.1 / py_version py39 cannot run endovit"),
-    (None, {"compute_environment": "LOCAL_MACHINE"}, [], "not AMAZON_SAGEMAKER"),
-    (None, {"additional_args": {"use_spot_instances": True, "max_wait": 90000}}, [], "without checkpoint_s3_uri"),
-    (None, {"additional_args": {"use_spot_instance": True}}, [],
-     "'use_spot_instance' is not a SageMaker estimator argument (did you mean use_spot_instances?)"),
-    (None, {}, ["--batch_sise", "8"], "no flag --batch_sise (did you mean --batch_size?)"),
-    (None, {}, ["--swa"], "--swa has no value"),
-    (None, {}, ["--epochs", "many"], "cannot read 'many' as int"),
-    (None, {}, ["--mask_ratio", "1.5"], "--mask_ratio 1.5: must be strictly between 0 and 1"),
-    (None, {}, ["--output_dir", "outputs/x"], "--output_dir: a SageMaker job sets it"),
-    (no_credentials, {}, [], "no AWS credentials found"),
-    (no_region, {}, [], "no AWS region"),
-    (None, {"additional_args": {"enable_network_isolation": True}}, [],
-     "enable_network_isolation: the job could not pip-install endovit's requirements.txt"),
-    (None, {"image_uri": ISOLATED_IMAGE, "additional_args": {"enable_network_isolation": True}},
-     ["--init_from", "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base_full.pth"],
-     "a job with enable_network_isolation cannot download it; pass a local file or an s3:// URI"),
-    (None, {}, ["--init_from", "weights/missing.pth"], "--init_from weights/missing.pth: no such file"),
-], ids=["sdk-v3", "instance-type", "old-dlc", "local-config", "spot-without-checkpoints", "estimator-arg-typo",
-        "unknown-flag", "bare-flag", "bad-type", "bad-value", "job-folder-flag", "no-credentials", "no-region",
-        "isolated-without-image", "isolated-url-weights", "missing-weights"])
-def test_launch_refuses_bad_setups_with_one_clear_line_and_sends_nothing(
-        offline_aws, sent, launcher, tmp_path, monkeypatch, capsys, prepare, changes, script_args, message):
-    config = write_config(tmp_path, "sagemaker.yaml", **changes)
-    if prepare:
-        config = prepare(monkeypatch, tmp_path, config)
-    rc = launcher(["--config_file", str(config), "scripts/pretrain.py", "--recipe", "demo", *script_args])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert sent == []
-
-
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "launch"])
 @pytest.mark.parametrize("launcher_args, changes, message", [
     (["--job_name", "my_job.1"], {}, "--job_name 'my_job.1' is not a valid SageMaker job name: use at most 63 "

@@ -218,7 +218,7 @@ def job_storage(extra: dict, job_name: str, hyperparameters: dict, config_path: 
         if local != CHECKPOINT_LOCAL_PATH:
             hyperparameters["checkpoint_dir"] = local
     tensorboard = extra.pop("tensorboard_output_config", None)
-    if tensorboard:
+    if tensorboard is not None:
         if not isinstance(tensorboard, dict) or "s3_output_path" not in tensorboard:
             raise LaunchError(f"{config_path}: additional_args tensorboard_output_config needs s3_output_path "
                               "(and optionally container_local_output_path)")

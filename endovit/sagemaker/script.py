@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import urllib.parse
 from collections.abc import Collection, Mapping
 from pathlib import Path
-
-from accelerate.utils.launch import _convert_nargs_to_dict
 
 from endovit.errors import LaunchError, RecipeError, did_you_mean
 from endovit.recipe import Recipe, build_parser, recipe_from_args
@@ -24,6 +23,7 @@ from endovit.sagemaker.job import (
 __all__ = ["INIT_CHANNEL", "to_script_args", "script_hyperparameters", "check_hyperparameters", "init_channel"]
 
 INIT_CHANNEL = "init"  # input channel of a local or s3:// --init_from
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def to_script_args(hyperparameters: Mapping[str, object]) -> list[str]:
@@ -65,17 +65,27 @@ def _secret_url_error(key: str, value: str) -> LaunchError | None:
                        "the job; download the file and pass its local path, or pass its s3:// URI")
 
 
+def _typed(text: str) -> object:
+    """A flag's value as a JSON number or boolean where that reads back as the very same text, else the text: the
+    script receives exactly what was typed (``1e-3``, ``-5``, ``007`` and ``1_0`` stay as they are)."""
+    value: object = text
+    if text in ("True", "False"):
+        value = text == "True"
+    elif NUMBER.fullmatch(text):
+        value = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+    return value if str(value) == text else text
+
+
 def script_hyperparameters(script_args: list[str]) -> tuple[dict, dict[str, str]]:
-    """The script's ``--key value`` flags as hyperparameters (accelerate's conversion); data flags become channels."""
+    """The script's ``--key value`` flags as hyperparameters (numbers typed where exact); data flags become
+    channels."""
     args = _split_flags(script_args)
+    hyperparameters = {}
     for flag, value in zip(args[::2], args[1::2], strict=True):
         error = _secret_url_error(flag[2:], value)
         if error:
             raise error
-    try:
-        hyperparameters = _convert_nargs_to_dict(args)
-    except ValueError as err:
-        raise LaunchError(f"script arguments: {err}") from None
+        hyperparameters[flag[2:].replace("-", "_")] = _typed(value)  # as argparse (and accelerate) name it
     channels = {CHANNELS[key]: str(hyperparameters.pop(key)) for key in list(hyperparameters) if key in CHANNELS}
     for key in JOB_FOLDER_KEYS:
         if key in hyperparameters:
