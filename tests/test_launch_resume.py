@@ -1,0 +1,132 @@
+"""--resume_from_job: a new job continues an earlier job's checkpoints, through a moto S3/SageMaker server and
+simulated jobs (SageMaker syncs /opt/ml/checkpoints with the job's checkpoint_s3_uri)."""
+from __future__ import annotations
+
+import os
+import runpy
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from test_sagemaker_job import REPO, TINY, job_folders, run_job, toolkit_argv
+from test_sagemaker_launch import BUCKET, REGION, write_config
+
+CHECKPOINTS = f"s3://{BUCKET}/endovit/checkpoints"
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    """A moto server (S3, SageMaker, ...) on loopback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch, tmp_path):
+    """Every AWS client pointed at the server (fake credentials, SDK telemetry off); one empty bucket."""
+    for key in list(os.environ):
+        if key.startswith(("AWS_", "SAGEMAKER_")):
+            monkeypatch.delenv(key)
+    sdk_defaults = tmp_path / "sagemaker_defaults.yaml"
+    sdk_defaults.write_text(yaml.safe_dump({"SchemaVersion": "1.0",
+                                            "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}))
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(sdk_defaults))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
+    session = boto3.Session(region_name=REGION)
+    session.client("s3").create_bucket(Bucket=BUCKET)
+    return session
+
+
+def launch(config: Path, *launcher_args: str) -> int:
+    main = runpy.run_path(str(REPO / "scripts" / "launch_sagemaker.py"), run_name="launch_sagemaker")["main"]
+    return main(["--config_file", str(config), *launcher_args, str(REPO / "scripts" / "pretrain.py"), *TINY,
+                 "--train_data", f"s3://{BUCKET}/data/train", "--val_data", f"s3://{BUCKET}/data/val"])
+
+
+def sync_up(s3, folder: Path, uri: str) -> None:
+    """What SageMaker does while a job runs: /opt/ml/checkpoints -> checkpoint_s3_uri."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+def sync_down(s3, uri: str, folder: Path) -> None:
+    """What SageMaker does when a job starts: checkpoint_s3_uri -> /opt/ml/checkpoints."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", []):
+        target = folder / obj["Key"][len(prefix) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, obj["Key"], str(target))
+
+
+def test_new_job_continues_the_checkpoints_of_a_job_that_stopped(aws, tmp_path, capsys):
+    s3, sagemaker = aws.client("s3"), aws.client("sagemaker")
+    config = write_config(tmp_path, "sagemaker.yaml")
+    assert launch(config, "--job_name", "first-job") == 0, capsys.readouterr().err
+    first = sagemaker.describe_training_job(TrainingJobName="first-job")
+    assert first["CheckpointConfig"]["S3Uri"] == f"{CHECKPOINTS}/first-job"
+    ml = tmp_path / "first" / "opt" / "ml"
+    code, env = job_folders(ml)
+    stopped = run_job(code, env, toolkit_argv(first["HyperParameters"]) + ["--stop_at_step", "2"])  # e.g. max_run
+    assert "done at step 2/4" in stopped.stdout
+    sync_up(s3, ml / "checkpoints", first["CheckpointConfig"]["S3Uri"])
+
+    assert launch(config, "--job_name", "second-job", "--resume_from_job", "first-job") == 0
+    err = capsys.readouterr().err
+    assert ("continuing job first-job: resumes from the newest complete checkpoint under "
+            f"{CHECKPOINTS}/first-job/") in err
+    second = sagemaker.describe_training_job(TrainingJobName="second-job")
+    assert second["CheckpointConfig"] == {"S3Uri": f"{CHECKPOINTS}/first-job", "LocalPath": "/opt/ml/checkpoints"}
+    ml = tmp_path / "second" / "opt" / "ml"
+    code, env = job_folders(ml)
+    sync_down(s3, second["CheckpointConfig"]["S3Uri"], ml / "checkpoints")
+    resumed = run_job(code, env, toolkit_argv(second["HyperParameters"]))
+    assert f"resumed from {ml / 'checkpoints' / 'step_00000002'} at step 2" in resumed.stdout
+    assert "done at step 4/4" in resumed.stdout
+
+
+@pytest.mark.parametrize("synced", [[], ["step_00000002/model.safetensors"]], ids=["nothing", "no-manifest"])
+def test_continuing_a_job_without_a_complete_checkpoint_is_refused_before_upload(aws, tmp_path, capsys, synced):
+    s3 = aws.client("s3")
+    for key in synced:
+        s3.put_object(Bucket=BUCKET, Key=f"endovit/checkpoints/old-job/{key}", Body=b"partial")
+    config = write_config(tmp_path, "sagemaker.yaml")
+    assert launch(config, "--job_name", "new-job", "--resume_from_job", "old-job") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"error: --resume_from_job old-job: no complete checkpoint under {CHECKPOINTS}/old-job/ (no "
+        "step_NNNNNNNN/endovit_checkpoint.json); check the job name and the config's checkpoint_s3_uri (a job that "
+        "itself continued another writes to that job's prefix)")
+    assert aws.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+    keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert keys == [f"endovit/checkpoints/old-job/{key}" for key in synced]
