@@ -13,6 +13,7 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list, gather_object
 
 from endovit.errors import CheckpointError
+from endovit.hub import write_guard_config
 from endovit.io import atomic_write_text
 
 __all__ = [
@@ -174,6 +175,7 @@ def checkpoint_storage_shared(accelerator, root: str | os.PathLike) -> bool:
 
 
 def _seal(tmp: Path, final: Path, root: Path, keep: int, run: dict) -> None:
+    write_guard_config(tmp)  # transformers/timm pointed at step_N fail clearly instead of loading random weights
     _write_manifest(tmp, run)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -184,7 +186,8 @@ def _seal(tmp: Path, final: Path, root: Path, keep: int, run: dict) -> None:
 # safetensors). Anything else, above all accelerate's custom_checkpoint_N.pkl (read with weights_only=False), is
 # refused rather than loaded.
 ALLOWED_FILES = re.compile(r"^(model(_\d+)?\.safetensors|optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt"
-                           r"|progress\.json|swa_model\.safetensors|" + re.escape(CHECKPOINT_MANIFEST) + r")$")
+                           r"|progress\.json|swa_model\.safetensors|config\.json|"
+                           + re.escape(CHECKPOINT_MANIFEST) + r")$")
 REQUIRED_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl", TrainProgress.FILE)
 
 

@@ -209,6 +209,9 @@ def _train_steps(run, stop: StopRequest) -> int:
             # validate (best/ follows the validation loss)
             if run.val_loader is not None and (step % recipe.val_every_steps == 0 or step == schedule.total_steps):
                 saver.after_validation(step, validate_run(run, step, bar.write))
+            # probe the encoder on labelled frames (every process takes part)
+            if run.probe is not None and (step % recipe.probe_every_steps == 0 or step == schedule.total_steps):
+                _log_probe(run, step, bar)
             # stop or save: a requested stop is agreed at log steps (every step on one process)
             stopped = (log_due or accelerator.num_processes == 1) and stop.agreed(accelerator)
             if step % recipe.save_every_steps == 0 or step == schedule.last_step or stopped:
@@ -233,6 +236,15 @@ def _log_train(run, window: LogWindow, step: int, bar) -> None:
         extra = "".join(f" {key[6:]}={metrics[key]:.3g}" for key in shown if key in metrics)
         bar.write(f"step={step} epoch={step / run.schedule.steps_per_epoch:.3f} loss={metrics['train/loss']:.5f} "
                   f"lr={metrics['train/lr']:.4e} images_per_sec={metrics['train/images_per_sec']:.1f}{extra}")
+
+
+def _log_probe(run, step: int, bar) -> None:
+    """Probe metrics to the trackers and as one ``step=`` line (per-class APs to the trackers only)."""
+    metrics = run.probe.evaluate(run.mae)
+    run.accelerator.log(metrics, step=step)
+    if run.accelerator.is_main_process:
+        bar.write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.4f}" for k, v in metrics.items()
+                                             if "/ap/" not in k))
 
 
 def validate_run(run, step: int, write) -> float:

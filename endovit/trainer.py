@@ -32,9 +32,10 @@ from endovit.hardware import Resolved, apply_tf32, compile_threads, measured_cpu
 from endovit.io import atomic_write_text
 from endovit.models.mae import MaskedAutoencoderViT, create_mae
 from endovit.optim import build_optimizer, lr_at_step, param_groups
+from endovit.probes import Probe, ProbeSettings, build_probe
 from endovit.recipe import Recipe
 from endovit.saver import Saver
-from endovit.weights import load_pretrained
+from endovit.weights import load_pretrained, redact_url
 
 __all__ = ["Schedule", "Run", "load_data", "process_state", "build_run", "start_logging"]
 
@@ -87,6 +88,7 @@ class Run:
     pictures: tuple | None = None
     compile_seconds: float = 0.0
     saver: Saver | None = None
+    probe: Probe | None = None  # frozen-feature probe on labelled frames, when the recipe has probe_data
     started: float = dataclasses.field(default_factory=time.perf_counter)  # when build_run began
     graphs_after_trial: int = 0  # torch.compile graphs built by the compile trial; more later = recompiles
 
@@ -103,7 +105,8 @@ def load_data(recipe: Recipe, log=print) -> RunData:
     """The recipe's training and validation frames (``endovit.data.load_run_data``)."""
     return load_run_data(recipe.train_data, recipe.val_data, train_sources=recipe.train_sources,
                          val_sources=recipe.val_sources, source_weights=recipe.source_weights,
-                         stats_from_data=recipe.stats_from_data, log=log)
+                         stats_from_data=recipe.stats_from_data, train_split=recipe.train_split,
+                         val_split=recipe.val_split, log=log)
 
 
 def process_state(recipe: Recipe) -> PartialState:
@@ -160,7 +163,7 @@ def _model(recipe: Recipe, accelerator: Accelerator) -> MaskedAutoencoderViT:
     mae = create_mae(recipe.model, img_size=tuple(recipe.img_size), norm_pix_loss=recipe.norm_pix_loss)
     if recipe.init_from:
         with accelerator.local_main_process_first():
-            load_pretrained(mae, recipe.init_from)
+            load_pretrained(mae, recipe.init_from, log=accelerator.print)
     mae.set_grad_checkpointing(recipe.grad_checkpointing)
     return mae
 
@@ -212,16 +215,21 @@ def build_run(recipe: Recipe) -> Run:
         check_resumable(resume_from, run.saver.run_signature)
         run.saver.resume(resume_from)
         accelerator.print(f"resumed from {resume_from} at step {run.saver.progress.step}")
+    if recipe.probe_data:
+        run.probe = build_probe(ProbeSettings.from_recipe(recipe), recipe.img_size, recipe.mean, recipe.std,
+                                accelerator)
     run.pictures = picture_batch(data.val if data.val is not None else data.train, recipe.num_recon_images,
                                  recipe.img_size, recipe.mean, recipe.std, recipe.seed, mae.num_patches, device)
     return run
 
 
 def start_logging(run: Run) -> None:
-    """Write ``config.yaml`` beside the run's outputs and open the trackers with the recipe as hyperparameters."""
+    """Write ``config.yaml`` beside the run's outputs and open the trackers with the recipe as hyperparameters
+    (URL credentials and query tokens removed)."""
     recipe, accelerator = run.recipe, run.accelerator
+    settings = {k: redact_url(v) if isinstance(v, str) else v for k, v in recipe.to_dict().items()}
     if accelerator.is_main_process:
-        atomic_write_text(recipe.output_path / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        atomic_write_text(recipe.output_path / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
     if run.settings.trackers:
         accelerator.init_trackers(recipe.logging_path.name, config={
-            k: str(v) if isinstance(v, (list, type(None))) else v for k, v in recipe.to_dict().items()})
+            k: str(v) if isinstance(v, (list, type(None))) else v for k, v in settings.items()})

@@ -45,7 +45,9 @@ def pretrain(recipe: Recipe) -> None:
         out = recipe.output_path
         lines = [f"done at step {step}/{schedule.total_steps}.",
                  f"  weights:        {out / 'model.safetensors'} (full MAE), {out / 'encoder.safetensors'} "
-                 f"(timm {TIMM_ENCODERS[recipe.model]})"]
+                 f"(timm {TIMM_ENCODERS[recipe.model]})",
+                 f"  fine-tune:      timm.create_model('local-dir:{out / 'timm'}', pretrained=True); "
+                 f"transformers: from_pretrained('{out}')"]
         if written["best"]:
             lines.append(f"  best by val:    {written['best']}")
         if written["swa"]:
