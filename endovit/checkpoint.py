@@ -29,39 +29,52 @@ __all__ = [
     "save_training_state",
     "load_training_state",
     "checkpoint_storage_shared",
+    "node_manifest",
     "resolve_resume",
 ]
 
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_MANIFEST = "endovit_checkpoint.json"
+MANIFEST_REQUIRES = ("model.safetensors", "random_states_")  # a manifest without these describes no checkpoint
+
+
+def node_manifest(accelerator, storage_shared: bool) -> str:
+    """The manifest this process's machine seals and trusts: the main one on shared storage; on node-local
+    storage each machine's own (``endovit_checkpoint.rankR.json``, R its first process), so machines syncing
+    into one S3 prefix never overwrite each other's file lists."""
+    first = accelerator.process_index - accelerator.local_process_index
+    return CHECKPOINT_MANIFEST if storage_shared or first == 0 else f"endovit_checkpoint.rank{first}.json"
 
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
-def _write_manifest(folder: Path, run: dict) -> None:
-    """Record every file's size and the run's signature; written last, so a matching manifest means a whole folder."""
-    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
-    atomic_write_text(folder / CHECKPOINT_MANIFEST, json.dumps({"files": sizes, "run": run}, indent=1) + "\n")
+def _write_manifest(folder: Path, run: dict, manifest: str) -> None:
+    """Record every file's size and the run's signature; written last, so a matching manifest means a whole folder
+    (other machines' manifests are not part of this one's)."""
+    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())
+             if p.is_file() and not p.name.startswith("endovit_checkpoint")}
+    atomic_write_text(folder / manifest, json.dumps({"files": sizes, "run": run}, indent=1) + "\n")
 
 
-def is_complete_checkpoint(folder: Path) -> bool:
+def is_complete_checkpoint(folder: Path, manifest: str = CHECKPOINT_MANIFEST) -> bool:
     """True when the manifest exists and every file it lists has its recorded size.
 
     Guards against folders that were only partly copied back, e.g. restored from S3 after a spot
     interruption cut their upload short.
     """
     try:
-        sizes = json.loads((folder / CHECKPOINT_MANIFEST).read_text())["files"]
-        return all((folder / name).stat().st_size == size for name, size in sizes.items())
+        sizes = json.loads((folder / manifest).read_text())["files"]
+        has_state = all(any(name.startswith(required) for name in sizes) for required in MANIFEST_REQUIRES)
+        return has_state and all((folder / name).stat().st_size == size for name, size in sizes.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
-def check_resumable(folder: Path, run: dict) -> None:
+def check_resumable(folder: Path, run: dict, manifest: str = CHECKPOINT_MANIFEST) -> None:
     """Refuse to resume a checkpoint written by a run that differs in what resuming depends on."""
-    saved = json.loads((folder / CHECKPOINT_MANIFEST).read_text())["run"]
+    saved = json.loads((folder / manifest).read_text())["run"]
     changed = [f"{key}: {saved.get(key)!r} then, {value!r} now"
                for key, value in run.items() if saved.get(key) != value]
     if changed:
@@ -69,25 +82,25 @@ def check_resumable(folder: Path, run: dict) -> None:
                               "settings or start a new --output_dir")
 
 
-def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
+def checkpoint_dirs(root: str | os.PathLike, manifest: str = CHECKPOINT_MANIFEST) -> list[Path]:
     """Complete checkpoint folders under ``root``, oldest first (temporary or partial folders are ignored)."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir()
-             if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name) and is_complete_checkpoint(p)]
+             if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name) and is_complete_checkpoint(p, manifest)]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    dirs = checkpoint_dirs(root)
+def latest_checkpoint(root: str | os.PathLike, manifest: str = CHECKPOINT_MANIFEST) -> Path | None:
+    dirs = checkpoint_dirs(root, manifest)
     return dirs[-1] if dirs else None
 
 
-def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
+def prune_checkpoints(root: str | os.PathLike, keep: int, manifest: str = CHECKPOINT_MANIFEST) -> None:
     """Delete all but the newest ``keep`` checkpoints, and leftovers of interrupted saves."""
     root = Path(root)
-    for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
+    for old in checkpoint_dirs(root, manifest)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for leftover in root.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -122,7 +135,7 @@ class TrainProgress:
 
 
 def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: int, run: dict,
-                        write_extra: Callable[[Path], None] | None = None) -> Path:
+                        write_extra: Callable[[Path], None] | None = None, storage_shared: bool = True) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename it complete; keep the newest ``keep``.
 
     Every process writes its own RNG state, so all of them call this. A process killed mid-save
@@ -143,12 +156,12 @@ def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: i
     if accelerator.is_main_process:
         if write_extra is not None:
             write_extra(tmp)
-        _seal(tmp, final, root, keep, run)
+        _seal(tmp, final, root, keep, run, CHECKPOINT_MANIFEST)
     accelerator.wait_for_everyone()
-    if accelerator.is_local_main_process and not accelerator.is_main_process and tmp.is_dir():
+    if accelerator.is_local_main_process and not accelerator.is_main_process and not storage_shared:
         if write_extra is not None:
             write_extra(tmp)
-        _seal(tmp, final, root, keep, run)
+        _seal(tmp, final, root, keep, run, node_manifest(accelerator, storage_shared))
     accelerator.wait_for_everyone()
     return final
 
@@ -174,21 +187,20 @@ def checkpoint_storage_shared(accelerator, root: str | os.PathLike) -> bool:
     return all(seen)
 
 
-def _seal(tmp: Path, final: Path, root: Path, keep: int, run: dict) -> None:
+def _seal(tmp: Path, final: Path, root: Path, keep: int, run: dict, manifest: str) -> None:
     write_guard_config(tmp)  # transformers/timm pointed at step_N fail clearly instead of loading random weights
-    _write_manifest(tmp, run)
+    _write_manifest(tmp, run, manifest)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    prune_checkpoints(root, keep)
+    prune_checkpoints(root, keep, manifest)
 
 
 # What a training checkpoint may hold: accelerate's files (all read with weights_only=True) and ours (JSON and
 # safetensors). Anything else, above all accelerate's custom_checkpoint_N.pkl (read with weights_only=False), is
 # refused rather than loaded.
 ALLOWED_FILES = re.compile(r"^(model(_\d+)?\.safetensors|optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt"
-                           r"|progress\.json|swa_model\.safetensors|config\.json|"
-                           + re.escape(CHECKPOINT_MANIFEST) + r")$")
-REQUIRED_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl", TrainProgress.FILE)
+                           r"|progress\.json|swa_model\.safetensors|config\.json|endovit_checkpoint(\.rank\d+)?\.json)$")
+REQUIRED_FILES = ("model.safetensors", "optimizer.bin", TrainProgress.FILE)
 
 
 def load_training_state(accelerator, folder: Path, progress: TrainProgress) -> None:
@@ -199,7 +211,7 @@ def load_training_state(accelerator, folder: Path, progress: TrainProgress) -> N
     if unexpected:
         raise CheckpointError(f"{folder} holds {unexpected[0]}, which an endovit checkpoint never has (and which "
                               "could run code when loaded); resume from a checkpoint this project wrote")
-    missing = [n for n in REQUIRED_FILES if n not in names]
+    missing = [n for n in (*REQUIRED_FILES, f"random_states_{accelerator.process_index}.pkl") if n not in names]
     if missing:
         raise CheckpointError(f"{folder} lacks {missing[0]}; resume from a complete checkpoint")
     try:
@@ -210,14 +222,14 @@ def load_training_state(accelerator, folder: Path, progress: TrainProgress) -> N
     progress.load(folder)
 
 
-def resolve_resume(resume: str, root: str | os.PathLike) -> Path | None:
+def resolve_resume(resume: str, root: str | os.PathLike, manifest: str = CHECKPOINT_MANIFEST) -> Path | None:
     """``none`` -> None; ``auto`` -> newest complete checkpoint under ``root`` (or None); else that folder."""
     if resume == "none":
         return None
     if resume == "auto":
-        return latest_checkpoint(root)
+        return latest_checkpoint(root, manifest)
     path = Path(resume)
-    if not is_complete_checkpoint(path):
+    if not is_complete_checkpoint(path, manifest):
         raise CheckpointError(f"--resume {resume}: not a complete checkpoint folder (no {CHECKPOINT_MANIFEST} "
                               "matching its files); use --resume auto to take the newest complete one")
     return path

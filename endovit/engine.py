@@ -4,7 +4,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import sys
 import time
 import warnings
 
@@ -130,10 +133,35 @@ class LogWindow:
 
 
 class StopRequest:
-    """Set by a signal handler; ``agreed`` tells every process to stop at the same step."""
+    """A polite stop (SIGTERM from SageMaker, spot or ``kill``; SIGINT from Ctrl-C) seen by ``installed``'s
+    handlers; ``agreed`` tells every process to stop at the same step. Later signals change nothing: the save
+    in progress finishes (every write is atomic, so even a SIGKILL leaves the last complete checkpoint)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.signal: int | None = None
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.signal is None:
+            self.signal = signum
+            print(f"{signal.Signals(signum).name}: stopping after this step, then saving", file=sys.stderr,
+                  flush=True)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Catch SIGTERM and SIGINT inside the block (instead of dying or raising KeyboardInterrupt)."""
+        previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by the signal: 143 for SIGTERM, 130 for SIGINT."""
+        return 128 + int(self.signal or 0)
 
     def agreed(self, accelerator) -> bool:
         """True on every process when any process was asked to stop (a collective when distributed)."""

@@ -7,11 +7,20 @@ import shutil
 import time
 from pathlib import Path
 
+from accelerate.utils import gather_object
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from endovit.checkpoint import TrainProgress, load_training_state, save_training_state
+from endovit.checkpoint import (
+    TrainProgress,
+    check_resumable,
+    checkpoint_dirs,
+    load_training_state,
+    node_manifest,
+    resolve_resume,
+    save_training_state,
+)
 from endovit.evaluation import reconstruction_grid
 from endovit.io import atomic_path
 from endovit.weights import export_info, export_model
@@ -35,13 +44,26 @@ class Saver:
         self.out_dir = Path(self.recipe.output_dir)
         self.checkpoints_dir = self.recipe.checkpoints_path
         self.run_signature = run_signature
+        self.storage_shared = not self.accelerator.project_configuration.save_on_each_node
+        self.manifest = node_manifest(self.accelerator, self.storage_shared)
         self.progress = TrainProgress()
         self.last_val_loss: float | None = None
 
     # --- training state -------------------------------------------------------------------------------------
 
+    def resume_from(self, resume: str) -> Path | None:
+        """The checkpoint to continue from (``--resume``: none, auto or a folder), the same on every machine:
+        with ``auto``, the newest step complete on all of them."""
+        folder = resolve_resume(resume, self.checkpoints_dir, self.manifest)
+        if resume != "auto" or self.accelerator.num_processes == 1:
+            return folder
+        steps = [{p.name for p in checkpoint_dirs(self.checkpoints_dir, self.manifest)}]
+        common = set.intersection(*gather_object(steps))
+        return self.checkpoints_dir / max(common) if common else None
+
     def resume(self, folder: Path) -> None:
         """Load a checkpoint folder: accelerate's state, our counters, the SWA weights; put ``best/`` back."""
+        check_resumable(folder, self.run_signature, self.manifest)
         load_training_state(self.accelerator, folder, self.progress)
         swa_model = self.run.swa_model
         if swa_model is not None:
@@ -53,7 +75,7 @@ class Saver:
         """A complete checkpoint of ``step`` (every process takes part); logs how long saving took."""
         start = time.perf_counter()
         folder = save_training_state(self.accelerator, self.checkpoints_dir, step, self.recipe.keep_checkpoints,
-                                     self.run_signature, self._write_extra)
+                                     self.run_signature, self._write_extra, self.storage_shared)
         seconds = time.perf_counter() - start
         self.accelerator.log({"train/checkpoint_seconds": seconds}, step=step)
         if self.accelerator.is_main_process:
@@ -85,12 +107,7 @@ class Saver:
         if not kept.is_dir() or kept.resolve() == (self.out_dir / "best").resolve():
             return
         with atomic_path(self.out_dir / "best") as tmp:
-            tmp.mkdir()
-            for source in kept.iterdir():
-                try:
-                    os.link(source, tmp / source.name)
-                except OSError:
-                    shutil.copy2(source, tmp / source.name)
+            shutil.copytree(kept, tmp, copy_function=_link_or_copy)
 
     def finish(self, step: int, val_loss: float | None) -> dict[str, Path | None]:
         """Final weights (and SWA's) into the output folder; returns what exists, by name."""
@@ -120,3 +137,11 @@ class Saver:
         with atomic_path(path) as tmp:
             Image.fromarray(grid).save(tmp, format="PNG")
         return path
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link (no extra disk) where the file system allows one, else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

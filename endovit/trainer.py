@@ -20,9 +20,10 @@ from accelerate.utils import (
     broadcast_object_list,
     set_seed,
 )
+from filelock import FileLock, Timeout
 from torch.optim.swa_utils import AveragedModel
 
-from endovit.checkpoint import check_resumable, checkpoint_storage_shared, latest_checkpoint, resolve_resume
+from endovit.checkpoint import checkpoint_storage_shared, latest_checkpoint
 from endovit.data import build_train_loader, build_val_loader
 from endovit.data.sources import RunData, load_run_data
 from endovit.engine import compile_model, compile_trial, compiled_graphs, sdpa_active
@@ -91,6 +92,7 @@ class Run:
     probe: Probe | None = None  # frozen-feature probe on labelled frames, when the recipe has probe_data
     started: float = dataclasses.field(default_factory=time.perf_counter)  # when build_run began
     graphs_after_trial: int = 0  # torch.compile graphs built by the compile trial; more later = recompiles
+    lock: FileLock | None = None  # held on the output folder for the run's lifetime (main process)
 
     def summary(self) -> str:
         r, a = self.recipe, self.accelerator
@@ -159,6 +161,24 @@ def _local_processes(process: PartialState) -> int:
     return max(1, min(process.num_processes, torch.accelerator.device_count()))
 
 
+def _lock_output(recipe: Recipe, accelerator: Accelerator) -> FileLock | None:
+    """Hold ``<output_dir>/.endovit.lock`` for the run's lifetime, so a second run on the same folder stops before
+    it writes anything (the OS releases the lock when the process ends, however it ends)."""
+    lock = None
+    taken = [True]
+    if accelerator.is_main_process:
+        recipe.output_path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(recipe.output_path / ".endovit.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            taken = [False]
+    if not broadcast_object_list(taken)[0]:
+        raise RecipeError(f"--output_dir {recipe.output_dir} is in use by another run (it holds "
+                          f"{recipe.output_path / '.endovit.lock'}); wait for it to end or choose another --output_dir")
+    return lock
+
+
 def _model(recipe: Recipe, accelerator: Accelerator) -> MaskedAutoencoderViT:
     mae = create_mae(recipe.model, img_size=tuple(recipe.img_size), norm_pix_loss=recipe.norm_pix_loss)
     if recipe.init_from:
@@ -174,10 +194,6 @@ def build_run(recipe: Recipe) -> Run:
     accelerator, settings = _accelerator(recipe)
     set_seed(recipe.seed)
     micro_batch = recipe.micro_batch_size(accelerator.num_processes)
-    resume_from = resolve_resume(recipe.resume, recipe.checkpoints_path)
-    if recipe.resume == "none" and latest_checkpoint(recipe.checkpoints_path):
-        raise RecipeError(f"--checkpoint_dir {recipe.checkpoints_path} already holds checkpoints; pass --resume auto "
-                          "to continue or choose another --output_dir")
     # data: the recipe's frames; stored stats replace mean/std in a new recipe (the parsed one never changes)
     data = load_data(recipe, accelerator.print)
     if data.stats:
@@ -185,6 +201,11 @@ def build_run(recipe: Recipe) -> Run:
     if len(data.train) < micro_batch * accelerator.num_processes * recipe.grad_accum_steps:
         raise DataError(f"--train_data {recipe.train_data} has {len(data.train)} frames, fewer than one batch of "
                         f"{recipe.batch_size}; lower --batch_size or add frames")
+    # the output folder: ours alone from here on, and no other run's checkpoints in it unless we resume
+    lock = _lock_output(recipe, accelerator)
+    if recipe.resume == "none" and latest_checkpoint(recipe.checkpoints_path):
+        raise RecipeError(f"--checkpoint_dir {recipe.checkpoints_path} already holds checkpoints; pass --resume auto "
+                          "to continue or choose another --output_dir")
     # model, optimizer, loaders, wrapped by accelerate; compiled where that is fast
     mae = _model(recipe, accelerator)
     optimizer = build_optimizer(param_groups(mae, recipe.weight_decay, recipe.layer_decay), recipe.peak_lr,
@@ -207,12 +228,12 @@ def build_run(recipe: Recipe) -> Run:
               mean=torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1),
               std=torch.tensor(recipe.std, device=device).view(1, -1, 1, 1),
               swa_model=AveragedModel(mae) if recipe.swa else None, compile_seconds=compile_seconds, started=started,
-              graphs_after_trial=compiled_graphs())
+              graphs_after_trial=compiled_graphs(), lock=lock)
     run.saver = Saver(run, {"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa,
                             "seed": recipe.seed, "processes": accelerator.num_processes,
                             "steps_per_epoch": schedule.steps_per_epoch})
+    resume_from = run.saver.resume_from(recipe.resume)
     if resume_from is not None:
-        check_resumable(resume_from, run.saver.run_signature)
         run.saver.resume(resume_from)
         accelerator.print(f"resumed from {resume_from} at step {run.saver.progress.step}")
     if recipe.probe_data:

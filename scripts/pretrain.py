@@ -13,29 +13,31 @@ import sys
 
 from tqdm.auto import tqdm
 
-from endovit.engine import compiled_graphs, train
+from endovit.checkpoint import checkpoint_name
+from endovit.engine import StopRequest, compiled_graphs, train
 from endovit.errors import EndovitError
 from endovit.models.mae import TIMM_ENCODERS
 from endovit.recipe import Recipe, parse_recipe
 from endovit.trainer import build_run, start_logging
 
 
-def pretrain(recipe: Recipe) -> None:
-    """Set the run up, train it to its last step, export the weights and say where everything went."""
+def pretrain(recipe: Recipe, stop: StopRequest) -> int:
+    """Set the run up, train it to its last step (or until ``stop``), export the weights and say where everything
+    went; returns the exit code (0, or 130/143 when a signal stopped the run)."""
     run = build_run(recipe)
     recipe, accelerator, schedule = run.recipe, run.accelerator, run.schedule
     if run.saver.progress.step >= schedule.last_step:
         accelerator.print(f"nothing to do: {recipe.checkpoints_path} is already at step {run.saver.progress.step}; "
                           f"the weights are in {recipe.output_dir}")
         accelerator.end_training()
-        return
+        return 0
     if recipe.swa and recipe.swa_start_epoch >= recipe.epochs:
         accelerator.print(f"note: --swa_start_epoch {recipe.swa_start_epoch} is not before --epochs {recipe.epochs}: "
                           "no weights get averaged and no swa/ is written")
     start_logging(run)
     accelerator.print(run.summary())
 
-    step = train(run)
+    step = train(run, stop)
 
     if run.compile_seconds:
         accelerator.print(f"torch.compile: {compiled_graphs() - run.graphs_after_trial} recompile(s) after the trial")
@@ -43,7 +45,9 @@ def pretrain(recipe: Recipe) -> None:
     written = run.saver.finish(step, run.saver.last_val_loss)
     if accelerator.is_main_process:
         out = recipe.output_path
-        lines = [f"done at step {step}/{schedule.total_steps}.",
+        lines = [f"interrupted at step {step}/{schedule.total_steps}: checkpoint "
+                 f"{recipe.checkpoints_path / checkpoint_name(step)}, continue with --resume auto." if stop.signal
+                 else f"done at step {step}/{schedule.total_steps}.",
                  f"  weights:        {out / 'model.safetensors'} (full MAE), {out / 'encoder.safetensors'} "
                  f"(timm {TIMM_ENCODERS[recipe.model]})",
                  f"  fine-tune:      timm.create_model('local-dir:{out / 'timm'}', pretrained=True); "
@@ -55,19 +59,21 @@ def pretrain(recipe: Recipe) -> None:
         lines += [f"  checkpoints:    {recipe.checkpoints_path} (resume with --resume auto)",
                   f"  tensorboard:    tensorboard --logdir {recipe.logging_path}",
                   f"  reconstruction: {written['picture'] or 'off (--num_recon_images 0)'}"]
-        print("\n".join(lines))
+        print("\n".join(lines), flush=True)
     accelerator.end_training()
+    return stop.exit_code if stop.signal else 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop = StopRequest()
     try:
-        pretrain(parse_recipe(argv))
+        with stop.installed():
+            return pretrain(parse_recipe(argv), stop)
     except (EndovitError, FloatingPointError) as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
         last = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else type(err).__name__
         tqdm.write(f"error: {last}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

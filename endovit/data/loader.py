@@ -8,6 +8,9 @@ changed in the main process).
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import signal
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,10 +56,29 @@ class TrainFrames(Dataset):
         return self.__getitems__([key])[0]
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves (a Ctrl-C or a
+    ``kill`` of the process group reaches them too; a worker that died of it would turn a clean stop into a
+    crash, and with several processes into a hang)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@atexit.register
+def _end_workers_at_exit() -> None:
+    """Workers ignore SIGTERM, which is how multiprocessing ends daemon processes at exit: end them here
+    (registered after multiprocessing's own exit hook, so it runs first). torch's SIGCHLD handler, which would
+    report each ended worker as a failure, is switched off first."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
 def _loader_options(num_workers: int) -> dict:
     options = {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
     if num_workers > 0:
-        options.update(persistent_workers=True, prefetch_factor=2)
+        options.update(persistent_workers=True, prefetch_factor=2, worker_init_fn=_ignore_stop_signals)
     return options
 
 

@@ -1,0 +1,139 @@
+"""A polite stop loses nothing: SIGTERM (SageMaker's stop, spot interruption, max_run) and SIGINT (Ctrl-C) finish
+the step in flight, save a complete checkpoint at that step, export the weights and exit 143/130 without a
+traceback; the continued run ends where an unbroken one does. And one output folder serves one run at a time."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from conftest import REPO, TINY_TRAINING, run_script, script_env
+from filelock import FileLock
+from safetensors.torch import load_file
+
+from endovit.checkpoint import checkpoint_dirs
+
+COMMON = [*TINY_TRAINING, "--batch_size", "4", "--epochs", "30", "--warmup_epochs", "1", "--num_workers", "2",
+          "--log_every_steps", "1", "--save_every_steps", "1000", "--val_every_steps", "1000", "--swa", "false"]
+
+
+def run_until_signalled(cmd: list[str], signum: int, after_step: int, env: dict | None = None,
+                        timeout: float = 240) -> tuple[int, str, str]:
+    """Start ``cmd`` in its own process group, send ``signum`` to the whole group once a ``step=N`` line with
+    N >= ``after_step`` appears; returns (exit code, stdout, stderr)."""
+    env = dict(env or script_env(), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines, signalled = [], threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            steps = [int(n) for n in re.findall(r"step=(\d+) ", line)]
+            if steps and max(steps) >= after_step and not signalled.is_set():
+                signalled.set()
+                os.killpg(process.pid, signum)
+
+    errors: list[str] = []
+    readers = [threading.Thread(target=read), threading.Thread(target=lambda: errors.extend(process.stderr))]
+    for reader in readers:
+        reader.start()
+    start = time.monotonic()
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    for reader in readers:
+        reader.join()
+    stderr = "".join(errors)
+    assert signalled.is_set(), "".join(lines) + stderr
+    assert time.monotonic() - start < timeout
+    return process.returncode, "".join(lines), stderr
+
+
+def interrupted_step(stdout: str) -> int:
+    return int(re.search(r"interrupted at step (\d+)/", stdout).group(1))
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory, frames_dir):
+    out = tmp_path_factory.mktemp("unbroken")
+    run_script("scripts/pretrain.py", *COMMON, "--train_data", str(frames_dir), "--output_dir", str(out))
+    return out
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_the_step_it_reached_and_resumes_exactly(tmp_path, frames_dir, unbroken, signum, code):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "scripts/pretrain.py", *COMMON, "--train_data", str(frames_dir), "--output_dir", str(out)]
+    returncode, stdout, stderr = run_until_signalled(cmd, signum, after_step=3)
+    assert returncode == code, stdout + stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    step = interrupted_step(stdout)
+    assert 3 <= step < 120
+    assert [p.name for p in checkpoint_dirs(out / "checkpoints")] == [f"step_{step:08d}"]
+    assert (out / "model.safetensors").is_file() and (out / "encoder.safetensors").is_file()
+    if signum == signal.SIGTERM:
+        resumed = run_script("scripts/pretrain.py", *COMMON, "--train_data", str(frames_dir), "--output_dir",
+                             str(out), "--resume", "auto")
+        assert f"at step {step}" in resumed.stdout and "done at step 120/120" in resumed.stdout
+        expected, got = load_file(unbroken / "model.safetensors"), load_file(out / "model.safetensors")
+        assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_two_processes_stop_at_the_same_step(tmp_path, frames_dir):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+           "scripts/pretrain.py", *COMMON, "--batch_size", "8", "--train_data", str(frames_dir),
+           "--output_dir", str(out)]
+    returncode, stdout, stderr = run_until_signalled(cmd, signal.SIGTERM, after_step=2)
+    assert "2 process(es)" in stdout, stdout + stderr
+    step = interrupted_step(stdout)
+    folder = out / "checkpoints" / f"step_{step:08d}"
+    assert [p.name for p in checkpoint_dirs(out / "checkpoints")] == [folder.name], stdout + stderr
+    assert (folder / "random_states_0.pkl").is_file() and (folder / "random_states_1.pkl").is_file()
+    assert not re.search(r"File \".*endovit", stderr), stderr
+    resumed = run_script("scripts/pretrain.py", *COMMON, "--batch_size", "8", "--train_data", str(frames_dir),
+                         "--output_dir", str(out), "--resume", "auto", "--stop_at_step", str(step + 1),
+                         launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                   "--master_port", "29562"))
+    assert f"at step {step}" in resumed.stdout and f"done at step {step + 1}/" in resumed.stdout
+
+
+def test_sagemaker_stop_leaves_the_model_and_a_spot_restart_brings_best_back(tmp_path, frames_dir, val_frames_dir):
+    ml = tmp_path / "opt_ml"
+    env = dict(script_env(), SM_MODEL_DIR=str(ml / "model"), SM_OUTPUT_DIR=str(ml / "output"),
+               SM_CHANNEL_TRAIN=str(frames_dir), SM_CHANNEL_VALIDATION=str(val_frames_dir))
+    flags = [*COMMON, "--val_every_steps", "2"]
+    cmd = [sys.executable, "scripts/pretrain.py", *flags]
+    returncode, stdout, stderr = run_until_signalled(cmd, signal.SIGTERM, after_step=4, env=env)
+    assert returncode == 143, stdout + stderr
+    step = interrupted_step(stdout)
+    for name in ("model.safetensors", "encoder.safetensors", "endovit_config.json", "best/model.safetensors"):
+        assert (ml / "model" / name).is_file(), name
+    best = load_file(ml / "model" / "best" / "model.safetensors")
+    shutil.rmtree(ml / "model")  # a restarted spot instance starts with an empty /opt/ml/model
+    result = subprocess.run([sys.executable, "scripts/pretrain.py", *COMMON, "--stop_at_step", str(step + 1)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and f"at step {step}" in result.stdout, result.stdout + result.stderr
+    restored = load_file(ml / "model" / "best" / "model.safetensors")
+    assert all(torch.equal(best[k], restored[k]) for k in best)
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, frames_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    with FileLock(str(out / ".endovit.lock")):
+        result = run_script("scripts/pretrain.py", *COMMON, "--train_data", str(frames_dir), "--output_dir",
+                            str(out), check=False)
+    assert result.returncode == 2
+    assert f"error: --output_dir {out} is in use by another run" in result.stderr
+    assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()
