@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils.other import load as load_weights_only
 
 from endovit.errors import CheckpointError
 from endovit.hub import write_guard_config
@@ -205,16 +206,19 @@ REQUIRED_FILES = ("model.safetensors", "optimizer.bin", TrainProgress.FILE)
 
 def load_training_state(accelerator, folder: Path, progress: TrainProgress) -> None:
     """``accelerator.load_state`` plus our progress counters, after checking that the folder holds only files
-    that load without unpickling code."""
+    that load without unpickling code. This process's RNG file is read first on its own: accelerate would
+    skip one it cannot read with a log line, and the run would silently stop being reproducible."""
     names = sorted(p.name for p in Path(folder).iterdir())
     unexpected = [n for n in names if not ALLOWED_FILES.match(n)]
     if unexpected:
         raise CheckpointError(f"{folder} holds {unexpected[0]}, which an endovit checkpoint never has (and which "
                               "could run code when loaded); resume from a checkpoint this project wrote")
-    missing = [n for n in (*REQUIRED_FILES, f"random_states_{accelerator.process_index}.pkl") if n not in names]
+    rng_file = f"random_states_{accelerator.process_index}.pkl"
+    missing = [n for n in (*REQUIRED_FILES, rng_file) if n not in names]
     if missing:
         raise CheckpointError(f"{folder} lacks {missing[0]}; resume from a complete checkpoint")
     try:
+        load_weights_only(Path(folder) / rng_file)
         accelerator.load_state(str(folder))
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -259,6 +259,7 @@ def _log_train(run, window: LogWindow, step: int, bar) -> None:
                                  "--clip_grad 1.0, and resume from the last checkpoint")
     metrics["train/lr"] = max(g["lr"] for g in run.optimizer.param_groups)
     accelerator.log(metrics, step=step)
+    run.saver.latest.update(metrics)
     if accelerator.is_main_process:
         shown = ("train/data_wait", "train/mfu", "train/max_memory_gb", "train/skipped_steps")
         extra = "".join(f" {key[6:]}={metrics[key]:.3g}" for key in shown if key in metrics)
@@ -270,6 +271,7 @@ def _log_probe(run, step: int, bar) -> None:
     """Probe metrics to the trackers and as one ``step=`` line (per-class APs to the trackers only)."""
     metrics = run.probe.evaluate(run.mae)
     run.accelerator.log(metrics, step=step)
+    run.saver.latest.update({k: v for k, v in metrics.items() if "/ap/" not in k})
     if run.accelerator.is_main_process:
         bar.write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.4f}" for k, v in metrics.items()
                                              if "/ap/" not in k))

@@ -48,6 +48,9 @@ class Saver:
         self.manifest = node_manifest(self.accelerator, self.storage_shared)
         self.progress = TrainProgress()
         self.last_val_loss: float | None = None
+        self.latest: dict[str, float] = {}  # newest value of every logged metric, for TensorBoard's HParams tab
+        self.hparams: dict = {}
+        self.picture_step: int | None = None
 
     # --- training state -------------------------------------------------------------------------------------
 
@@ -93,6 +96,7 @@ class Saver:
     def after_validation(self, step: int, val_loss: float) -> None:
         """Picture of this validation; ``best/`` when the loss improved."""
         self.last_val_loss = val_loss
+        self.latest["val/loss"] = val_loss
         if self.accelerator.is_main_process:
             self.save_picture(step)
             if val_loss < self.progress.best_val_loss:
@@ -122,13 +126,21 @@ class Saver:
         if (self.out_dir / "best" / "model.safetensors").is_file():
             written["best"] = self.out_dir / "best"
         written["picture"] = self.save_picture(step)
+        if "tensorboard" in self.run.settings.trackers and self.hparams:
+            self.accelerator.get_tracker("tensorboard", unwrap=True).add_hparams(
+                self.hparams, {f"hparams/{k.replace('/', '_')}": v for k, v in self.latest.items()},
+                run_name=".", global_step=step)
         return written
 
     def save_picture(self, step: int) -> Path | None:
-        """Reconstruction grid of the fixed picture frames: to TensorBoard and ``reconstruction.png``."""
+        """Reconstruction grid of the fixed picture frames: to TensorBoard and ``reconstruction.png`` (once per
+        step: the end of a run that validated at its last step draws no second picture)."""
         run = self.run
         if run.pictures is None:
             return None
+        if step == self.picture_step:
+            return self.out_dir / "reconstruction.png"
+        self.picture_step = step
         grid = reconstruction_grid(run.mae, *run.pictures, self.recipe.mean, self.recipe.std, self.recipe.mask_ratio)
         if "tensorboard" in run.settings.trackers:
             self.accelerator.get_tracker("tensorboard", unwrap=True).add_image("val/reconstruction", grid, step,

@@ -246,11 +246,15 @@ def build_run(recipe: Recipe) -> Run:
 
 def start_logging(run: Run) -> None:
     """Write ``config.yaml`` beside the run's outputs and open the trackers with the recipe as hyperparameters
-    (URL credentials and query tokens removed)."""
+    (URL credentials and query tokens removed). TensorBoard gets them at the end, with the final metrics, in
+    the run's own folder (accelerate would put them into a separate run without metrics)."""
     recipe, accelerator = run.recipe, run.accelerator
     settings = {k: redact_url(v) if isinstance(v, str) else v for k, v in recipe.to_dict().items()}
     if accelerator.is_main_process:
         atomic_write_text(recipe.output_path / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
+    run.saver.hparams = {k: str(v) if isinstance(v, (list, type(None))) else v for k, v in settings.items()}
     if run.settings.trackers:
-        accelerator.init_trackers(recipe.logging_path.name, config={
-            k: str(v) if isinstance(v, (list, type(None))) else v for k, v in settings.items()})
+        accelerator.init_trackers(recipe.logging_path.name)
+        for tracker in accelerator.trackers:
+            if tracker.name != "tensorboard":
+                tracker.store_init_configuration(run.saver.hparams)

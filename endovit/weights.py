@@ -315,7 +315,12 @@ def export_state_dict(state: dict[str, torch.Tensor], out_dir: str | os.PathLike
 def export_model(model: nn.Module, out_dir: str | os.PathLike, info: dict, hub_folders: bool = True) -> Path:
     """Write ``model.safetensors`` (full MAE), ``encoder.safetensors`` (timm keys), ``endovit_config.json`` and
     the folders timm and transformers load (``timm/``, ``transformers/``, root ``config.json``); see
-    ``export_state_dict``. ``info`` (``export_info``) is stored as the JSON."""
+    ``export_state_dict``. ``info`` (``export_info``) is stored as the JSON; the model fills in its own
+    architecture and patch size where ``info`` lacks them."""
+    from endovit.models.mae import TIMM_ENCODERS
+
+    info = {"architecture": model.config, "patch_size": model.patch_size,
+            "timm_model": TIMM_ENCODERS.get(info.get("model")), **info}
     return export_state_dict(model.state_dict(), out_dir, info, hub_folders=hub_folders)
 
 

@@ -19,6 +19,7 @@ from conftest import REPO, TINY_TRAINING, run_script
 from safetensors.torch import load_file
 
 from endovit import hub
+from endovit.checkpoint import checkpoint_dirs
 from endovit.models.mae import create_mae
 from endovit.recipe import parse_recipe
 from endovit.weights import export_info, export_model
@@ -183,7 +184,7 @@ def export_main():
 
 
 def test_export_script_from_a_checkpoint_folder_uses_the_runs_settings(run_dir, tmp_path):
-    step = sorted((run_dir / "checkpoints").iterdir())[0]
+    step = checkpoint_dirs(run_dir / "checkpoints")[0]
     out = tmp_path / "from_step"
     result = export_script(str(step), "--output_dir", str(out))
     assert f"run settings from {run_dir / 'endovit_config.json'}" in result.stdout

@@ -199,3 +199,15 @@ def test_unreadable_frame_during_training_stops_with_its_path(tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: cannot decode frame {broken}: "), result.stderr
+
+
+def test_hyperparameters_sit_beside_the_final_metrics_in_tensorboard(overfit_run):
+    """TensorBoard's HParams tab joins a run's hyperparameters to its metrics only within one run folder."""
+    out, _ = overfit_run
+    runs = [p for p in (out / "tensorboard").rglob("*") if p.is_file() and "tfevents" in p.name]
+    assert len({p.parent for p in runs}) == 1, runs
+    events = EventAccumulator(str(runs[0].parent)).Reload()
+    assert events.PluginTagToContent("hparams"), "no hyperparameters in the run's folder"
+    final = events.Scalars("hparams/val_loss")[-1]
+    assert final.step == 120 and final.value == pytest.approx(events.Scalars("val/loss")[-1].value)
+    assert len(events.Images("val/reconstruction")) == 3, "one picture per validation, none twice at the end"

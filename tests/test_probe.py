@@ -252,7 +252,8 @@ def test_pretrained_encoder_beats_random_init_on_knn(labelled):
 
 
 def test_load_encoder_refuses_another_architecture(tmp_path):
-    export_model(create_mae("mae_vit_tiny_patch16", img_size=32), tmp_path, {"model": "mae_vit_tiny_patch16"})
+    export_model(create_mae("mae_vit_tiny_patch16", img_size=32), tmp_path, {"model": "mae_vit_tiny_patch16"},
+                 hub_folders=False)
     mae = create_mae("mae_vit_tiny_patch16", img_size=32, depth=2)
     with pytest.raises(CheckpointError, match=r"unexpected keys: blocks\.10\..*check --model"):
         load_encoder(mae, tmp_path / "encoder.safetensors")

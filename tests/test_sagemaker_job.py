@@ -113,7 +113,11 @@ def test_simulated_job_writes_model_and_checkpoints_and_resumes_after_spot_resta
     assert list((ml / "output" / "tensorboard").rglob("events.out.tfevents.*"))
     assert not (ml / "model" / "checkpoints").exists() and not (ml / "model" / "tensorboard").exists()
 
-    restarted = run_job(code, env, TINY)  # the same job after a spot interruption: same folders, checkpoints restored
+    probe = ml / "probe"  # labelled frames, so the probe's metric lines appear too
+    write_sample_frames(probe, videos=2, frames=6, height=48, width=64, first_video=41, labelled=True)
+    restarted = run_job(code, env, TINY + ["--probe_data", str(probe), "--probe_label_format", "cholec80_tool",
+                                           "--probe_train_videos", "[41]", "--probe_test_videos", "[42]"])
+    # the same job after a spot interruption: same folders, checkpoints restored
     assert f"resumed from {ml / 'checkpoints' / 'step_00000002'} at step 2" in restarted.stdout
     assert "done at step 4/4" in restarted.stdout
     assert (ml / "checkpoints" / "step_00000004").is_dir()

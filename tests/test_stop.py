@@ -18,7 +18,7 @@ from conftest import REPO, TINY_TRAINING, run_script, script_env
 from filelock import FileLock
 from safetensors.torch import load_file
 
-from endovit.checkpoint import checkpoint_dirs
+from endovit.checkpoint import CHECKPOINT_MANIFEST, checkpoint_dirs, is_complete_checkpoint
 
 COMMON = [*TINY_TRAINING, "--batch_size", "4", "--epochs", "30", "--warmup_epochs", "1", "--num_workers", "2",
           "--log_every_steps", "1", "--save_every_steps", "1000", "--val_every_steps", "1000", "--swa", "false"]
@@ -137,3 +137,35 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, frames_dir)
     assert result.returncode == 2
     assert f"error: --output_dir {out} is in use by another run" in result.stderr
     assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()
+
+
+def test_machines_with_their_own_disks_each_keep_a_whole_checkpoint(tmp_path, frames_dir):
+    """Two simulated machines (torchrun --nnodes 2 on one host), each with its own checkpoint folder, as
+    SageMaker instances have: each folder gets the whole state and its own manifest, so both resume, and the
+    two folders synced into one prefix (S3) stay complete for both."""
+    def launch(node: int, port: int, *extra: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+               "scripts/pretrain.py", *COMMON, "--batch_size", "8", "--train_data", str(frames_dir),
+               "--output_dir", str(tmp_path / f"node{node}"), *extra]
+        return subprocess.Popen(cmd, cwd=REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def both(port: int, *extra: str) -> list[str]:
+        processes = [launch(node, port, *extra) for node in (0, 1)]
+        outputs = [p.communicate(timeout=300) for p in processes]
+        assert all(p.returncode == 0 for p in processes), outputs
+        return [out for out, _ in outputs]
+
+    both(29571, "--stop_at_step", "3")
+    folders = [tmp_path / f"node{node}" / "checkpoints" / "step_00000003" for node in (0, 1)]
+    assert (folders[0] / CHECKPOINT_MANIFEST).is_file() and (folders[1] / "endovit_checkpoint.rank1.json").is_file()
+    for folder, rank in zip(folders, (0, 1), strict=True):
+        names = {p.name for p in folder.iterdir()}
+        assert {"model.safetensors", "optimizer.bin", "progress.json", f"random_states_{rank}.pkl"} <= names
+    synced = tmp_path / "s3" / "step_00000003"
+    for folder in folders:
+        shutil.copytree(folder, synced, dirs_exist_ok=True)
+    assert is_complete_checkpoint(synced) and is_complete_checkpoint(synced, "endovit_checkpoint.rank1.json")
+    resumed = both(29572, "--resume", "auto", "--stop_at_step", "4")
+    assert "resumed from" in resumed[0] and "at step 3" in resumed[0]
