@@ -73,7 +73,8 @@ def test_accelerate_config_file_dry_runs_offline_as_written(tmp_path, instance_t
         f"{bucket}/{job}/source/sourcedir.tar.gz"
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
     assert channels == {"train": "s3://my-data/endovit/train", "validation": f"{bucket}/{job}/input/validation"}
-    assert len(request["AlgorithmSpecification"]["MetricDefinitions"]) == 5
+    metric_rows = (CONFIGS / "sagemaker_metrics.tsv").read_text().splitlines()[1:]
+    assert len(request["AlgorithmSpecification"]["MetricDefinitions"]) == len(metric_rows)
 
     notes = result.stderr.splitlines()
     assert [line for line in notes if ACCELERATE_DEFAULTS in line and "transformers_version 4.56.2" in line]
