@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from endovit.data.transforms import normalize, sample_seed
-from endovit.errors import RecipeError
+from endovit.errors import DataError, RecipeError
 from endovit.evaluation import validate
 from endovit.flops import peak_tflops, train_flops
 from endovit.optim import set_lr
@@ -188,6 +188,11 @@ def train(run, stop: StopRequest | None = None) -> int:
         raise RecipeError(f"out of memory with a micro-batch of {micro} images of {recipe.img_size[0]}x"
                           f"{recipe.img_size[1]} per process: raise --grad_accum_steps (the batch of "
                           f"{recipe.batch_size} stays), or try --grad_checkpointing true") from None
+    except RuntimeError as err:
+        if "shared memory" not in str(err):
+            raise
+        raise DataError("the DataLoader workers ran out of shared memory (/dev/shm): give the container more "
+                        "(docker run --shm-size=16g) or lower --num_workers") from None
 
 
 def _train_steps(run, stop: StopRequest) -> int:

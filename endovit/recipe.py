@@ -176,6 +176,12 @@ class Recipe:
                 () if self.num_workers == "auto" else ("num_workers",)):
             if getattr(self, key) < 0:
                 raise bad(key, "must not be negative")
+        for key, most in (("num_workers", 256), ("num_recon_images", 64), ("keep_checkpoints", 1000),
+                          ("val_batch_size", 65536), ("batch_size", 1 << 20)):
+            if getattr(self, key) != "auto" and getattr(self, key) > most:
+                raise bad(key, f"at most {most}")
+        if max(self.img_size) > 4096:
+            raise bad("img_size", "at most 4096 pixels a side")
         if self.lr is not None and self.lr <= 0:
             raise bad("lr", "must be positive, or none to derive it from blr")
         if self.keep_checkpoints < 1:

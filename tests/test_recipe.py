@@ -1,6 +1,8 @@
 """Recipes: YAML + explicit-value CLI overrides, EndoViT's published values, clear errors."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from endovit.recipe import RecipeError, parse_recipe
@@ -63,3 +65,48 @@ def test_bad_values_name_the_flag(flags, message):
 def test_unknown_recipe_name_lists_the_shipped_ones():
     with pytest.raises(RecipeError, match="one of demo, endovit_seg"):
         parse_recipe(["--recipe", "endovit_segg"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num_workers", "999"], "--num_workers 999: at most 256"),
+    (["--img_size", "8192"], "--img_size [8192, 8192]: at most 4096 pixels a side"),
+    (["--num_recon_images", "100"], "--num_recon_images 100: at most 64"),
+    (["--val_batch_size", "-1"], "--val_batch_size -1: must not be negative"),
+    (["--ddp_comm_hook", "int8"], "--ddp_comm_hook 'int8': choose none, bf16 or fp16"),
+])
+def test_values_out_of_any_sensible_range_are_refused(flags, message):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(["--train_data", "x", *flags])
+    assert message in str(err.value)
+
+
+def test_help_documents_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        parse_recipe(["--help"])
+    text = capsys.readouterr().out
+    for name in ("train_data", "mask_ratio", "probe_every_steps", "dist_timeout", "resume"):
+        block = re.search(rf"--{name} VALUE(.*?)(?=\n  --|\n\n)", text, re.S).group(1)
+        assert len(block.split()) > 3 and "(default: " in block, name
+    assert "speed and devices:" in text and "downstream probe:" in text
+
+
+def test_misspelt_flag_is_one_line_with_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_recipe(["--train_data", "x", "--mask_ratoi", "0.5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err == "error: unknown flag --mask_ratoi (did you mean --mask_ratio?); see --help for every flag\n"
+
+
+@pytest.mark.parametrize("environ, flags, expected, origin", [
+    ({}, [], "auto", None),
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, [], "bf16", "accelerate's mixed_precision"),
+    ({"ACCELERATE_MIXED_PRECISION": "no"}, [], "auto", None),
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, ["--mixed_precision", "no"], "no", "command line"),
+])
+def test_precision_precedence(environ, flags, expected, origin):
+    from endovit.recipe import build_parser, recipe_from_args
+
+    recipe = recipe_from_args(build_parser().parse_args(["--train_data", "x", *flags]), environ=environ)
+    assert recipe.mixed_precision == expected
+    assert recipe.origin.get("mixed_precision") == origin

@@ -1,0 +1,1 @@
+"""The shipped recipes (YAML), found by name with ``--recipe NAME``."""
