@@ -15,7 +15,7 @@ from endovit.data.transforms import normalize
 from endovit.engine import compile_model, compile_trial, compiled_graphs, sdpa_active, train_step
 from endovit.flops import peak_tflops as peak_tflops_of
 from endovit.flops import train_flops
-from endovit.hardware import resolve_mixed_precision
+from endovit.hardware import measured_cpu_precision, resolve_mixed_precision
 from endovit.models.mae import create_mae
 from endovit.optim import build_optimizer, param_groups
 from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
@@ -85,7 +85,8 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
     already normalised float ``images``; by default one random uint8 batch already on the device is
     reused, so only the step is timed.
     """
-    precision, _ = resolve_mixed_precision(config.mixed_precision, device)
+    precision, _ = resolve_mixed_precision(config.mixed_precision, device, lambda: measured_cpu_precision(
+        config.model, config.img_size, config.batch_size))
     if config.grad_scaler_fp16:
         precision = "fp16" if device.type == "cuda" else "no"
     accelerator = _fresh_accelerator(precision, device)
@@ -134,34 +135,43 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
     elapsed = time.perf_counter() - start
     host_syncs = None if config.sync_every_step else _host_syncs_per_step(step, next_batch, accelerator.device)
 
-    images_per_sec = config.steps * config.batch_size / elapsed
+    timings = {"elapsed": elapsed, "data_wait": data_wait, "compile_seconds": compile_seconds,
+               "recompiles": compiled_graphs() - graphs_after_trial if model is not mae else None,
+               "host_syncs": host_syncs, "losses": losses}
+    peak = peak_tflops if peak_tflops is not None else peak_tflops_of(accelerator.device, precision)
+    return _result(config, mae, model, accelerator.device, precision, peak, batches is None, timings)
+
+
+def _result(config: BenchConfig, mae, model, device: torch.device, precision: str, peak: float | None,
+            synthetic: bool, t: dict) -> dict:
+    """Every figure of one timed configuration, as ``run_benchmark`` returns it."""
+    images_per_sec = config.steps * config.batch_size / t["elapsed"]
     flops = train_flops(mae, config.mask_ratio)
     achieved = flops * images_per_sec / 1e12
-    peak = peak_tflops if peak_tflops is not None else peak_tflops_of(accelerator.device, precision)
+    cpu = f"cpu ({torch.get_num_threads()} threads)"
     return {
         **asdict(config),
-        "device": (torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda"
-                   else f"cpu ({torch.get_num_threads()} threads)"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "precision": precision,
         "compiled": model is not mae,
-        "recompiles_after_trial": compiled_graphs() - graphs_after_trial if model is not mae else None,
-        "host_syncs_per_step": host_syncs,
-        "compile_seconds": round(compile_seconds, 2),
+        "recompiles_after_trial": t["recompiles"],
+        "host_syncs_per_step": t["host_syncs"],
+        "compile_seconds": round(t["compile_seconds"], 2),
         "fused_attention": sdpa_active(mae),
-        "data": "synthetic on device" if batches is None else "DataLoader",
+        "data": "synthetic on device" if synthetic else "DataLoader",
         "images_per_sec": round(images_per_sec, 2),
-        "ms_per_step": round(1000 * elapsed / config.steps, 2),
-        "data_wait_ms_per_step": round(1000 * data_wait / config.steps, 2),
-        "compute_ms_per_step": round(1000 * (elapsed - data_wait) / config.steps, 2),
+        "ms_per_step": round(1000 * t["elapsed"] / config.steps, 2),
+        "data_wait_ms_per_step": round(1000 * t["data_wait"] / config.steps, 2),
+        "compute_ms_per_step": round(1000 * (t["elapsed"] - t["data_wait"]) / config.steps, 2),
         "train_gflops_per_image": round(flops / 1e9, 3),
         "achieved_tflops": round(achieved, 3),
         "peak_tflops": peak,
         "mfu": round(achieved / peak, 4) if peak else None,
         "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_device_mem_mb": (round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
-                               if accelerator.device.type == "cuda" else None),
-        "loss_first": round(losses[0].item(), 5),
-        "loss_last": round(losses[-1].item(), 5),
+        "peak_device_mem_mb": (round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                               if device.type == "cuda" else None),
+        "loss_first": round(t["losses"][0].item(), 5),
+        "loss_last": round(t["losses"][-1].item(), 5),
     }
 
 

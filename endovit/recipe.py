@@ -20,7 +20,7 @@ import yaml
 from endovit.cli import OneLineParser, converter, parse_bool
 from endovit.data.splits import check_split_name
 from endovit.errors import DataError, RecipeError, did_you_mean
-from endovit.models.mae import MODEL_ARCHS
+from endovit.models.archs import MODEL_ARCHS
 from endovit.sagemaker.job import job_defaults
 
 __all__ = ["Recipe", "RecipeError", "parse_bool", "RECIPES_DIR", "load_recipe", "build_parser", "recipe_from_args",

@@ -2,8 +2,9 @@
 
     python scripts/benchmark.py --model mae_vit_base_patch16 --batch_size 8 --configs endovit,endovit_fp32,baseline
 
-Configurations: ``endovit`` (our defaults: bf16 where native, fused AdamW, torch.compile on CUDA, no per-step
-host sync), ``endovit_fp32`` (the same in fp32), ``endovit_compiled`` (compile forced on), ``baseline``
+Configurations: ``endovit`` (our defaults: precision as ``auto`` picks it (on CPUs measured), fused AdamW,
+torch.compile on CUDA, no per-step host sync), ``endovit_fp32`` / ``endovit_bf16`` (the same in fp32 / bf16),
+``endovit_compiled`` (compile forced on), ``baseline``
 (every optimisation off: fp16 + GradScaler on CUDA / fp32 on CPU, eager, unfused AdamW, loss.item(), grad
 norm and synchronize every step, and with --frames, torchvision ImageFolder loading). Prints a table, the
 ratio of each configuration to the baseline, and writes JSON.
@@ -30,6 +31,7 @@ def build_configs(names: list[str], base: BenchConfig) -> list[BenchConfig]:
     variants = {
         "endovit": base,
         "endovit_fp32": replace(base, name="endovit_fp32", mixed_precision="no"),
+        "endovit_bf16": replace(base, name="endovit_bf16", mixed_precision="bf16"),
         "endovit_compiled": replace(base, name="endovit_compiled", torch_compile=True),
         "baseline": baseline_of(base),
     }

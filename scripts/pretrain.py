@@ -4,7 +4,8 @@
         --recipe demo --train_data data/sample/train --val_data data/sample/val --output_dir outputs/demo
 
 Settings come from a YAML recipe (``--recipe``, default ``endovit_seg``) and ``--key value``
-overrides; the resolved recipe is saved as ``config.yaml`` in ``--output_dir``.
+overrides; the resolved recipe is saved as ``config.yaml`` in ``--output_dir``. SIGTERM or Ctrl-C stop
+after the current step with a checkpoint there (exit 143 / 130); ``--resume auto`` continues.
 """
 from __future__ import annotations
 
@@ -13,62 +14,65 @@ import sys
 
 from tqdm.auto import tqdm
 
-from endovit.checkpoint import checkpoint_name
-from endovit.engine import StopRequest, compiled_graphs, train
 from endovit.errors import EndovitError
-from endovit.models.mae import TIMM_ENCODERS
+from endovit.models.archs import TIMM_ENCODERS
 from endovit.recipe import Recipe, parse_recipe
-from endovit.trainer import build_run, start_logging
 
 
-def pretrain(recipe: Recipe, stop: StopRequest) -> int:
-    """Set the run up, train it to its last step (or until ``stop``), export the weights and say where everything
-    went; returns the exit code (0, or 130/143 when a signal stopped the run)."""
-    run = build_run(recipe)
-    recipe, accelerator, schedule = run.recipe, run.accelerator, run.schedule
-    if run.saver.progress.step >= schedule.last_step:
-        accelerator.print(f"nothing to do: {recipe.checkpoints_path} is already at step {run.saver.progress.step}; "
-                          f"the weights are in {recipe.output_dir}")
+def pretrain(recipe: Recipe) -> int:
+    """Set the run up, train it to its last step (or until SIGTERM/SIGINT), export the weights and say where
+    everything went; returns the exit code (0, or 143/130 when a signal stopped the run)."""
+    # imported once the recipe is parsed: --help and flag errors answer without loading torch
+    from endovit.checkpoint import checkpoint_name
+    from endovit.engine import StopRequest, compiled_graphs, train
+    from endovit.trainer import build_run, start_logging
+
+    stop = StopRequest()
+    with stop.installed():
+        run = build_run(recipe)
+        recipe, accelerator, schedule = run.recipe, run.accelerator, run.schedule
+        if run.saver.progress.step >= schedule.last_step:
+            accelerator.print(f"nothing to do: {recipe.checkpoints_path} is already at step "
+                              f"{run.saver.progress.step}; the weights are in {recipe.output_dir}")
+            accelerator.end_training()
+            return 0
+        if recipe.swa and recipe.swa_start_epoch >= recipe.epochs:
+            accelerator.print(f"note: --swa_start_epoch {recipe.swa_start_epoch} is not before --epochs "
+                              f"{recipe.epochs}: no weights get averaged and no swa/ is written")
+        start_logging(run)
+        accelerator.print(run.summary())
+
+        step = train(run, stop)
+
+        if run.compile_seconds:
+            accelerator.print(f"torch.compile: {compiled_graphs() - run.graphs_after_trial} recompile(s) after "
+                              "the trial")
+        accelerator.wait_for_everyone()
+        written = run.saver.finish(step, run.saver.last_val_loss)
+        if accelerator.is_main_process:
+            out = recipe.output_path
+            lines = [f"interrupted at step {step}/{schedule.total_steps}: checkpoint "
+                     f"{recipe.checkpoints_path / checkpoint_name(step)}, continue with --resume auto."
+                     if stop.signal else f"done at step {step}/{schedule.total_steps}.",
+                     f"  weights:        {out / 'model.safetensors'} (full MAE), {out / 'encoder.safetensors'} "
+                     f"(timm {TIMM_ENCODERS[recipe.model]})",
+                     f"  fine-tune:      timm.create_model('local-dir:{out / 'timm'}', pretrained=True); "
+                     f"transformers: from_pretrained('{out}')"]
+            if written["best"]:
+                lines.append(f"  best by val:    {written['best']}")
+            if written["swa"]:
+                lines.append(f"  swa average:    {written['swa']}")
+            lines += [f"  checkpoints:    {recipe.checkpoints_path} (resume with --resume auto)",
+                      f"  tensorboard:    tensorboard --logdir {recipe.logging_path}",
+                      f"  reconstruction: {written['picture'] or 'off (--num_recon_images 0)'}"]
+            print("\n".join(lines), flush=True)
         accelerator.end_training()
-        return 0
-    if recipe.swa and recipe.swa_start_epoch >= recipe.epochs:
-        accelerator.print(f"note: --swa_start_epoch {recipe.swa_start_epoch} is not before --epochs {recipe.epochs}: "
-                          "no weights get averaged and no swa/ is written")
-    start_logging(run)
-    accelerator.print(run.summary())
-
-    step = train(run, stop)
-
-    if run.compile_seconds:
-        accelerator.print(f"torch.compile: {compiled_graphs() - run.graphs_after_trial} recompile(s) after the trial")
-    accelerator.wait_for_everyone()
-    written = run.saver.finish(step, run.saver.last_val_loss)
-    if accelerator.is_main_process:
-        out = recipe.output_path
-        lines = [f"interrupted at step {step}/{schedule.total_steps}: checkpoint "
-                 f"{recipe.checkpoints_path / checkpoint_name(step)}, continue with --resume auto." if stop.signal
-                 else f"done at step {step}/{schedule.total_steps}.",
-                 f"  weights:        {out / 'model.safetensors'} (full MAE), {out / 'encoder.safetensors'} "
-                 f"(timm {TIMM_ENCODERS[recipe.model]})",
-                 f"  fine-tune:      timm.create_model('local-dir:{out / 'timm'}', pretrained=True); "
-                 f"transformers: from_pretrained('{out}')"]
-        if written["best"]:
-            lines.append(f"  best by val:    {written['best']}")
-        if written["swa"]:
-            lines.append(f"  swa average:    {written['swa']}")
-        lines += [f"  checkpoints:    {recipe.checkpoints_path} (resume with --resume auto)",
-                  f"  tensorboard:    tensorboard --logdir {recipe.logging_path}",
-                  f"  reconstruction: {written['picture'] or 'off (--num_recon_images 0)'}"]
-        print("\n".join(lines), flush=True)
-    accelerator.end_training()
-    return stop.exit_code if stop.signal else 0
+        return stop.exit_code if stop.signal else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    stop = StopRequest()
     try:
-        with stop.installed():
-            return pretrain(parse_recipe(argv), stop)
+        return pretrain(parse_recipe(argv))
     except (EndovitError, FloatingPointError) as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
         last = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else type(err).__name__

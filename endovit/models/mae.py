@@ -14,6 +14,8 @@ from timm.layers import PatchEmbed, to_2tuple
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
+from endovit.models.archs import MODEL_ARCHS, TIMM_ENCODERS
+
 __all__ = [
     "MaskedAutoencoderViT",
     "MODEL_ARCHS",
@@ -253,26 +255,6 @@ class MaskedAutoencoderViT(nn.Module):
         """The encoder's weights under the names timm's VisionTransformer uses."""
         decoder_prefixes = ("decoder_", "mask_token")
         return {k: v for k, v in self.state_dict().items() if not k.startswith(decoder_prefixes)}
-
-
-def _arch(patch_size, embed_dim, depth, num_heads, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16):
-    return dict(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads)
-
-
-MODEL_ARCHS = {
-    "mae_vit_tiny_patch16": _arch(16, 192, 12, 3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
-    "mae_vit_base_patch16": _arch(16, 768, 12, 12),
-    "mae_vit_large_patch16": _arch(16, 1024, 24, 16),
-    "mae_vit_huge_patch14": _arch(14, 1280, 32, 16),
-}
-
-TIMM_ENCODERS = {
-    "mae_vit_tiny_patch16": "vit_tiny_patch16_224",
-    "mae_vit_base_patch16": "vit_base_patch16_224",
-    "mae_vit_large_patch16": "vit_large_patch16_224",
-    "mae_vit_huge_patch14": "vit_huge_patch14_224",
-}
 
 
 def create_mae(name: str, **kwargs) -> MaskedAutoencoderViT:
