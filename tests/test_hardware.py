@@ -1,0 +1,96 @@
+"""What is fast on this machine, decided right: every auto setting, the compile trial, the GPU-only switches that a
+CPU can still check, and the step free of host synchronisation."""
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from endovit import hardware
+from endovit.engine import compile_model, compile_trial, compiled_graphs, train_step
+from endovit.models.mae import create_mae
+from endovit.optim import build_optimizer, param_groups
+
+
+def test_bf16_is_chosen_on_a_cpu_only_when_clearly_faster():
+    assert hardware.faster_precision({"no": 1.0, "bf16": 0.58}) == "bf16"  # AMX: 1.7x
+    assert hardware.faster_precision({"no": 1.0, "bf16": 1.8}) == "no"  # AVX512-BF16 alone: 1.8x slower
+    assert hardware.faster_precision({"no": 1.0, "bf16": 0.95}) == "no"  # within noise: keep fp32 numerics
+
+
+def test_cpu_precision_is_measured_once_per_machine_model_and_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    calls = []
+
+    def fake_timing(model, img_size, batch):
+        calls.append((model, tuple(img_size), batch))
+        return {"no": 2.0, "bf16": 1.0}
+
+    monkeypatch.setattr(hardware, "time_cpu_precisions", fake_timing)
+    first = hardware.measured_cpu_precision("mae_vit_tiny_patch16", [32, 32], 64)
+    again = hardware.measured_cpu_precision("mae_vit_tiny_patch16", [32, 32], 64)
+    other = hardware.measured_cpu_precision("mae_vit_tiny_patch16", [64, 64], 64)
+    assert first[0] == again[0] == other[0] == "bf16" and "measured on this CPU" in first[1]
+    assert calls == [("mae_vit_tiny_patch16", (32, 32), 4), ("mae_vit_tiny_patch16", (64, 64), 4)]
+
+
+def test_measuring_leaves_the_random_state_alone():
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    seconds = hardware.time_cpu_precisions("mae_vit_tiny_patch16", [32, 32], 1, rounds=1)
+    assert torch.equal(before, torch.get_rng_state()) and seconds["no"] > 0 and seconds["bf16"] > 0
+
+
+def test_gpu_precision_without_native_bf16_is_fp16(monkeypatch):
+    monkeypatch.setattr(hardware, "bf16_supported", lambda device: False)
+    assert hardware.resolve_mixed_precision("auto", torch.device("cuda"))[0] == "fp16"
+    monkeypatch.setattr(hardware, "bf16_supported", lambda device: True)
+    assert hardware.resolve_mixed_precision("auto", torch.device("cuda"))[0] == "bf16"
+    assert hardware.resolve_mixed_precision("no", torch.device("cuda"), origin="from the command line") == (
+        "no", "from the command line")
+
+
+def test_tf32_switch_sets_and_clears_the_matmul_precision():
+    hardware.apply_tf32(True, torch.device("cuda"))
+    assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    hardware.apply_tf32(False, torch.device("cuda"))
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+def test_workers_and_compile_threads_share_the_cores(monkeypatch):
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert hardware.resolve_num_workers("auto", 8)[0] == 2 and hardware.resolve_num_workers(3, 8)[0] == 3
+    assert hardware.resolve_num_workers("auto", 1)[0] == 16 and hardware.compile_threads(8) == 2
+
+
+def test_unfused_adamw_is_torchs_default_implementation():
+    mae = create_mae("mae_vit_tiny_patch16", img_size=32, depth=1)
+    optimizer = build_optimizer(param_groups(mae, 0.05, 0.75), 1e-3, False, torch.device("cpu"))
+    assert optimizer.defaults["foreach"] is None and not optimizer.defaults["fused"]
+
+
+@pytest.fixture()
+def bf16_accelerator():
+    """A bf16 CPU accelerator; accelerate's process-wide state is reset around it for the tests that follow."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield Accelerator(cpu=True, mixed_precision="bf16")
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_the_compile_trial_leaves_nothing_to_recompile_at_the_first_real_step(bf16_accelerator):
+    """Dynamo guards on the autocast state and the call: the trial must make the very graph the step uses."""
+    accelerator = bf16_accelerator
+    torch.manual_seed(0)
+    mae = create_mae("mae_vit_tiny_patch16", img_size=32, depth=1, decoder_depth=1)
+    optimizer = build_optimizer(param_groups(mae, 0.05, 0.75), 1e-3, True, accelerator.device)
+    model, optimizer = accelerator.prepare(mae, optimizer)
+    trial = compile_trial(accelerator, model, mae.num_patches, 2, [32, 32], 0.75)
+    compiled, seconds = compile_model(model, trial, True, backend="eager")
+    assert compiled is not model and seconds > 0
+    after_trial = compiled_graphs()
+    images, noise = torch.randn(2, 3, 32, 32), torch.rand(2, mae.num_patches)
+    for _ in range(2):
+        with accelerator.accumulate(compiled):
+            train_step(accelerator, compiled, optimizer, images, noise, 0.75, None)
+    assert compiled_graphs() == after_trial
