@@ -2,10 +2,14 @@
 CPU can still check, and the step free of host synchronisation."""
 from __future__ import annotations
 
+import sys
+import traceback
+
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from conftest import run_script
 
 from endovit import hardware
 from endovit.engine import compile_model, compile_trial, compiled_graphs, train_step
@@ -94,3 +98,42 @@ def test_the_compile_trial_leaves_nothing_to_recompile_at_the_first_real_step(bf
         with accelerator.accumulate(compiled):
             train_step(accelerator, compiled, optimizer, images, noise, 0.75, None)
     assert compiled_graphs() == after_trial
+
+
+def test_the_process_group_gets_the_recipes_timeout():
+    """The timeout must reach the first PartialState: an InitProcessGroupKwargs given later is ignored."""
+    result = run_script("tests/helpers/process_group_timeout.py", "4321",
+                        launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                  "--master_port", "29581"))
+    assert "timeout=4321" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_step_loop_makes_no_tensors_from_python_lists(tmp_path, frames_dir, monkeypatch):
+    """``torch.tensor([..], device=cuda)`` copies from pageable memory and blocks: the loop must build what it
+    needs (mean/std, ...) once on the device. Counted on the CPU by watching tensor creation during training."""
+    from endovit import engine
+    from endovit.recipe import parse_recipe
+    from endovit.trainer import build_run
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run = build_run(parse_recipe(["--recipe", "demo", "--model", "mae_vit_tiny_patch16", "--img_size", "32",
+                                  "--train_data", str(frames_dir), "--output_dir", str(tmp_path / "run"),
+                                  "--batch_size", "4", "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0",
+                                  "--mixed_precision", "no", "--report_to", "none", "--num_recon_images", "0"]))
+    from_lists = []
+    for name in ("tensor", "as_tensor"):
+        original = getattr(torch, name)
+
+        def watched(data, *args, _original=original, **kwargs):
+            if isinstance(data, (list, tuple)):
+                from_lists.append(traceback.extract_stack(limit=3)[0])
+            return _original(data, *args, **kwargs)
+
+        monkeypatch.setattr(torch, name, watched)
+    try:
+        assert engine.train(run) == 4
+    finally:
+        run.accelerator.end_training()
+        AcceleratorState._reset_state(reset_partial_state=True)
+    ours = [f for f in from_lists if "/endovit/" in f.filename and "checkpoint" not in f.filename]
+    assert not ours, ours
