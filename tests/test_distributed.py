@@ -61,9 +61,12 @@ def test_batch_is_split_over_processes_and_accumulation(two):
     for step in range(6):  # each step: 8 different frames, 4 from each process
         frames = [i for rank in (first, second) for batch in rank[2 * step:2 * step + 2] for i in batch]
         assert len(set(frames)) == 8, (step, frames)
-    for epoch in range(3):  # each epoch: all 16 frames once
+    orders = []
+    for epoch in range(3):  # each epoch: all 16 frames once, in an order of its own
         frames = [i for rank in (first, second) for batch in rank[4 * epoch:4 * epoch + 4] for i in batch]
         assert sorted(frames) == list(range(16)), (epoch, frames)
+        orders.append(frames)
+    assert len({tuple(order) for order in orders}) == 3, orders
 
 
 def test_every_process_masks_differently(two):
@@ -80,7 +83,8 @@ def test_two_process_validation_loss_equals_the_one_process_value(two):
     val = seen["val"]
     mae = create_mae("mae_vit_tiny_patch16", img_size=tuple(val["img_size"]))
     mae.load_state_dict(load_file(work / "unbroken.safetensors"))
-    loader = build_val_loader(load_frames(val_frames_dir), val["img_size"], val["batch_size"], num_workers=0)
+    # other batches than the two processes' (5 + 1 frames): each frame's mask must follow the frame, not its place
+    loader = build_val_loader(load_frames(val_frames_dir), val["img_size"], 5, num_workers=0)
     mean = torch.tensor(val["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(val["std"]).view(1, -1, 1, 1)
     one_process = validate(mae, mae, loader, Accelerator(cpu=True), mean, std, val["mask_ratio"], val["seed"])

@@ -2,7 +2,6 @@
 hyperparameter, empty values and custom local paths included."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -10,7 +9,7 @@ import yaml
 from test_sagemaker_job import toolkit_argv
 from test_sagemaker_launch import BUCKET, ISOLATED_IMAGE, aws_env, launcher, offline_aws, sent, write_config
 
-from endovit.recipe import Recipe
+from endovit.recipe import settings_fields
 from endovit.sagemaker.script import to_script_args
 
 FIXTURES = (aws_env, launcher, offline_aws, sent)  # used by name
@@ -26,7 +25,9 @@ EVERY_FLAG = {
     "fused_optimizer": "false", "grad_checkpointing": "true", "seed": "-5", "swa": "true", "swa_start_epoch": "1",
     "swa_every_steps": "10", "swa_lr": "4e-4", "val_every_steps": "7", "val_batch_size": "2", "log_every_steps": "1",
     "save_every_steps": "9", "keep_checkpoints": "2", "num_recon_images": "1", "report_to": "none",
-    "stop_at_step": "5",
+    "stop_at_step": "5", "train_split": "training", "val_split": "val", "tf32": "false", "ddp_comm_hook": "bf16",
+    "dist_timeout": "600", "probe_data": "", "probe_label_format": "csv", "probe_labels": "", "probe_kind": "both",
+    "probe_train_videos": "[1,2]", "probe_test_videos": "[]", "probe_every_steps": "50",
 }
 JOB_SET = {"train_data", "val_data", "output_dir", "checkpoint_dir", "logging_dir", "resume"}
 
@@ -40,7 +41,7 @@ def dry_run_request(launcher, capsys, config, *script_args: str, launcher_args: 
 
 
 def test_every_hyperparameter_reaches_the_job_exactly_as_typed(offline_aws, launcher, tmp_path, capsys):
-    assert set(EVERY_FLAG) == {f.name for f in dataclasses.fields(Recipe)} - JOB_SET  # a new field needs a row here
+    assert set(EVERY_FLAG) == {f.name for f in settings_fields()} - JOB_SET  # a new setting needs a row here
     flags = dict(EVERY_FLAG, recipe="demo")
     request = dry_run_request(launcher, capsys, write_config(tmp_path, "sagemaker.yaml"),
                               *[token for key, value in EVERY_FLAG.items() for token in (f"--{key}", value)])

@@ -28,7 +28,7 @@ def build(frames_dir, out, *flags):
 
 def record(run) -> dict:
     """Hooks that note, per optimizer step, the base lr of every group (lr / lr_scale) and the step SWA averages at."""
-    seen = {"lr": [], "swa": [], "micro_batches": []}
+    seen = {"lr": [], "swa": [], "micro_batches": [], "noise": []}
     inner = run.optimizer.optimizer  # accelerate's wrapper steps it only when gradients are synchronised
 
     def before_step(optimizer, args, kwargs):
@@ -42,7 +42,12 @@ def record(run) -> dict:
         average(model)
 
     run.swa_model.update_parameters = update_parameters
-    run.mae.register_forward_pre_hook(lambda module, args: seen["micro_batches"].append(args[0].shape[0]))
+
+    def before_forward(module, args):
+        seen["micro_batches"].append(args[0].shape[0])
+        seen["noise"].append(args[2].clone())
+
+    run.mae.register_forward_pre_hook(before_forward)
     return seen
 
 
@@ -65,6 +70,13 @@ def test_split_of_the_batch_and_the_schedule_length(unbroken):
     assert (run.schedule.steps_per_epoch, run.schedule.total_steps, unbroken["step"]) == (4, 12, 12)
     assert seen["micro_batches"] == [2] * 24  # 12 steps x 2 accumulated micro-batches of 2 images
     assert [step for step, _ in seen["lr"]] == list(range(12))  # one optimizer step per 2 micro-batches
+
+
+def test_every_micro_batch_draws_its_own_masks(unbroken):
+    noise = unbroken["seen"]["noise"]
+    assert len(noise) == 24
+    rows = {tuple(row.tolist()) for batch in noise for row in batch}
+    assert len(rows) == 48  # one draw per image of every micro-batch (micro-steps of a step included)
 
 
 def test_lr_applied_at_every_step_is_the_schedules(unbroken):
