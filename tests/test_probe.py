@@ -252,7 +252,8 @@ def test_pretrained_encoder_beats_random_init_on_knn(labelled):
 
 
 def test_load_encoder_refuses_another_architecture(tmp_path):
-    export_model(create_mae("mae_vit_tiny_patch16", img_size=32), tmp_path, {"model": "mae_vit_tiny_patch16"})
+    export_model(create_mae("mae_vit_tiny_patch16", img_size=32), tmp_path, {"model": "mae_vit_tiny_patch16"},
+                 hub_folders=False)  # the hub folders need export_info's architecture; not what is tested here
     mae = create_mae("mae_vit_tiny_patch16", img_size=32, depth=2)
     with pytest.raises(CheckpointError, match=r"unexpected keys: blocks\.10\..*check --model"):
         load_encoder(mae, tmp_path / "encoder.safetensors")
@@ -261,7 +262,7 @@ def test_load_encoder_refuses_another_architecture(tmp_path):
 def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path):
     source = create_mae("mae_vit_tiny_patch16", img_size=32)
     info = {"model": "mae_vit_tiny_patch16", "img_size": [32, 32], "mean": MEAN, "std": STD, "step": 7}
-    export_model(source, tmp_path / "export", info)
+    export_model(source, tmp_path / "export", info, hub_folders=False)
     output = tmp_path / "probe.json"
     result = run_script("scripts/evaluate.py", "--weights", str(tmp_path / "export"), "random", "--data",
                         str(labelled / "probe"), "--kind", "both", "--test_videos", "7-8", "--output", str(output),
