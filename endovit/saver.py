@@ -70,7 +70,7 @@ class Saver:
         load_training_state(self.accelerator, folder, self.progress)
         swa_model = self.run.swa_model
         if swa_model is not None:
-            swa_model.load_state_dict(load_file(folder / SWA_FILE, device=str(self.accelerator.device)))
+            swa_model.load_state_dict(load_file(folder / SWA_FILE))
         if self.accelerator.is_main_process:
             self._restore_best()
 

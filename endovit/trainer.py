@@ -231,6 +231,7 @@ def build_run(recipe: Recipe) -> Run:
               graphs_after_trial=compiled_graphs(), lock=lock)
     run.saver = Saver(run, {"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa,
                             "seed": recipe.seed, "processes": accelerator.num_processes,
+                            "batch_size": recipe.batch_size, "grad_accum_steps": recipe.grad_accum_steps,
                             "steps_per_epoch": schedule.steps_per_epoch})
     resume_from = run.saver.resume_from(recipe.resume)
     if resume_from is not None:

@@ -101,8 +101,6 @@ def test_resume_with_two_processes_and_accumulation_equals_the_unbroken_run(two)
     check_resume(two[0]["resumes"]["plain"])
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: Saver.resume loads swa_model.safetensors with "
-                   "device=str(accelerator.device), 'cpu:0' in a multi-process CPU run, which safetensors refuses")
 def test_resume_with_two_processes_and_swa_equals_the_unbroken_run(two):
     check_resume(two[0]["resumes"]["swa"])
 

@@ -50,12 +50,8 @@ def test_same_recipe_resumes_and_settings_resuming_does_not_depend_on_may_change
     (["--swa", "true"], r"swa: False then, True now"),
     (["--seed", "8"], r"seed: 7 then, 8 now"),
     (["--train_data", "{half}"], r"steps_per_epoch: 2 then, 1 now"),  # other frames, another schedule
-    pytest.param(["--batch_size", "7"], r"batch_size", marks=pytest.mark.xfail(
-        strict=True, reason="library bug: build_run's run signature lacks batch_size; 16 frames in batches of 7 "
-                            "also make 2 steps/epoch, so the changed batch goes unnoticed")),
-    pytest.param(["--grad_accum_steps", "2"], r"grad_accum_steps", marks=pytest.mark.xfail(
-        strict=True, reason="library bug: build_run's run signature lacks grad_accum_steps; 2 x 4 images make the "
-                            "same 2 steps/epoch, so other micro-batches and masks go unnoticed")),
+    (["--batch_size", "7"], r"batch_size: 8 then, 7 now"),  # 16 frames in batches of 7 also make 2 steps/epoch
+    (["--grad_accum_steps", "2"], r"grad_accum_steps: 1 then, 2 now"),  # 2 x 4 images: the same 2 steps/epoch
 ], ids=["batch_size", "img_size", "swa", "seed", "train_data", "batch_size-same-steps", "grad_accum_steps"])
 def test_changed_setting_is_refused(stopped, frames_dir, half_the_frames, flags, changed):
     flags = [f.format(half=half_the_frames) for f in flags]

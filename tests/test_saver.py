@@ -2,17 +2,12 @@
 mirrored, whole (its timm/ and transformers/ folders included), into the output folder."""
 from __future__ import annotations
 
-import pytest
 from conftest import TINY_TRAINING
 
 from endovit.recipe import parse_recipe
 from endovit.trainer import build_run
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "library bug: Saver._restore_best (endovit/saver.py) hard-links or copies each entry of <checkpoints>/best "
-    "with os.link/shutil.copy2, which fail on its timm/ and transformers/ folders (IsADirectoryError); any run "
-    "with --val_data whose checkpoints are not in <output_dir> stops at its first validation"))
 def test_best_is_mirrored_into_the_output_folder_with_its_hub_folders(tmp_path, frames_dir, val_frames_dir):
     out = tmp_path / "run"
     run = build_run(parse_recipe([*TINY_TRAINING, "--report_to", "none", "--num_recon_images", "0",
