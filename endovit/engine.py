@@ -276,10 +276,10 @@ def _log_probe(run, step: int, bar) -> None:
     """Probe metrics to the trackers and as one ``step=`` line (per-class APs to the trackers only)."""
     metrics = run.probe.evaluate(run.mae)
     run.accelerator.log(metrics, step=step)
-    run.saver.latest.update({k: v for k, v in metrics.items() if "/ap/" not in k})
+    run.saver.latest.update({k: v for k, v in metrics.items() if "_ap/" not in k})
     if run.accelerator.is_main_process:
         bar.write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.4f}" for k, v in metrics.items()
-                                             if "/ap/" not in k))
+                                             if "_ap/" not in k))
 
 
 def validate_run(run, step: int, write) -> float:
