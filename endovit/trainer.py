@@ -94,6 +94,12 @@ class Run:
     graphs_after_trial: int = 0  # torch.compile graphs built by the compile trial; more later = recompiles
     lock: FileLock | None = None  # held on the output folder for the run's lifetime (main process)
 
+    def close(self) -> None:
+        """End the trackers and free the output folder for another run."""
+        self.accelerator.end_training()
+        if self.lock is not None:
+            self.lock.release()
+
     def summary(self) -> str:
         r, a = self.recipe, self.accelerator
         val = len(self.data.val) if self.data.val is not None else 0
@@ -168,7 +174,7 @@ def _lock_output(recipe: Recipe, accelerator: Accelerator) -> FileLock | None:
     taken = [True]
     if accelerator.is_main_process:
         recipe.output_path.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(recipe.output_path / ".endovit.lock"))
+        lock = FileLock(str(recipe.output_path / ".endovit.lock"), is_singleton=True)  # re-entrant in one process
         try:
             lock.acquire(timeout=0)
         except Timeout:

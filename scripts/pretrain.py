@@ -34,7 +34,7 @@ def pretrain(recipe: Recipe) -> int:
         if run.saver.progress.step >= schedule.last_step:
             accelerator.print(f"nothing to do: {recipe.checkpoints_path} is already at step "
                               f"{run.saver.progress.step}; the weights are in {recipe.output_dir}")
-            accelerator.end_training()
+            run.close()
             return 0
         if recipe.swa and recipe.swa_start_epoch >= recipe.epochs:
             accelerator.print(f"note: --swa_start_epoch {recipe.swa_start_epoch} is not before --epochs "
@@ -66,7 +66,7 @@ def pretrain(recipe: Recipe) -> int:
                       f"  tensorboard:    tensorboard --logdir {recipe.logging_path}",
                       f"  reconstruction: {written['picture'] or 'off (--num_recon_images 0)'}"]
             print("\n".join(lines), flush=True)
-        accelerator.end_training()
+        run.close()
         return stop.exit_code if stop.signal else 0
 
 

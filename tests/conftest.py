@@ -18,6 +18,16 @@ TINY_TRAINING = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state (device, precision); tests that build accelerators in this process
+    each start from none."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def frames_dir(tmp_path_factory) -> Path:
     """2 videos x 8 frames of 48x64 synthetic endoscopy, Cholec80 layout."""

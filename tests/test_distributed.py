@@ -38,6 +38,7 @@ def two(tmp_path_factory, frames_dir, val_frames_dir):
              "--log_every_steps", "2", "--save_every_steps", "100", "--dist_timeout", "120"]
     one_process = build_run(parse_recipe([*flags, "--output_dir", str(work / "one_process"), "--stop_at_step", "1"]))
     assert train(one_process) == 1
+    one_process.close()  # its output folder is free for the two-process job below
     spec = {"flags": flags, "val_data": str(val_frames_dir), "val_batch_size": 4, "work": str(work),
             "one_process_run": str(work / "one_process"), "stop_at_step": 3,
             "variants": {"plain": [], "swa": ["--swa", "true"]}, "out": str(work / "seen.json")}

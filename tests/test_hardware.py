@@ -133,7 +133,7 @@ def test_the_step_loop_makes_no_tensors_from_python_lists(tmp_path, frames_dir, 
     try:
         assert engine.train(run) == 4
     finally:
-        run.accelerator.end_training()
+        run.close()
         AcceleratorState._reset_state(reset_partial_state=True)
     ours = [f for f in from_lists if "/endovit/" in f.filename and "checkpoint" not in f.filename]
     assert not ours, ours
