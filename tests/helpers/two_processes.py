@@ -116,6 +116,7 @@ def main(spec_path: str) -> None:
     if accelerator.is_main_process:
         Path(spec["out"]).write_text(json.dumps(result))
     accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()  # a gloo group left to the interpreter's exit can abort a process
 
 
 if __name__ == "__main__":
