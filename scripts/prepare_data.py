@@ -15,20 +15,11 @@ import argparse
 import os
 import sys
 
+from endovit.cli import parse_bool
 from endovit.data import DataError, PrepareSettings, prepare_frames
 from endovit.data.prepare import IMAGE_FORMATS, ON_ERROR
 from endovit.data.splits import CHOLEC80_SPLITS
 from endovit.data.stats import compute_and_store_stats
-
-
-def parse_bool(text: str) -> bool:
-    """true/false flag values as the training script reads them (a data tool does not import the recipe)."""
-    lowered = str(text).strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,12 @@
 """Shared fixtures: tiny generated frames and a helper that runs scripts the way a user does."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,30 @@ def val_frames_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("val_frames")
     write_sample_frames(root, videos=1, frames=6, height=48, width=64, seed=4, first_video=9)
     return root / "frames"
+
+
+@contextlib.contextmanager
+def moto_server_url():
+    """A moto server (S3, SageMaker, ...) on a free loopback port for the block; yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def script_env() -> dict:

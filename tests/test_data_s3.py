@@ -6,15 +6,13 @@ import hashlib
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import s3fs  # noqa: F401 - the s3:// filesystem these tests need: missing, the suite fails (never skips)
+from conftest import moto_server_url
 from PIL import Image
 
 from endovit.data import DataError, PrepareSettings, load_frames, prepare_frames, resolve_sources
@@ -44,30 +42,15 @@ def endo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def s3_server():
     """A moto S3 server on loopback; the AWS environment points every client at it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saved = dict(os.environ)
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_EC2_METADATA_DISABLED="true")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield port
-    finally:
-        server.terminate()
-        server.wait()
-        os.environ.clear()
-        os.environ.update(saved)
+    with moto_server_url() as url:
+        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                          AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=url, AWS_EC2_METADATA_DISABLED="true")
+        try:
+            yield int(url.rsplit(":", 1)[1])
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 def test_prepared_dataset_loads_from_s3_like_from_disk(s3_server, endo_root, tmp_path, monkeypatch):

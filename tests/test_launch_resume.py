@@ -2,64 +2,29 @@
 simulated jobs (SageMaker syncs /opt/ml/checkpoints with the job's checkpoint_s3_uri)."""
 from __future__ import annotations
 
-import os
 import runpy
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
-import yaml
+from conftest import moto_server_url
 from test_sagemaker_job import REPO, TINY, job_folders, run_job, toolkit_argv
-from test_sagemaker_launch import BUCKET, REGION, write_config
+from test_sagemaker_launch import BUCKET, REGION, aws_env, write_config
 
 CHECKPOINTS = f"s3://{BUCKET}/endovit/checkpoints"
+FIXTURES = (aws_env,)  # used by name
 
 
 @pytest.fixture(scope="module")
 def moto_server():
-    """A moto server (S3, SageMaker, ...) on loopback."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait()
+    with moto_server_url() as url:
+        yield url
 
 
 @pytest.fixture
-def aws(moto_server, monkeypatch, tmp_path):
+def aws(moto_server, aws_env, monkeypatch):
     """Every AWS client pointed at the server (fake credentials, SDK telemetry off); one empty bucket."""
-    for key in list(os.environ):
-        if key.startswith(("AWS_", "SAGEMAKER_")):
-            monkeypatch.delenv(key)
-    sdk_defaults = tmp_path / "sagemaker_defaults.yaml"
-    sdk_defaults.write_text(yaml.safe_dump({"SchemaVersion": "1.0",
-                                            "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}))
-    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(sdk_defaults))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
     session = boto3.Session(region_name=REGION)
