@@ -33,8 +33,8 @@ def resolve_mixed_precision(setting: str, device: torch.device,
     """``auto`` -> what is fast on ``device``; explicit settings pass through. Returns (precision, reason).
 
     CUDA: bf16 where the GPU runs it natively, else fp16 (with accelerate's GradScaler), as EndoViT ran on
-    V100s. CPU: ``measure_cpu()`` times the step in both precisions (bf16 is 1.7x faster with AMX, 1.8x slower
-    with AVX512-BF16 alone); without it, bf16 only with AMX.
+    V100s. CPU: ``measure_cpu()`` times the step in both precisions (the same flags can mean either: bf16 was 1.8x
+    slower on a Xeon with AVX512-BF16 alone, 1.6x faster on an AMD EPYC with them); without it, bf16 only with AMX.
     """
     if setting != "auto":
         return setting, origin
@@ -64,8 +64,9 @@ def cpu_name() -> str:
 
 def faster_precision(seconds: dict[str, float]) -> str:
     """``bf16`` when it is at least 10% faster than fp32 (``no``), else ``no`` (fp32 numerics at about equal speed).
-    Where bf16 helps on a CPU it helps a lot (1.7x with AMX), and where it hurts it hurts a lot (1.8x slower with
-    AVX512-BF16 alone), so the margin costs nothing and keeps a noisy measurement from flipping the choice."""
+    Where bf16 helps on a CPU it helps a lot (1.7x with AMX, 1.6x on an AMD EPYC), and where it hurts it hurts a
+    lot (1.8x slower on a Xeon with AVX512-BF16 alone), so the margin costs nothing and keeps a noisy measurement
+    from flipping the choice."""
     return "bf16" if seconds["bf16"] < 0.9 * seconds["no"] else "no"
 
 
