@@ -137,3 +137,33 @@ def test_the_step_loop_makes_no_tensors_from_python_lists(tmp_path, frames_dir, 
         AcceleratorState._reset_state(reset_partial_state=True)
     ours = [f for f in from_lists if "/endovit/" in f.filename and "checkpoint" not in f.filename]
     assert not ours, ours
+
+
+@pytest.mark.parametrize("error, expected", [
+    (torch.OutOfMemoryError("CUDA out of memory"), "out of memory with a micro-batch of 4 images of 32x32 per process:"
+                                                   " raise --grad_accum_steps"),
+    (RuntimeError("DataLoader worker (pid 7) is killed by signal: Bus error. It is possible that dataloader's "
+                  "workers are out of shared memory."), "ran out of shared memory (/dev/shm): give the container"),
+])
+def test_a_batch_or_workers_that_do_not_fit_say_what_to_change(tmp_path, frames_dir, monkeypatch, error, expected):
+    """A V100 running batch 256 in fp32, or a container's 64 MB /dev/shm: one line naming the setting to change."""
+    from endovit import engine
+    from endovit.errors import EndovitError
+    from endovit.recipe import parse_recipe
+    from endovit.trainer import build_run
+
+    run = build_run(parse_recipe(["--recipe", "demo", "--model", "mae_vit_tiny_patch16", "--img_size", "32",
+                                  "--train_data", str(frames_dir), "--output_dir", str(tmp_path / "run"),
+                                  "--batch_size", "4", "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0",
+                                  "--mixed_precision", "no", "--report_to", "none", "--num_recon_images", "0"]))
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(engine, "train_step", fails)
+    try:
+        with pytest.raises(EndovitError) as raised:
+            engine.train(run)
+    finally:
+        run.close()
+    assert expected in str(raised.value) and "\n" not in str(raised.value)
