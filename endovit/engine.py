@@ -177,8 +177,8 @@ def train(run, stop: StopRequest | None = None) -> int:
 
     The schedule's end (``total_steps``) logs and validates; an earlier stop (``--stop_at_step`` or a ``stop``
     request) only saves the training state, so a resumed run stays identical to an unbroken one. A stop
-    request is checked every step on one process, and at log steps across several (piggybacking on the
-    log's collective, so the step loop gets no extra host synchronisation).
+    request is checked every step on one process, and at log steps across several (one small all-reduce where
+    the loop already waits for the logged loss, so the steps in between get no host synchronisation).
     """
     try:
         return _train_steps(run, stop or StopRequest())
