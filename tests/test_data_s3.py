@@ -14,16 +14,11 @@ import pytest
 import s3fs  # noqa: F401 - the s3:// filesystem these tests need: missing, the suite fails (never skips)
 from conftest import moto_server_url
 from PIL import Image
+from test_data_scale import rows_of
 
 from endovit.data import DataError, PrepareSettings, load_frames, prepare_frames, resolve_sources
 from endovit.data.store import FEATURES, MANIFEST
 from endovit.data.synthetic import write_sample_frames
-
-
-def rows_of(frames) -> dict[tuple[str, int], bytes]:
-    """(video, frame_index) -> stored image bytes, for comparing datasets."""
-    table = frames.select_columns(["video", "frame_index", "image"])
-    return {(r["video"], r["frame_index"]): r["image"]["bytes"] for r in table}
 
 
 @pytest.fixture(scope="module")

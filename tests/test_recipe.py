@@ -55,6 +55,11 @@ def test_recipe_file_by_path_and_unknown_key(tmp_path):
     (["--model", "vit_giant"], "--model 'vit_giant': unknown model"),
     (["--warmup_epochs", "20"], "--warmup_epochs 20.0: must be in [0, epochs=15)"),
     (["--mixed_precision", "fp8"], "--mixed_precision 'fp8': choose auto, no, fp16 or bf16"),
+    (["--num_workers", "999"], "--num_workers 999: at most 256"),
+    (["--img_size", "8192"], "--img_size [8192, 8192]: at most 4096 pixels a side"),
+    (["--num_recon_images", "100"], "--num_recon_images 100: at most 64"),
+    (["--val_batch_size", "-1"], "--val_batch_size -1: must not be negative"),
+    (["--ddp_comm_hook", "int8"], "--ddp_comm_hook 'int8': choose none, bf16 or fp16"),
 ])
 def test_bad_values_name_the_flag(flags, message):
     with pytest.raises(RecipeError) as err:
@@ -65,19 +70,6 @@ def test_bad_values_name_the_flag(flags, message):
 def test_unknown_recipe_name_lists_the_shipped_ones():
     with pytest.raises(RecipeError, match="one of demo, endovit_seg"):
         parse_recipe(["--recipe", "endovit_segg"])
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--num_workers", "999"], "--num_workers 999: at most 256"),
-    (["--img_size", "8192"], "--img_size [8192, 8192]: at most 4096 pixels a side"),
-    (["--num_recon_images", "100"], "--num_recon_images 100: at most 64"),
-    (["--val_batch_size", "-1"], "--val_batch_size -1: must not be negative"),
-    (["--ddp_comm_hook", "int8"], "--ddp_comm_hook 'int8': choose none, bf16 or fp16"),
-])
-def test_values_out_of_any_sensible_range_are_refused(flags, message):
-    with pytest.raises(RecipeError) as err:
-        parse_recipe(["--train_data", "x", *flags])
-    assert message in str(err.value)
 
 
 def test_help_documents_every_flag_with_its_default(capsys):
