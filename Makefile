@@ -19,14 +19,15 @@ $(SAMPLE)/.complete: | $(STAMP)
 	rm -rf $(SAMPLE)
 	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/train --videos 4 --frames 60 --height 240 --width 426
 	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/val --videos 1 --frames 24 --first_video 5 --height 240 --width 426
-	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/probe --videos 8 --frames 12 --first_video 41 \
+	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/probe --videos 32 --frames 8 --first_video 41 \
 		--height 240 --width 426 --labels
 	touch $@
 
 demo: $(STAMP) $(SAMPLE)/.complete
 	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml scripts/pretrain.py \
 		--recipe demo --train_data $(SAMPLE)/train --val_data $(SAMPLE)/val --output_dir $(DEMO_OUT) --resume auto \
-		--probe_data $(SAMPLE)/probe --probe_label_format cholec80_tool --probe_every_steps 70
+		--probe_data $(SAMPLE)/probe --probe_label_format cholec80_tool --probe_every_steps 70 \
+		--probe_best_metric knn_avg_map
 	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml scripts/evaluate.py \
 		--weights $(DEMO_OUT) random --data $(SAMPLE)/probe --label_format cholec80_tool --kind both \
 		--output $(DEMO_OUT)/probe.json

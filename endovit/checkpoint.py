@@ -120,16 +120,20 @@ class TrainProgress:
     def __init__(self):
         self.step = 0
         self.best_val_loss = float("inf")
+        self.best_probe = float("-inf")  # the best value so far of the recipe's probe_best_metric
 
     def save(self, folder: Path) -> None:
-        best = self.best_val_loss if math.isfinite(self.best_val_loss) else None
-        atomic_write_text(folder / self.FILE, json.dumps({"step": self.step, "best_val_loss": best}) + "\n")
+        state = {"step": self.step, "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+                 "best_probe": self.best_probe if math.isfinite(self.best_probe) else None}
+        atomic_write_text(folder / self.FILE, json.dumps(state) + "\n")
 
     def load(self, folder: Path) -> None:
         try:
             state = json.loads((folder / self.FILE).read_text())
             self.step = int(state["step"])
             self.best_val_loss = float("inf") if state["best_val_loss"] is None else float(state["best_val_loss"])
+            best_probe = state.get("best_probe")  # absent from checkpoints written before best_probe/ existed
+            self.best_probe = float("-inf") if best_probe is None else float(best_probe)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{folder / self.FILE}: unreadable training progress ({err}); resume from "
                                   "another checkpoint") from None

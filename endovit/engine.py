@@ -202,8 +202,13 @@ def _train_steps(run, stop: StopRequest) -> int:
                        peak_tflops(accelerator.device, accelerator.mixed_precision))
     step, micro_steps, stopped = saver.progress.step, 0, False
     first_step = step + 1
-    bar = tqdm(total=schedule.last_step, initial=step, desc="pretrain", disable=not accelerator.is_local_main_process)
+    # the bar only on a terminal (disable=None): in a pipe, a log file or CloudWatch its redraws would run into the
+    # step= lines, which say the same
+    bar = tqdm(total=schedule.last_step, initial=step, desc="pretrain",
+               disable=None if accelerator.is_local_main_process else True)
     run.model.train()
+    if run.probe is not None and step == 0:
+        _log_probe(run, 0, bar)  # the init's score starts the curve: what pretraining must beat
     while step < schedule.last_step and not stopped:
         # epoch: reseed the sampler, skip the micro-batches a resumed run has already done
         epoch = step // schedule.steps_per_epoch
@@ -273,8 +278,13 @@ def _log_train(run, window: LogWindow, step: int, bar) -> None:
 
 
 def _log_probe(run, step: int, bar) -> None:
-    """Probe metrics to the trackers and as one ``step=`` line (per-class APs to the trackers only)."""
+    """Probe the model (and the SWA average once it has weights): metrics to the trackers and as one ``step=``
+    line (per-class APs to the trackers only); ``best_probe/`` follows the chosen metric."""
     metrics = run.probe.evaluate(run.mae)
+    run.saver.after_probe(step, metrics)
+    swa_model = run.swa_model
+    if swa_model is not None and swa_model.n_averaged.item() > 0:
+        metrics |= {k.replace("probe/", "probe_swa/", 1): v for k, v in run.probe.evaluate(swa_model.module).items()}
     run.accelerator.log(metrics, step=step)
     run.saver.latest.update({k: v for k, v in metrics.items() if "_ap/" not in k})
     if run.accelerator.is_main_process:

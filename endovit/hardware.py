@@ -14,8 +14,8 @@ import torch
 
 from endovit.io import atomic_write_json
 
-__all__ = ["bf16_supported", "resolve_mixed_precision", "resolve_torch_compile", "resolve_num_workers",
-           "compile_threads", "apply_tf32", "cpu_name", "faster_precision",
+__all__ = ["bf16_supported", "resolve_mixed_precision", "resolve_torch_compile", "cgroup_cpu_limit",
+           "available_cores", "resolve_num_workers", "compile_threads", "apply_tf32", "cpu_name", "faster_precision",
            "time_cpu_precisions", "measured_cpu_precision", "resolve_trackers", "Resolved", "resolve_settings"]
 
 
@@ -122,18 +122,49 @@ def resolve_torch_compile(setting: str, device: torch.device) -> tuple[bool, str
     return device.type == "cuda", f"auto: {'on' if device.type == 'cuda' else 'off'} for {device.type}"
 
 
+def cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
+    """CPUs a cgroup quota allows this process (``docker run --cpus``, Kubernetes limits), rounded up; None when
+    there is no quota. Reads cgroup v2 ``cpu.max`` (this process's group, then the root) or v1's CFS files."""
+    root = Path(root)
+    try:
+        groups = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        groups = []
+    own = next((Path(line[3:].lstrip("/")) for line in groups if line.startswith("0::")), Path())
+    for folder in dict.fromkeys((root / own, root)):
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+        except (OSError, ValueError):
+            continue
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else max(1, -(-quota // period))
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its CPU affinity, capped by a cgroup quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return min(cores, limit) if limit else cores
+
+
 def resolve_num_workers(setting, local_processes: int) -> tuple[int, str]:
-    """``auto`` -> the CPU cores this process may use, shared by the processes of this machine (at most 16)."""
+    """``auto`` -> the cores this process may use, shared by the processes of this machine, less one core for each
+    process itself (which feeds its device), at most 16 and at least 1."""
     if setting != "auto":
         return int(setting), "set explicitly"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(16, cores // max(1, local_processes))), f"auto: {cores} cores / {local_processes} process(es)"
+    cores, processes = available_cores(), max(1, local_processes)
+    return (max(1, min(16, cores // processes - 1)),
+            f"auto: {cores} cores / {processes} process(es), one core each kept for the process")
 
 
 def compile_threads(local_processes: int) -> int:
     """Inductor compile workers per process, so that all processes of a machine share its cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_processes))
+    return max(1, available_cores() // max(1, local_processes))
 
 
 def apply_tf32(enabled: bool, device: torch.device) -> None:

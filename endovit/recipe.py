@@ -60,7 +60,7 @@ class Recipe:
     mean: list = setting("data", ENDOVIT_MEAN, "per-channel mean of the frames, R,G,B in [0, 1] (EndoViT's)")
     std: list = setting("data", ENDOVIT_STD, "per-channel std of the frames, R,G,B (EndoViT's)")
     num_workers: str = setting("data", "auto", "DataLoader workers per process; auto = CPU cores per process "
-                                               "on this machine (at most 16)")
+                                               "less one (cgroup quota counted; at most 16)")
     train_sources: list = setting("data", [], "sub-folders of train_data, Cholec80 split names or paths; "
                                               "empty = all of train_data")
     source_weights: list = setting("data", [], "one sampling weight per train_sources entry; empty = each frame once")
@@ -103,6 +103,8 @@ class Recipe:
     probe_train_videos: list = setting("probe", [], "videos the probe fits on, e.g. [1-40]; empty = default split")
     probe_test_videos: list = setting("probe", [], "videos the probe scores; empty = the rest")
     probe_every_steps: int = setting("probe", 500, "probe every this many optimizer steps (and at the end)")
+    probe_best_metric: str = setting("probe", "", "export best_probe/ whenever this probe metric peaks, e.g. "
+                                     "knn_avg_map (tools) or knn_avg_acc (phases); empty = no such export")
     val_every_steps: int = setting("run", 500, "validate every this many optimizer steps (and at the end)")
     val_batch_size: int = setting("run", 0, "validation images per process; 0 = the training micro-batch")
     log_every_steps: int = setting("run", 20, "log loss, lr and speed every this many optimizer steps")
@@ -199,9 +201,23 @@ class Recipe:
             from endovit.probes import ProbeSettings
 
             ProbeSettings.from_recipe(self).validate("probe_")
+        if self.probe_best_metric:
+            self._validate_probe_best_metric()
         if self.stop_at_step is not None and self.stop_at_step <= 0:
             raise bad("stop_at_step", "must be a positive step number")
         return self
+
+    def _validate_probe_best_metric(self) -> None:
+        metric = self.probe_best_metric
+        if not self.probe_data:
+            raise self._bad("probe_best_metric", "needs --probe_data (the labelled frames to probe on)")
+        parts = metric.split("_")
+        if len(parts) != 3 or parts[0] not in ("knn", "linear") or parts[1] not in ("cls", "avg") or parts[2] not in (
+                "acc", "f1", "map"):
+            raise self._bad("probe_best_metric", "name a probe metric: knn|linear, cls|avg, acc|f1|map joined by "
+                                                 "'_', e.g. knn_avg_map")
+        if self.probe_kind not in (parts[0], "both"):
+            raise self._bad("probe_best_metric", f"is not measured with --probe_kind {self.probe_kind}")
 
     def _validate_sources(self) -> None:
         bad = self._bad

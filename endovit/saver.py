@@ -1,5 +1,5 @@
 """The one owner of what a run writes (like timm's ``CheckpointSaver``): training-state checkpoints, ``best/``,
-``swa/``, the final export and the reconstruction picture."""
+``best_probe/``, ``swa/``, the final export and the reconstruction picture."""
 from __future__ import annotations
 
 import os
@@ -28,13 +28,15 @@ from endovit.weights import export_info, export_model
 __all__ = ["Saver"]
 
 SWA_FILE = "swa_model.safetensors"
+BESTS = ("best", "best_probe")  # exports kept beside the checkpoints, by validation loss and by probe metric
 
 
 class Saver:
     """Decides and writes everything a run leaves behind; holds the counters a checkpoint carries.
 
-    ``best/`` is exported into the checkpoint folder (which SageMaker syncs and restores) and linked into the
-    output folder, so a restarted job gets it back.
+    ``best/`` (lowest validation loss) and ``best_probe/`` (highest ``probe_best_metric``) are exported into the
+    checkpoint folder (which SageMaker syncs and restores) and linked into the output folder, so a restarted job
+    gets them back.
     """
 
     def __init__(self, run, run_signature: dict):
@@ -65,14 +67,15 @@ class Saver:
         return self.checkpoints_dir / max(common) if common else None
 
     def resume(self, folder: Path) -> None:
-        """Load a checkpoint folder: accelerate's state, our counters, the SWA weights; put ``best/`` back."""
+        """Load a checkpoint folder: accelerate's state, our counters, the SWA weights; put the bests back."""
         check_resumable(folder, self.run_signature, self.manifest)
         load_training_state(self.accelerator, folder, self.progress)
         swa_model = self.run.swa_model
         if swa_model is not None:
             swa_model.load_state_dict(load_file(folder / SWA_FILE))
         if self.accelerator.is_main_process:
-            self._restore_best()
+            for name in BESTS:
+                self._restore_best(name)
 
     def save_training_state(self, step: int) -> Path:
         """A complete checkpoint of ``step`` (every process takes part); logs how long saving took."""
@@ -102,20 +105,33 @@ class Saver:
             if val_loss < self.progress.best_val_loss:
                 export_model(self.run.mae, self.checkpoints_dir / "best",
                              export_info(self.recipe, self.run.mae, step, val_loss))
-                self._restore_best()
+                self._restore_best("best")
         self.progress.best_val_loss = min(self.progress.best_val_loss, val_loss)
 
-    def _restore_best(self) -> None:
-        """Mirror ``<checkpoints>/best`` into ``<output>/best`` (hard links where the disk allows)."""
-        kept = self.checkpoints_dir / "best"
-        if not kept.is_dir() or kept.resolve() == (self.out_dir / "best").resolve():
+    def after_probe(self, step: int, metrics: dict[str, float]) -> None:
+        """``best_probe/`` when the recipe's ``probe_best_metric`` rose (the init, probed at step 0, never counts)."""
+        name = self.recipe.probe_best_metric
+        if not name or step == 0:
             return
-        with atomic_path(self.out_dir / "best") as tmp:
+        value = metrics[f"probe/{name}"]
+        if value > self.progress.best_probe and self.accelerator.is_main_process:
+            info = export_info(self.recipe, self.run.mae, step, self.last_val_loss) | {f"probe_{name}": value}
+            export_model(self.run.mae, self.checkpoints_dir / "best_probe", info)
+            self._restore_best("best_probe")
+        self.progress.best_probe = max(self.progress.best_probe, value)
+
+    def _restore_best(self, name: str) -> None:
+        """Mirror ``<checkpoints>/<name>`` into ``<output>/<name>`` (hard links where the disk allows)."""
+        kept = self.checkpoints_dir / name
+        if not kept.is_dir() or kept.resolve() == (self.out_dir / name).resolve():
+            return
+        with atomic_path(self.out_dir / name) as tmp:
             shutil.copytree(kept, tmp, copy_function=_link_or_copy)
 
     def finish(self, step: int, val_loss: float | None) -> dict[str, Path | None]:
         """Final weights (and SWA's) into the output folder; returns what exists, by name."""
-        written: dict[str, Path | None] = {"weights": None, "best": None, "swa": None, "picture": None}
+        written: dict[str, Path | None] = {"weights": None, "best": None, "best_probe": None, "swa": None,
+                                           "picture": None}
         if not self.accelerator.is_main_process:
             return written
         mae, swa_model = self.run.mae, self.run.swa_model
@@ -123,8 +139,9 @@ class Saver:
         if swa_model is not None and swa_model.n_averaged.item() > 0:
             written["swa"] = export_model(swa_model.module, self.out_dir / "swa",
                                           export_info(self.recipe, swa_model.module, step, None))
-        if (self.out_dir / "best" / "model.safetensors").is_file():
-            written["best"] = self.out_dir / "best"
+        for name in BESTS:
+            if (self.out_dir / name / "model.safetensors").is_file():
+                written[name] = self.out_dir / name
         written["picture"] = self.save_picture(step)
         if "tensorboard" in self.run.settings.trackers and self.hparams:
             self.accelerator.get_tracker("tensorboard", unwrap=True).add_hparams(

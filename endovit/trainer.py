@@ -246,6 +246,10 @@ def build_run(recipe: Recipe) -> Run:
     if recipe.probe_data:
         run.probe = build_probe(ProbeSettings.from_recipe(recipe), recipe.img_size, recipe.mean, recipe.std,
                                 accelerator)
+        scored = ("map",) if run.probe.data.labels.multilabel else ("acc", "f1")
+        if recipe.probe_best_metric and not recipe.probe_best_metric.endswith(scored):
+            raise RecipeError(f"--probe_best_metric {recipe.probe_best_metric}: these labels are scored by "
+                              f"{' and '.join(scored)}, e.g. knn_avg_{scored[0]}")
     run.pictures = picture_batch(data.val if data.val is not None else data.train, recipe.num_recon_images,
                                  recipe.img_size, recipe.mean, recipe.std, recipe.seed, mae.num_patches, device)
     return run

@@ -30,9 +30,8 @@ from torch.utils.data import DataLoader
 
 from endovit.benchmark import endovit_loader
 from endovit.data import PrepareSettings, build_train_loader, load_frames, normalize, prepare_frames
-from endovit.data.store import MANIFEST, SHARDS_DIR, read_manifest, shard_name
+from endovit.data.store import repeat_prepared
 from endovit.data.synthetic import write_sample_frames
-from endovit.io import atomic_write_json
 from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD
 
 RSS_BATCHES = 40
@@ -140,24 +139,6 @@ def measure(make_loader: Callable[[], DataLoader], ours: bool, seconds: float, m
             "std": std.tolist()}
 
 
-def scaled_prepared(prepared: Path, size: int, out: Path) -> Path:
-    """A prepared dataset of ``size`` rows whose shards are hard links to ``prepared``'s (for the RSS check)."""
-    manifest = read_manifest(prepared)
-    shards = [s for s in manifest["shards"] if s["frames"]]
-    (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    listed, total, i = [], 0, 0
-    while total < size:
-        shard = shards[i % len(shards)]
-        target = out / SHARDS_DIR / f"{shard_name(i)}.arrow"
-        if not target.exists():
-            os.link(prepared / SHARDS_DIR / f"{shard['name']}.arrow", target)
-        listed.append({**shard, "name": shard_name(i)})
-        total += shard["frames"]
-        i += 1
-    atomic_write_json(out / MANIFEST, {**manifest, "shards": listed, "frames": total})
-    return out
-
-
 def linked_frames(frames_dir: Path, size: int, out: Path) -> Path:
     """An ImageFolder tree of ``size`` hard links to the generated PNGs, in their video folders."""
     files = sorted(frames_dir.rglob("*.png"))
@@ -233,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work_dir)
     for count in [int(s) for s in args.rss_sizes.split(",") if s.strip()]:
         linked = linked_frames(frames_dir, count, work / f"linked_{count}")
-        scaled = scaled_prepared(prepared, count, work / f"scaled_{count}")
+        scaled = repeat_prepared(prepared, count, work / f"scaled_{count}")
         base = measure(endovit(linked), False, float("inf"), RSS_BATCHES)
         mine = measure(ours(scaled), True, float("inf"), RSS_BATCHES)
         print(f"{count:>7} frames, {RSS_BATCHES} batches: peak MiB RSS (anon) EndoViT {base['rss']:.0f} "

@@ -6,9 +6,9 @@
 1. Step benchmark (no ``datasets`` needed): MAE ViT-B/16, 224 px, batch 256 on one GPU, our defaults (bf16 +
    torch.compile, fused AdamW) against EndoViT's settings (fp16 + GradScaler, eager, per-step sync), with
    recompiles after the compile trial and host synchronisations per step counted.
-2. End to end: ``scripts/pretrain.py`` itself on prepared synthetic frames (bf16 + compile, DataLoader workers =
-   cores) for a few hundred steps: images/s, share of step time waiting for data, MFU, peak GPU memory, time
-   to the first step, time to save a checkpoint.
+2. End to end: ``scripts/pretrain.py`` itself on prepared synthetic frames (2,048, repeated to 150 steps an
+   epoch; bf16 + compile, DataLoader workers auto) for a few hundred steps: images/s, share of step time waiting
+   for data, MFU, peak GPU memory, time to the first step, time to save a checkpoint.
 3. fp16 path: the same run forced to ``--mixed_precision fp16``: its loss curve against bf16's, no NaN.
 
 Writes ``device_check.json`` and prints a table; exits non-zero when a check fails (a recompile after the
@@ -35,9 +35,11 @@ from endovit.benchmark import BenchConfig, baseline_of, run_benchmark  # noqa: E
 from endovit.hardware import cpu_name  # noqa: E402
 
 FULL = {"model": "mae_vit_base_patch16", "img_size": 224, "batch_size": 256, "bench_steps": 20, "videos": 16,
-        "frames": 128, "height": 256, "width": 455, "steps": 300, "fp16_steps": 100, "log_every": 20}
+        "frames": 128, "height": 256, "width": 455, "epoch_frames": 38400, "steps": 300, "fp16_steps": 100,
+        "log_every": 20}
 REHEARSAL = {"model": "mae_vit_tiny_patch16", "img_size": 32, "batch_size": 8, "bench_steps": 3, "videos": 2,
-             "frames": 16, "height": 48, "width": 64, "steps": 8, "fp16_steps": 6, "log_every": 2}
+             "frames": 16, "height": 48, "width": 64, "epoch_frames": 64, "steps": 8, "fp16_steps": 6,
+             "log_every": 2}
 STEP_LINE = re.compile(r"^step=(\d+) .*?loss=(\S+) .*?images_per_sec=(\S+)(.*)$", re.M)
 
 
@@ -50,16 +52,19 @@ def _frames_of_video(args: tuple) -> None:
 
 
 def prepare_frames(work: Path, sizes: dict) -> Path:
-    """Synthetic frames, one process per video, then prepared as JPEG shards (what a real run trains on)."""
+    """Synthetic frames, one process per video, then prepared as JPEG shards (what a real run trains on), repeated
+    through hard links to ``epoch_frames`` rows: an epoch of a few steps would measure the loader's restart at
+    every epoch (its workers idle until the next epoch's iterator exists), not its steady state."""
     from endovit.data import PrepareSettings
     from endovit.data import prepare_frames as prepare
+    from endovit.data.store import repeat_prepared
 
     raw, prepared = work / "raw", work / "prepared"
     with multiprocessing.get_context("spawn").Pool(min(sizes["videos"], os.cpu_count() or 1)) as pool:
         pool.map(_frames_of_video, [(raw, v, sizes) for v in range(1, sizes["videos"] + 1)])
     prepare(raw / "frames", prepared, PrepareSettings(short_side=min(sizes["height"], 256), image_format="jpeg"),
             num_proc=1, progress=False)
-    return prepared
+    return repeat_prepared(prepared, sizes["epoch_frames"], work / "repeated")
 
 
 def pretrain(data: Path, out: Path, sizes: dict, steps: int, *extra: str) -> dict:

@@ -60,6 +60,8 @@ def pretrain(recipe: Recipe) -> int:
                      f"transformers: from_pretrained('{out}')"]
             if written["best"]:
                 lines.append(f"  best by val:    {written['best']}")
+            if written["best_probe"]:
+                lines.append(f"  best by probe:  {written['best_probe']} ({recipe.probe_best_metric})")
             if written["swa"]:
                 lines.append(f"  swa average:    {written['swa']}")
             lines += [f"  checkpoints:    {recipe.checkpoints_path} (resume with --resume auto)",

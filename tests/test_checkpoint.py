@@ -7,6 +7,7 @@ from accelerate import Accelerator
 
 from endovit.checkpoint import (
     CheckpointError,
+    TrainProgress,
     check_resumable,
     checkpoint_dirs,
     latest_checkpoint,
@@ -46,3 +47,15 @@ def test_resuming_a_run_with_different_settings_is_refused(saved):
     check_resumable(saved / "step_00000006", {"seed": 1})
     with pytest.raises(CheckpointError, match="the run changed \\(seed: 1 then, 2 now\\)"):
         check_resumable(saved / "step_00000006", {"seed": 2})
+
+
+def test_progress_keeps_both_bests_and_reads_files_from_before_best_probe(tmp_path):
+    progress = TrainProgress()
+    progress.step, progress.best_val_loss, progress.best_probe = 12, 0.25, 0.625
+    progress.save(tmp_path)
+    again = TrainProgress()
+    again.load(tmp_path)
+    assert (again.step, again.best_val_loss, again.best_probe) == (12, 0.25, 0.625)
+    (tmp_path / TrainProgress.FILE).write_text('{"step": 3, "best_val_loss": null}\n')
+    again.load(tmp_path)
+    assert (again.step, again.best_val_loss, again.best_probe) == (3, float("inf"), float("-inf"))

@@ -32,7 +32,7 @@ from endovit.data import (
 )
 from endovit.data.loader import TrainFrames
 from endovit.data.splits import select_split, split_summary
-from endovit.data.store import MANIFEST
+from endovit.data.store import MANIFEST, repeat_prepared
 from endovit.data.synthetic import write_sample_frames
 from endovit.recipe import Recipe, RecipeError, parse_recipe
 
@@ -144,6 +144,19 @@ def test_prepare_is_idempotent_and_resumes_only_missing_shards(cholec, tmp_path)
 
     with pytest.raises(DataError, match="prepared from other input or settings.*--overwrite true"):
         prepare_frames(cholec, out, PrepareSettings(short_side=16, shard_size=5), progress=False)
+
+
+def test_repeated_prepared_dataset_links_the_shards_in_turn(cholec, tmp_path):
+    """The device check's long epoch: hard links, no copy, the rows of the source again and again."""
+    prepared = tmp_path / "prep"
+    prepare_frames(cholec, prepared, SMALL, progress=False)
+    repeated = repeat_prepared(prepared, 60, tmp_path / "repeated")
+    source, rows = load_frames(prepared), load_frames(repeated)
+    assert 60 <= len(rows) < 60 + 24 / 4, "whole shards (5 of 24 rows in all) until 60 rows"
+    assert rows[:]["image"] == [source[i % 24]["image"] for i in range(len(rows))]
+    assert all(p.stat().st_nlink > 1 for p in (repeated / "shards").glob("*.arrow"))
+    with pytest.raises(DataError, match="not a complete prepared dataset"):
+        repeat_prepared(cholec, 10, tmp_path / "nothing")
 
 
 def test_prepare_killed_midway_then_rerun_gives_the_complete_dataset(tmp_path):

@@ -64,8 +64,27 @@ def test_tf32_switch_sets_and_clears_the_matmul_precision():
 
 def test_workers_and_compile_threads_share_the_cores(monkeypatch):
     monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(16)))
-    assert hardware.resolve_num_workers("auto", 8)[0] == 2 and hardware.resolve_num_workers(3, 8)[0] == 3
-    assert hardware.resolve_num_workers("auto", 1)[0] == 16 and hardware.compile_threads(8) == 2
+    monkeypatch.setattr(hardware, "cgroup_cpu_limit", lambda: None)
+    assert hardware.resolve_num_workers("auto", 8)[0] == 1 and hardware.resolve_num_workers(3, 8)[0] == 3
+    assert hardware.resolve_num_workers("auto", 1)[0] == 15 and hardware.compile_threads(8) == 2
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert hardware.resolve_num_workers("auto", 2)[0] == 16, "at most 16 workers a process"
+    monkeypatch.setattr(hardware, "cgroup_cpu_limit", lambda: 5)
+    assert hardware.available_cores() == 5 and hardware.resolve_num_workers("auto", 1)[0] == 4
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "250000 100000\n"}, 3),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_cgroup_quota_is_read_from_v2_and_v1_files(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert hardware.cgroup_cpu_limit(tmp_path) == expected
 
 
 def test_unfused_adamw_is_torchs_default_implementation():

@@ -28,6 +28,7 @@ EVERY_FLAG = {
     "stop_at_step": "5", "train_split": "training", "val_split": "valid", "tf32": "false", "ddp_comm_hook": "bf16",
     "dist_timeout": "600", "probe_data": "", "probe_label_format": "cholec80_tool", "probe_labels": "",
     "probe_kind": "both", "probe_train_videos": "[1-4]", "probe_test_videos": "[]", "probe_every_steps": "3",
+    "probe_best_metric": "",
 }
 JOB_SET = {"train_data", "val_data", "output_dir", "checkpoint_dir", "logging_dir", "resume"}
 

@@ -40,6 +40,7 @@ def test_training_loss_falls_and_everything_is_written(overfit_run):
     out, result = overfit_run
     losses = logged_losses(result.stdout)
     assert len(losses) == 12
+    assert not re.search(r"\| *\d+/\d+ \[", result.stdout + result.stderr), "no progress bar in a pipe, only log lines"
     assert losses[-1] < 0.5 * losses[0], losses
     for name in ["model.safetensors", "encoder.safetensors", "endovit_config.json", "config.yaml",
                  "reconstruction.png", "best/model.safetensors", "best/encoder.safetensors"]:

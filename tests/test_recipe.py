@@ -60,6 +60,10 @@ def test_recipe_file_by_path_and_unknown_key(tmp_path):
     (["--num_recon_images", "100"], "--num_recon_images 100: at most 64"),
     (["--val_batch_size", "-1"], "--val_batch_size -1: must not be negative"),
     (["--ddp_comm_hook", "int8"], "--ddp_comm_hook 'int8': choose none, bf16 or fp16"),
+    (["--probe_best_metric", "knn_avg_map"], "--probe_best_metric 'knn_avg_map': needs --probe_data"),
+    (["--probe_data", "p", "--probe_best_metric", "knn_map"], "--probe_best_metric 'knn_map': name a probe metric"),
+    (["--probe_data", "p", "--probe_best_metric", "linear_avg_acc"],
+     "--probe_best_metric 'linear_avg_acc': is not measured with --probe_kind knn"),
 ])
 def test_bad_values_name_the_flag(flags, message):
     with pytest.raises(RecipeError) as err:

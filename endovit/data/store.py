@@ -29,7 +29,8 @@ from endovit.errors import DataError
 from endovit.io import atomic_path, atomic_write_json
 
 __all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "filesystem", "is_remote", "is_prepared", "shard_name",
-           "read_manifest", "write_manifest", "shard_records", "file_sha256", "load_prepared", "require_image_bytes"]
+           "read_manifest", "write_manifest", "repeat_prepared", "shard_records", "file_sha256", "load_prepared",
+           "require_image_bytes"]
 
 MANIFEST = "endovit_dataset.json"
 PLAN = "endovit_plan.json"
@@ -99,6 +100,27 @@ def read_manifest(path: str | os.PathLike, storage_options: dict | None = None) 
         raise DataError(f"{path}/{MANIFEST} has format {manifest.get('format')!r}, this code reads {FORMAT}; "
                         "re-run scripts/prepare_data.py with --overwrite true")
     return manifest
+
+
+def repeat_prepared(prepared: str | os.PathLike, frames: int, out: str | os.PathLike) -> Path:
+    """A local prepared dataset of at least ``frames`` rows whose shards are hard links to ``prepared``'s, in turn
+    (no copy): a large dataset for benchmarks, or an epoch long enough for the loader's steady state."""
+    prepared, out = Path(prepared), Path(out)
+    manifest = read_manifest(prepared)
+    if manifest is None:
+        raise DataError(f"{prepared}: not a complete prepared dataset (run scripts/prepare_data.py)")
+    shards = [s for s in manifest["shards"] if s["frames"]]
+    (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    listed, total = [], 0
+    while total < frames:
+        shard = shards[len(listed) % len(shards)]
+        target = out / SHARDS_DIR / f"{shard_name(len(listed))}.arrow"
+        if not target.exists():
+            os.link(prepared / SHARDS_DIR / f"{shard['name']}.arrow", target)
+        listed.append({**shard, "name": shard_name(len(listed))})
+        total += shard["frames"]
+    atomic_write_json(out / MANIFEST, {**manifest, "shards": listed, "frames": total})
+    return out
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict, storage_options: dict | None = None) -> None:
