@@ -208,15 +208,14 @@ class Recipe:
         return self
 
     def _validate_probe_best_metric(self) -> None:
-        metric = self.probe_best_metric
+        from endovit.probes import metric_names
+
         if not self.probe_data:
             raise self._bad("probe_best_metric", "needs --probe_data (the labelled frames to probe on)")
-        parts = metric.split("_")
-        if len(parts) != 3 or parts[0] not in ("knn", "linear") or parts[1] not in ("cls", "avg") or parts[2] not in (
-                "acc", "f1", "map"):
+        if self.probe_best_metric not in metric_names("both"):
             raise self._bad("probe_best_metric", "name a probe metric: knn|linear, cls|avg, acc|f1|map joined by "
                                                  "'_', e.g. knn_avg_map")
-        if self.probe_kind not in (parts[0], "both"):
+        if self.probe_best_metric not in metric_names(self.probe_kind):
             raise self._bad("probe_best_metric", f"is not measured with --probe_kind {self.probe_kind}")
 
     def _validate_sources(self) -> None:

@@ -33,7 +33,8 @@ from endovit.hardware import Resolved, apply_tf32, compile_threads, measured_cpu
 from endovit.io import atomic_write_text
 from endovit.models.mae import MaskedAutoencoderViT, create_mae
 from endovit.optim import build_optimizer, lr_at_step, param_groups
-from endovit.probes import Probe, ProbeSettings, build_probe
+from endovit.probes import Probe, ProbeSettings, build_probe, metric_names
+from endovit.probes.metrics import score_names
 from endovit.recipe import Recipe
 from endovit.saver import Saver
 from endovit.weights import load_pretrained, redact_url
@@ -246,8 +247,9 @@ def build_run(recipe: Recipe) -> Run:
     if recipe.probe_data:
         run.probe = build_probe(ProbeSettings.from_recipe(recipe), recipe.img_size, recipe.mean, recipe.std,
                                 accelerator)
-        scored = ("map",) if run.probe.data.labels.multilabel else ("acc", "f1")
-        if recipe.probe_best_metric and not recipe.probe_best_metric.endswith(scored):
+        multilabel = run.probe.data.labels.multilabel
+        if recipe.probe_best_metric and recipe.probe_best_metric not in metric_names(recipe.probe_kind, multilabel):
+            scored = score_names(multilabel)
             raise RecipeError(f"--probe_best_metric {recipe.probe_best_metric}: these labels are scored by "
                               f"{' and '.join(scored)}, e.g. knn_avg_{scored[0]}")
     run.pictures = picture_batch(data.val if data.val is not None else data.train, recipe.num_recon_images,

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["accuracy", "macro_f1", "average_precision", "score", "format_table"]
+__all__ = ["accuracy", "macro_f1", "average_precision", "score_names", "score", "format_table"]
 
 
 def accuracy(pred: np.ndarray, target: np.ndarray) -> float:
@@ -33,6 +33,11 @@ def average_precision(scores: np.ndarray, target: np.ndarray) -> float:
     precision = tp / (last_of_tie + 1)
     recall = tp / tp[-1]
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def score_names(multilabel: bool) -> tuple[str, ...]:
+    """What ``score`` reports besides per-class APs: ``map`` for multi-label, ``acc`` and ``f1`` otherwise."""
+    return ("map",) if multilabel else ("acc", "f1")
 
 
 def score(scores: np.ndarray, target: np.ndarray, names: list[str]) -> dict[str, float]:

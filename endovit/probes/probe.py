@@ -12,13 +12,13 @@ from endovit.data.frames import decode_image, load_frames
 from endovit.data.transforms import EvalTransform
 from endovit.errors import DataError, RecipeError, did_you_mean
 from endovit.probes.classifiers import knn_scores, linear_probe_scores
-from endovit.probes.features import features_from_pixels
+from endovit.probes.features import POOLS, features_from_pixels
 from endovit.probes.labels import LABEL_FORMATS, Labels, cholec80_labels, column_labels, csv_labels
-from endovit.probes.metrics import score
+from endovit.probes.metrics import score, score_names
 from endovit.probes.split import split_by_video
 
-__all__ = ["KINDS", "ProbeSettings", "ProbeData", "load_probe_data", "probe_metrics", "flatten", "Probe",
-           "build_probe"]
+__all__ = ["KINDS", "ProbeSettings", "ProbeData", "load_probe_data", "metric_names", "probe_metrics", "flatten",
+           "Probe", "build_probe"]
 
 KINDS = ("knn", "linear", "both")
 
@@ -112,6 +112,14 @@ def load_probe_data(settings: ProbeSettings) -> ProbeData:
     rows = train + test
     return ProbeData(frames.select(rows), labels.select(rows), len(train),
                      {"train": sorted({videos[i] for i in train}), "test": sorted({videos[i] for i in test})})
+
+
+def metric_names(kind: str, multilabel: bool | None = None) -> list[str]:
+    """The metrics a probe of ``kind`` reports (for either label type when ``multilabel`` is None), e.g.
+    ``knn_avg_map``; with the ``probe/`` prefix they are the logged names."""
+    classifiers = ("knn", "linear") if kind == "both" else (kind,)
+    scores = score_names(multilabel) if multilabel is not None else (*score_names(False), *score_names(True))
+    return [f"{classifier}_{pool}_{name}" for classifier in classifiers for pool in POOLS for name in scores]
 
 
 def probe_metrics(features: dict[str, torch.Tensor], data: ProbeData, s: ProbeSettings
