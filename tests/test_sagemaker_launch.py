@@ -68,6 +68,25 @@ def aws_env(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    validate_each_sdk_config_once(monkeypatch)
+
+
+def validate_each_sdk_config_once(monkeypatch):
+    """The SDK checks its config against its whole JSON schema at every config lookup (about 0.2 s each, twenty-odd
+    per launch); the same config always validates the same way, so tests validate each distinct one once."""
+    import sagemaker.session
+    import sagemaker.utils
+
+    validate, validated = sagemaker.utils.validate_sagemaker_config, set()
+
+    def validate_once(sagemaker_config=None):
+        key = json.dumps(sagemaker_config, sort_keys=True, default=str)
+        if key not in validated:
+            validate(sagemaker_config)
+            validated.add(key)
+
+    for module in (sagemaker.utils, sagemaker.session):
+        monkeypatch.setattr(module, "validate_sagemaker_config", validate_once)
 
 
 @pytest.fixture
