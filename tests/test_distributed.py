@@ -1,7 +1,8 @@
 """Two processes (the shipped multi-GPU config, on this CPU-only machine a gloo group), one launch of
 tests/helpers/two_processes.py: every process masks differently, the batch is split as the recipe says, the
-validation loss is the one-process value for the same weights and frames, a run stopped mid-epoch and resumed with
-accumulation equals the unbroken one bit for bit, and a one-process checkpoint is refused."""
+validation loss and the probe features are the one-process values for the same weights and frames, a run stopped
+mid-epoch and resumed with accumulation equals the unbroken one bit for bit, and a one-process checkpoint is
+refused."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,8 @@ from endovit.data import build_val_loader, load_frames
 from endovit.engine import train
 from endovit.evaluation import validate
 from endovit.models.mae import create_mae
+from endovit.probes.features import features_from_loader, features_from_pixels
+from endovit.probes.probe import decode_frames
 from endovit.recipe import parse_recipe
 from endovit.trainer import build_run
 
@@ -90,6 +93,28 @@ def test_two_process_validation_loss_equals_the_one_process_value(two):
     std = torch.tensor(val["std"]).view(1, -1, 1, 1)
     one_process = validate(mae, mae, loader, Accelerator(cpu=True), mean, std, val["mask_ratio"], val["seed"])
     assert seen["val_loss"] == pytest.approx(one_process, rel=1e-6)
+
+
+def test_two_process_probe_features_equal_the_one_process_features_in_frame_order(two):
+    seen, work, val_frames_dir = two
+    val = seen["val"]
+    mae = create_mae("mae_vit_tiny_patch16", img_size=tuple(val["img_size"]))
+    mae.load_state_dict(load_file(work / "unbroken.safetensors"))
+    mae.eval()
+    mean = torch.tensor(val["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(val["std"]).view(1, -1, 1, 1)
+    accelerator = Accelerator(cpu=True)
+    frames = load_frames(val_frames_dir)
+    one_process = {f"pixels.{pool}": value for pool, value in features_from_pixels(
+        mae, decode_frames(frames, val["img_size"])[:5], accelerator, mean, std, batch_size=5).items()}
+    loader = build_val_loader(frames, val["img_size"], 5, num_workers=0)
+    one_process.update({f"loader.{pool}": value for pool, value in
+                        features_from_loader(mae, loader, accelerator, mean, std).items()})
+    two_processes = load_file(work / "probe_features.safetensors")
+    assert {k: v.shape[0] for k, v in two_processes.items()} == {"pixels.cls": 5, "pixels.avg": 5, "loader.cls": 6,
+                                                                 "loader.avg": 6}
+    for key, value in one_process.items():
+        torch.testing.assert_close(two_processes[key], value, rtol=1e-5, atol=1e-5, msg=key)
 
 
 def check_resume(found: dict) -> None:

@@ -8,7 +8,8 @@ SPEC: {"flags": [...pretrain flags without --output_dir...], "val_data": frames,
 no extra flags, reuses the recorded run), "out": JSON path}. In one process group, one after the
 other: resuming the one-process checkpoint (must be refused: processes changed), an unbroken run (recording every
 micro-batch's frames, masking noise and size on each process, then validating its final weights, saved for the test),
-and runs stopped mid-epoch and resumed (their weights compared with unbroken runs' on each process).
+probe features of its final weights (both ways a probe embeds frames, gathered across processes), and runs stopped
+mid-epoch and resumed (their weights compared with unbroken runs' on each process).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from endovit.data import build_val_loader, load_frames
 from endovit.data.loader import TrainFrames
 from endovit.engine import train
 from endovit.evaluation import validate
+from endovit.probes.features import features_from_loader, features_from_pixels
+from endovit.probes.probe import decode_frames
 from endovit.recipe import parse_recipe
 from endovit.trainer import build_run
 
@@ -106,6 +109,17 @@ def main(spec_path: str) -> None:
     unbroken = state_of(run)
     if accelerator.is_main_process:
         save_file({k[4:]: v for k, v in unbroken.items() if k.startswith("mae.")}, str(work / "unbroken.safetensors"))
+
+    # probe features: 5 decoded frames split 3 + 3 (the last a repeat) in batches of 2, and the validation loader
+    # (6 frames in batches of 4 per process, the last padded); the test compares them with one process's
+    run.mae.eval()
+    pixels = decode_frames(load_frames(spec["val_data"]), recipe.img_size)[:5]
+    features = {f"pixels.{pool}": value for pool, value in
+                features_from_pixels(run.mae, pixels, accelerator, run.mean, run.std, batch_size=2).items()}
+    features.update({f"loader.{pool}": value for pool, value in
+                     features_from_loader(run.mae, val_loader, accelerator, run.mean, run.std).items()})
+    if accelerator.is_main_process:
+        save_file({k: v.cpu().contiguous() for k, v in features.items()}, str(work / "probe_features.safetensors"))
 
     # stopped mid-epoch, then resumed: the same weights (and SWA average) as the unbroken run, on every process;
     # for each variant of the flags (e.g. with and without SWA)
