@@ -27,8 +27,8 @@ EVERY_FLAG = {
     "save_every_steps": "9", "keep_checkpoints": "2", "num_recon_images": "1", "report_to": "none",
     "stop_at_step": "5", "train_split": "training", "val_split": "valid", "tf32": "false", "ddp_comm_hook": "bf16",
     "dist_timeout": "600", "probe_data": "", "probe_label_format": "cholec80_tool", "probe_labels": "",
-    "probe_kind": "both", "probe_train_videos": "[1-4]", "probe_test_videos": "[]", "probe_every_steps": "3",
-    "probe_best_metric": "",
+    "probe_kind": "both", "probe_train_videos": "[1-4]", "probe_test_videos": "[]", "probe_frame_step": "2",
+    "probe_every_steps": "3", "probe_best_metric": "",
 }
 JOB_SET = {"train_data", "val_data", "output_dir", "checkpoint_dir", "logging_dir", "resume"}
 

@@ -2,6 +2,7 @@
 splits keep videos apart, the in-training probe leaves the run untouched, and pretraining beats random init."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -21,15 +22,16 @@ from endovit.data.frames import load_frames
 from endovit.data.synthetic import write_sample_frames
 from endovit.data.transforms import normalize
 from endovit.engine import train_step
-from endovit.errors import CheckpointError, DataError
+from endovit.errors import CheckpointError, DataError, RecipeError
 from endovit.models.mae import create_mae
 from endovit.optim import build_optimizer
 from endovit.probes import PHASES, TOOLS, ProbeSettings, build_probe, metric_names
+from endovit.probes import probe as probe_module
 from endovit.probes.classifiers import knn_scores, linear_probe_scores, standardize
 from endovit.probes.features import load_encoder
 from endovit.probes.labels import cholec80_labels, column_labels, csv_labels
 from endovit.probes.metrics import average_precision, macro_f1
-from endovit.probes.probe import decode_frames
+from endovit.probes.probe import decode_frames, load_probe_data
 from endovit.probes.split import split_by_video
 from endovit.weights import export_model
 
@@ -209,8 +211,16 @@ def test_split_keeps_every_video_on_one_side():
 def test_probe_leaves_rng_modes_and_grads_untouched(labelled):
     accelerator = Accelerator(cpu=True)
     settings = ProbeSettings(data=str(labelled / "probe" / "frames"), label_format="cholec80_tool", kind="both")
-    probe = build_probe(settings, (32, 32), MEAN, STD, accelerator)
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    probe = build_probe(settings, (32, 32), MEAN, STD, accelerator, num_workers=2)
     assert probe.pixels.dtype == torch.uint8 and probe.pixels.shape == (128, 3, 32, 32)
+    assert torch.equal(probe.pixels, decode_frames(probe.data.frames, (32, 32))), "workers decode as one process"
+
+    def unchanged(before) -> bool:
+        return (torch.equal(torch.get_rng_state(), before[0]) and np.array_equal(np.random.get_state()[1], before[1])
+                and random.getstate() == before[2])
+
+    assert unchanged(states), "building the probe (its DataLoader) drew random numbers"
     assert set(probe.data.videos["train"]).isdisjoint(probe.data.videos["test"])
     mae = create_mae("mae_vit_tiny_patch16", img_size=32, depth=2).train()
     mae.blocks[0].eval()
@@ -218,14 +228,41 @@ def test_probe_leaves_rng_modes_and_grads_untouched(labelled):
     grads = {n: p.grad.clone() for n, p in mae.named_parameters() if p.grad is not None}
     states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
     metrics = probe.evaluate(mae)
-    assert torch.equal(torch.get_rng_state(), states[0]) and np.array_equal(np.random.get_state()[1], states[1])
-    assert random.getstate() == states[2]
+    assert unchanged(states)
     assert mae.training and not mae.blocks[0].training and mae.blocks[1].training
     assert all(torch.equal(p.grad, grads[n]) for n, p in mae.named_parameters() if p.grad is not None)
     assert "probe/knn_cls_ap/Grasper" in metrics
     named = {f"probe/{name}" for name in metric_names("both", multilabel=True)}
     assert {k for k in metrics if "_ap/" not in k} == named, "--probe_best_metric checks against these names"
     assert metrics == probe.evaluate(mae)
+
+
+def test_frame_step_keeps_every_nth_frame_of_each_video(labelled):
+    folder = str(labelled / "probe" / "frames")
+    full = load_probe_data(ProbeSettings(data=folder, label_format="cholec80_tool"))
+    sparse = load_probe_data(ProbeSettings(data=folder, label_format="cholec80_tool", frame_step=5))
+
+    def keys(data):
+        return list(zip(data.frames["video"], data.frames["frame_index"], strict=True))
+
+    kept = [key for key in keys(full) if key[1] % 5 == 0]  # 16 frames a video, indices 0-15
+    assert keys(sparse) == kept and len(kept) == 8 * 4 and sparse.videos == full.videos
+    assert sparse.num_train == sum(video in full.videos["train"] for video, _ in kept)
+    rows = [keys(full).index(key) for key in kept]
+    assert np.array_equal(np.asarray(sparse.labels.values), np.asarray(full.labels.values)[rows])
+
+
+def test_probe_frames_too_big_for_the_device_are_refused_naming_the_frame_step(labelled, monkeypatch):
+    settings = ProbeSettings(data=str(labelled / "probe" / "frames"), label_format="cholec80_tool")
+    monkeypatch.setattr(probe_module, "probe_memory_budget", lambda device: (100_000, "the test's budget"))
+    decoded = []
+    monkeypatch.setattr(probe_module, "decode_frames", lambda *args: decoded.append(args) or decode_frames(*args))
+    with pytest.raises(RecipeError, match=r"^--probe_data .*: 128 probe frames at 32x32 take 0\.0 GB as uint8, more "
+                                          r"than 0\.0 GB \(the test's budget\); .* --probe_frame_step 4$"):
+        build_probe(settings, (32, 32), MEAN, STD, Accelerator(cpu=True))
+    assert not decoded, "refused before decoding"
+    probe = build_probe(dataclasses.replace(settings, frame_step=4), (32, 32), MEAN, STD, Accelerator(cpu=True))
+    assert probe.pixels.shape == (32, 3, 32, 32) and probe.pixels.numel() <= 100_000
 
 
 @pytest.fixture()

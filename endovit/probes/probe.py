@@ -2,14 +2,16 @@
 ``Probe`` that a training loop builds once and evaluates every few steps."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import datasets
+import psutil
 import torch
 
-from endovit.data.frames import decode_image, load_frames
-from endovit.data.transforms import EvalTransform
+from endovit.data.frames import load_frames
+from endovit.data.loader import build_val_loader
 from endovit.errors import DataError, RecipeError, did_you_mean
 from endovit.probes.classifiers import knn_scores, linear_probe_scores
 from endovit.probes.features import POOLS, features_from_pixels
@@ -17,8 +19,8 @@ from endovit.probes.labels import LABEL_FORMATS, Labels, cholec80_labels, column
 from endovit.probes.metrics import score, score_names
 from endovit.probes.split import split_by_video
 
-__all__ = ["KINDS", "ProbeSettings", "ProbeData", "load_probe_data", "metric_names", "probe_metrics", "flatten",
-           "Probe", "build_probe"]
+__all__ = ["KINDS", "ProbeSettings", "ProbeData", "load_probe_data", "every_nth_of_each_video", "metric_names",
+           "probe_metrics", "flatten", "decode_frames", "check_probe_size", "Probe", "build_probe"]
 
 KINDS = ("knn", "linear", "both")
 
@@ -37,6 +39,7 @@ class ProbeSettings:
     batch_size: int = 64  # frames per forward pass, per process
     train_videos: list = field(default_factory=list)  # e.g. [1-40] or [video01, video02]; empty = default split
     test_videos: list = field(default_factory=list)  # empty = the default split, or the videos not in train
+    frame_step: int = 1  # keep every Nth frame of each video (in the data's order); 1 = all
     frame_fps: float = 1.0  # rate the frames were extracted at (file index / frame_fps = seconds)
     annotation_fps: float = 25.0  # rate of Cholec80's annotation frame numbers
     first_frame: int = 0  # file index of the frame at time 0 (1 for ffmpeg's default numbering)
@@ -61,7 +64,7 @@ class ProbeSettings:
             raise bad("labels", "give the CSV file of labels")
         if self.kind not in KINDS:
             raise bad("kind", f"choose one of {', '.join(KINDS)}")
-        for key in ("k", "batch_size"):
+        for key in ("k", "batch_size", "frame_step"):
             if getattr(self, key) <= 0:
                 raise bad(key, "must be a positive integer")
         for key in ("temperature", "frame_fps", "annotation_fps"):
@@ -108,10 +111,22 @@ def load_probe_data(settings: ProbeSettings) -> ProbeData:
     if "video" not in frames.column_names:
         raise DataError(f"probe data {settings.data} has no 'video' column; probes split by video")
     videos = frames.select_columns(["video"]).to_dict()["video"]
-    train, test = split_by_video(videos, settings.train_videos, settings.test_videos)
+    train, test = (every_nth_of_each_video(rows, videos, settings.frame_step)
+                   for rows in split_by_video(videos, settings.train_videos, settings.test_videos))
     rows = train + test
     return ProbeData(frames.select(rows), labels.select(rows), len(train),
                      {"train": sorted({videos[i] for i in train}), "test": sorted({videos[i] for i in test})})
+
+
+def every_nth_of_each_video(rows: list[int], videos: list[str], step: int) -> list[int]:
+    """The rows that are the 1st, (1+step)th, (1+2*step)th, ... row of their video among ``rows``."""
+    seen: Counter = Counter()
+    kept = []
+    for row in rows:
+        if seen[videos[row]] % step == 0:
+            kept.append(row)
+        seen[videos[row]] += 1
+    return kept
 
 
 def metric_names(kind: str, multilabel: bool | None = None) -> list[str]:
@@ -145,12 +160,30 @@ def flatten(results: dict[str, dict[str, float]], prefix: str = "probe/") -> dic
             metrics.items()}
 
 
-def decode_frames(frames: datasets.Dataset, img_size, chunk: int = 256) -> torch.Tensor:
-    """Every frame decoded and resized as for validation: one uint8 (N, 3, H, W) tensor."""
-    resize = EvalTransform(tuple(img_size))
-    items = frames.select_columns(["image"])
-    return torch.stack([resize(decode_image(item)) for start in range(0, len(items), chunk)
-                        for item in items[start:start + chunk]["image"]])
+def decode_frames(frames: datasets.Dataset, img_size, num_workers: int = 0, batch_size: int = 64) -> torch.Tensor:
+    """Every frame decoded and resized as for validation, in order, by ``num_workers`` DataLoader workers (0: this
+    process): one uint8 (N, 3, H, W) tensor. Draws nothing from the global random generators."""
+    with torch.random.fork_rng(devices=[]):
+        return torch.cat([batch["pixels"] for batch in build_val_loader(frames, img_size, batch_size, num_workers)])
+
+
+def probe_memory_budget(device: torch.device) -> tuple[int, str]:
+    """Bytes the decoded probe frames may take on ``device``, and what that is: a tenth of a GPU's memory (every
+    process keeps a copy on its own), else a quarter of the host memory available now."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 10, f"a tenth of {device}'s memory"
+    return psutil.virtual_memory().available // 4, "a quarter of the free host memory"
+
+
+def check_probe_size(frames: int, img_size, settings: ProbeSettings, device: torch.device) -> None:
+    """RecipeError naming --probe_frame_step when ``frames`` decoded at ``img_size`` exceed the device's budget."""
+    needed = frames * 3 * img_size[0] * img_size[1]
+    budget, what = probe_memory_budget(device)
+    if needed > budget:
+        step = settings.frame_step * -(-needed // budget)
+        raise RecipeError(f"--probe_data {settings.data}: {frames:,} probe frames at {img_size[0]}x{img_size[1]} take "
+                          f"{needed / 1e9:.1f} GB as uint8, more than {budget / 1e9:.1f} GB ({what}); keep every "
+                          f"Nth frame of each video with --probe_frame_step {step}")
 
 
 class Probe:
@@ -179,10 +212,12 @@ class Probe:
         return flatten(probe_metrics(features, self.data, self.settings))
 
 
-def build_probe(settings: ProbeSettings, img_size, mean, std, accelerator) -> Probe:
-    """Load, label, split and decode the probe frames once (kept on ``accelerator.device`` as uint8)."""
+def build_probe(settings: ProbeSettings, img_size, mean, std, accelerator, num_workers: int = 0) -> Probe:
+    """Load, label, split and decode the probe frames once (by ``num_workers`` workers; kept on
+    ``accelerator.device`` as uint8)."""
     data = load_probe_data(settings.validate("probe_"))
-    pixels = decode_frames(data.frames, img_size).to(accelerator.device)
+    check_probe_size(len(data.frames), img_size, settings, accelerator.device)
+    pixels = decode_frames(data.frames, img_size, num_workers).to(accelerator.device)
     accelerator.print(f"probe: {data.num_train} train frames ({len(data.videos['train'])} videos), "
                       f"{len(data.frames) - data.num_train} test frames ({len(data.videos['test'])} videos), "
                       f"{len(data.labels.names)} {'labels' if data.labels.multilabel else 'classes'}")
