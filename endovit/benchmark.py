@@ -20,7 +20,8 @@ from endovit.models.mae import create_mae
 from endovit.optim import build_optimizer, param_groups
 from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
 
-__all__ = ["BenchConfig", "baseline_of", "run_benchmark", "endovit_loader", "endovit_batches", "our_batches"]
+__all__ = ["BenchConfig", "baseline_of", "run_benchmark", "run_probe_benchmark", "endovit_loader", "endovit_batches",
+           "our_batches"]
 
 MEAN, STD = ENDOVIT_MEAN, ENDOVIT_STD
 @dataclass
@@ -140,6 +141,45 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
                "host_syncs": host_syncs, "losses": losses}
     peak = peak_tflops if peak_tflops is not None else peak_tflops_of(accelerator.device, precision)
     return _result(config, mae, model, accelerator.device, precision, peak, batches is None, timings)
+
+
+def run_probe_benchmark(model: str, img_size: int, frames: int, device: torch.device) -> dict:
+    """Seconds of one in-training probe of ``model`` on ``frames`` frames kept on the device: features (cls and
+    mean-pooled patch tokens, unmasked, batches of 64, bf16 on GPUs that run it natively), then k-NN and the linear
+    probe with half the frames on each side. Random pixels and tool labels: this measures the cost, not a score.
+    One probe first, untimed, warms the kernels up."""
+    import datasets
+
+    from endovit.probes import TOOLS, Labels, ProbeSettings, probe_metrics
+    from endovit.probes.features import features_from_pixels
+    from endovit.probes.probe import ProbeData
+
+    precision, _ = resolve_mixed_precision("auto", device, lambda: ("no", "the probe runs as the CPU step runs"))
+    accelerator = _fresh_accelerator(precision, device)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (frames, 3, img_size, img_size), dtype=torch.uint8, generator=generator)
+    pixels = pixels.to(accelerator.device)
+    videos = [f"video{1 + 2 * i // frames:02d}" for i in range(frames)]
+    labels = Labels(torch.randint(0, 2, (frames, len(TOOLS)), generator=generator).numpy(), list(TOOLS))
+    data = ProbeData(datasets.Dataset.from_dict({"video": videos}), labels, frames // 2,
+                     {"train": ["video01"], "test": ["video02"]})
+    settings = ProbeSettings(data="random pixels", label_format="cholec80_tool", kind="both")
+    mae = create_mae(model, img_size=(img_size, img_size)).to(accelerator.device).eval()
+    mean, std = (torch.tensor(v, device=accelerator.device).view(1, -1, 1, 1) for v in (MEAN, STD))
+    seconds = {}
+    for _ in range(2):
+        start = time.perf_counter()
+        features = features_from_pixels(mae, pixels, accelerator, mean, std, settings.batch_size)
+        _synchronize(accelerator.device)
+        seconds["features"] = time.perf_counter() - start
+        start = time.perf_counter()
+        probe_metrics(features, data, settings)
+        seconds["classifiers"] = time.perf_counter() - start
+    return {"model": model, "img_size": img_size, "frames": frames, "precision": precision,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "pixels_gb": round(pixels.numel() / 1e9, 2), "features_seconds": round(seconds["features"], 3),
+            "classifiers_seconds": round(seconds["classifiers"], 3),
+            "probe_seconds": round(seconds["features"] + seconds["classifiers"], 3)}
 
 
 def _result(config: BenchConfig, mae, model, device: torch.device, precision: str, peak: float | None,

@@ -10,6 +10,7 @@
    epoch; bf16 + compile, DataLoader workers auto) for a few hundred steps: images/s, share of step time waiting
    for data, MFU, peak GPU memory, time to the first step, time to save a checkpoint.
 3. fp16 path: the same run forced to ``--mixed_precision fp16``: its loss curve against bf16's, no NaN.
+4. Probe cost: one in-training probe (features, k-NN, linear probe) of the model on 10,000 frames on the GPU.
 
 Writes ``device_check.json`` and prints a table; exits non-zero when a check fails (a recompile after the
 trial, a host sync in our step, a NaN, or an fp16 loss curve off bf16's).
@@ -31,15 +32,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from endovit.benchmark import BenchConfig, baseline_of, run_benchmark  # noqa: E402
+from endovit.benchmark import BenchConfig, baseline_of, run_benchmark, run_probe_benchmark  # noqa: E402
 from endovit.hardware import cpu_name  # noqa: E402
 
 FULL = {"model": "mae_vit_base_patch16", "img_size": 224, "batch_size": 256, "bench_steps": 20, "videos": 16,
         "frames": 128, "height": 256, "width": 455, "epoch_frames": 38400, "steps": 300, "fp16_steps": 100,
-        "log_every": 20}
+        "log_every": 20, "probe_frames": 10000}
 REHEARSAL = {"model": "mae_vit_tiny_patch16", "img_size": 32, "batch_size": 8, "bench_steps": 3, "videos": 2,
              "frames": 16, "height": 48, "width": 64, "epoch_frames": 64, "steps": 8, "fp16_steps": 6,
-             "log_every": 2}
+             "log_every": 2, "probe_frames": 64}
 STEP_LINE = re.compile(r"^step=(\d+) .*?loss=(\S+) .*?images_per_sec=(\S+)(.*)$", re.M)
 
 
@@ -161,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"pretrain.py recompiled {bf16['recompiles_after_trial']} time(s) after the trial")
         if not args.cpu_rehearsal and not worst < 0.1:
             failures.append(f"fp16 loss curve off bf16's by {worst:.3f} (relative)")
+
+        # 4. what probing during pretraining costs
+        probe = run_probe_benchmark(sizes["model"], sizes["img_size"], sizes["probe_frames"], device)
+        report["probe"] = probe
+        print(f"probe of {probe['frames']} frames ({probe['pixels_gb']} GB on the device): features "
+              f"{probe['features_seconds']}s, k-NN + linear {probe['classifiers_seconds']}s", flush=True)
     report["failures"] = failures
     (out / "device_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {out / 'device_check.json'}")

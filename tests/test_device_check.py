@@ -66,6 +66,7 @@ def test_device_check_runs_in_the_gpu_image_shape(tmp_path):
     assert [r["step"] for r in bf16["log"]] == [2, 4, 6, 8] and bf16["checkpoint_seconds"] is not None
     assert all(0 <= r["data_wait"] <= 1 for r in bf16["log"]) and bf16["first_step_seconds"] > 0
     assert [r["step"] for r in fp16["log"]] == [2, 4, 6] and report["failures"] == []
+    assert report["probe"]["frames"] == 64 and report["probe"]["probe_seconds"] > 0
 
 
 def test_step_benchmark_needs_no_datasets(tmp_path):
