@@ -7,6 +7,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
@@ -156,11 +157,11 @@ def run_probe_benchmark(model: str, img_size: int, frames: int, device: torch.de
 
     precision, _ = resolve_mixed_precision("auto", device, lambda: ("no", "the probe runs as the CPU step runs"))
     accelerator = _fresh_accelerator(precision, device)
-    generator = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (frames, 3, img_size, img_size), dtype=torch.uint8, generator=generator)
-    pixels = pixels.to(accelerator.device)
+    generator = torch.Generator(device=accelerator.device).manual_seed(0)
+    pixels = torch.randint(0, 256, (frames, 3, img_size, img_size), dtype=torch.uint8, generator=generator,
+                           device=accelerator.device)
     videos = [f"video{1 + 2 * i // frames:02d}" for i in range(frames)]
-    labels = Labels(torch.randint(0, 2, (frames, len(TOOLS)), generator=generator).numpy(), list(TOOLS))
+    labels = Labels(np.random.default_rng(0).integers(0, 2, (frames, len(TOOLS))), list(TOOLS))
     data = ProbeData(datasets.Dataset.from_dict({"video": videos}), labels, frames // 2,
                      {"train": ["video01"], "test": ["video02"]})
     settings = ProbeSettings(data="random pixels", label_format="cholec80_tool", kind="both")
