@@ -2,6 +2,7 @@
 ``Probe`` that a training loop builds once and evaluates every few steps."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -169,10 +170,13 @@ def decode_frames(frames: datasets.Dataset, img_size, num_workers: int = 0, batc
 
 def probe_memory_budget(device: torch.device) -> tuple[int, str]:
     """Bytes the decoded probe frames may take on ``device``, and what that is: a tenth of a GPU's memory (every
-    process keeps a copy on its own), else a quarter of the host memory available now."""
+    process keeps a copy on its own GPU), else a quarter of the host memory available now, shared by the processes
+    of this machine."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory // 10, f"a tenth of {device}'s memory"
-    return psutil.virtual_memory().available // 4, "a quarter of the free host memory"
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    shared = f", shared by {processes} processes" if processes > 1 else ""
+    return psutil.virtual_memory().available // 4 // processes, f"a quarter of the free host memory{shared}"
 
 
 def check_probe_size(frames: int, img_size, settings: ProbeSettings, device: torch.device) -> None:
