@@ -26,6 +26,7 @@ from endovit.errors import CheckpointError
 from endovit.io import atomic_path, readable_mode
 
 __all__ = [
+    "is_url",
     "read_state_dict",
     "load_pretrained",
     "fit_state_dict",
@@ -44,6 +45,11 @@ FIXED_POS_EMBEDS = ("pos_embed", "decoder_pos_embed")
 DECODER_PREFIXES = hub.DECODER_PREFIXES
 _URL = re.compile(r"^(https?|file)://", re.IGNORECASE)
 _ANY_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def is_url(source: str | os.PathLike) -> bool:
+    """Whether ``read_state_dict`` downloads ``source`` (an http, https or file URL) rather than opening a path."""
+    return bool(_URL.match(str(source)))
 
 
 def redact_url(text: str) -> str:

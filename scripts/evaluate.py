@@ -5,7 +5,9 @@
 
 ``--weights`` takes one or more of: an export folder (``model.safetensors`` or ``encoder.safetensors``, with
 ``endovit_config.json``), a training checkpoint folder ``step_N``, a ``.safetensors`` or official MAE ``.pth``
-file, or ``random`` (the architecture at random init, for comparison). Architecture, image size and mean/std
+file or its https:// or file:// URL (downloaded once into the weights cache; ``#sha256=<hex>`` pins it),
+``imagenet_mae`` (the ImageNet MAE weights EndoViT starts from: the ``init_from`` of ``--recipe endovit_seg``), or
+``random`` (the architecture at random init, for comparison). Architecture, image size and mean/std
 default to the first ``endovit_config.json`` found beside the weights. Prints a table (percent), writes
 ``--output`` (JSON) and TensorBoard scalars ``probe/<method>_<features>_<metric>`` (one run per weights).
 """
@@ -32,7 +34,10 @@ from endovit.models.mae import MODEL_ARCHS, create_mae
 from endovit.probes.features import features_from_loader, load_encoder
 from endovit.probes.metrics import format_table
 from endovit.probes.probe import ProbeSettings, flatten, load_probe_data, probe_metrics
-from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD
+from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, load_recipe
+from endovit.weights import is_url, redact_url
+
+IMAGENET_MAE = "imagenet_mae"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def weights_source(weights: str) -> tuple[Path | None, dict, int]:
-    """The file to load (None for random init), the ``endovit_config.json`` beside it, and its training step."""
+def weights_source(weights: str) -> tuple[Path | str | None, dict, int]:
+    """The file or URL to load (None for random init), the ``endovit_config.json`` beside it (for a URL: the
+    architecture when known), and its training step."""
     if weights == "random":
         return None, {}, 0
+    if weights == IMAGENET_MAE:
+        seg = load_recipe("endovit_seg")
+        return seg["init_from"], {"model": seg["model"]}, 0
+    if is_url(weights):
+        return weights, {}, 0
     path = Path(weights)
     if not path.exists():
         raise CheckpointError(f"--weights {weights}: no such file or folder; give weights, a checkpoint or export "
@@ -103,11 +114,12 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         torch.manual_seed(args.seed)
         mae = create_mae(model, img_size=tuple(img_size))
         if path is not None:
-            load_encoder(mae, path)
+            with accelerator.local_main_process_first():  # a URL downloads once per machine
+                load_encoder(mae, path)
         mae.to(accelerator.device).eval()
         features = features_from_loader(mae, loader, accelerator, mean, std)
-        results[name] = {"weights": str(path or "random"), "step": step,
-                         "metrics": probe_metrics(features, data, settings)}
+        results[redact_url(name)] = {"weights": redact_url(str(path or "random")), "step": step,
+                                     "metrics": probe_metrics(features, data, settings)}
     return {"model": model, "img_size": img_size, "mean": mean, "std": std, "classes": data.labels.names,
             "frames": {"train": data.num_train, "test": len(data.frames) - data.num_train}, "videos": data.videos,
             "settings": dataclasses.asdict(settings), "results": results}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import runpy
 
 import datasets
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import timm
 import torch
 from accelerate import Accelerator
-from conftest import run_script
+from conftest import REPO, run_script
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score
@@ -33,6 +34,7 @@ from endovit.probes.labels import cholec80_labels, column_labels, csv_labels
 from endovit.probes.metrics import average_precision, macro_f1
 from endovit.probes.probe import decode_frames, load_probe_data
 from endovit.probes.split import split_by_video
+from endovit.recipe import load_recipe
 from endovit.weights import export_model
 
 MEAN, STD = [0.35, 0.23, 0.22], [0.25, 0.21, 0.21]
@@ -307,21 +309,33 @@ def test_load_encoder_refuses_another_architecture(tmp_path):
         load_encoder(mae, tmp_path / "encoder.safetensors")
 
 
-def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path):
+def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path, monkeypatch):
     source = create_mae("mae_vit_tiny_patch16", img_size=32)
     info = {"model": "mae_vit_tiny_patch16", "img_size": [32, 32], "mean": MEAN, "std": STD, "step": 7}
     export_model(source, tmp_path / "export", info)
+    torch.save({"model": source.state_dict()}, tmp_path / "official.pth")  # official MAE layout, same weights
+    url = f"file://{tmp_path / 'official.pth'}"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # the weights cache a URL downloads into
     output = tmp_path / "probe.json"
-    result = run_script("scripts/evaluate.py", "--weights", str(tmp_path / "export"), "random", "--data",
+    result = run_script("scripts/evaluate.py", "--weights", str(tmp_path / "export"), "random", url, "--data",
                         str(labelled / "probe"), "--kind", "both", "--test_videos", "7-8", "--output", str(output),
                         "--num_workers", "0", "--batch_size", "24")
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "probe"])
-    assert lines[header].split()[2:] == ["acc", "f1"] and len(lines[header + 1:header + 9]) == 8
+    assert lines[header].split()[2:] == ["acc", "f1"] and len(lines[header + 1:header + 13]) == 12
+    assert list((tmp_path / "torch_home" / "hub" / "endovit").glob("*official.pth"))
     summary = json.loads(output.read_text())
     assert summary["videos"] == {"train": [f"video0{n}" for n in range(1, 7)], "test": ["video07", "video08"]}
     assert summary["frames"] == {"train": 96, "test": 32} and summary["classes"] == list(PHASES)
     exported, random_init = summary["results"][str(tmp_path / "export")], summary["results"]["random"]
     assert exported["step"] == 7 and set(exported["metrics"]) == {"knn_cls", "knn_avg", "linear_cls", "linear_avg"}
     assert exported["metrics"] != random_init["metrics"]
+    assert summary["results"][url]["metrics"] == exported["metrics"]
     assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_imagenet_mae_weights_are_the_endovit_recipes_init():
+    weights_source = runpy.run_path(str(REPO / "scripts" / "evaluate.py"))["weights_source"]
+    seg = load_recipe("endovit_seg")
+    assert weights_source("imagenet_mae") == (seg["init_from"], {"model": "mae_vit_base_patch16"}, 0)
+    assert seg["init_from"].startswith("https://") and seg["model"] == "mae_vit_base_patch16"

@@ -8,7 +8,7 @@ import torch
 
 from endovit.data.transforms import normalize
 from endovit.errors import CheckpointError
-from endovit.weights import read_state_dict
+from endovit.weights import read_state_dict, redact_url
 
 __all__ = ["POOLS", "load_encoder", "features_from_loader", "features_from_pixels"]
 
@@ -38,7 +38,8 @@ def load_encoder(mae, source: str | os.PathLike) -> None:
     problems += [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                  for k, v in state.items() if k in own and v.shape != own[k].shape]
     if problems:
-        raise CheckpointError(f"weights in {source} do not fit this encoder ({'; '.join(problems)}); check --model")
+        raise CheckpointError(f"weights in {redact_url(str(source))} do not fit this encoder ({'; '.join(problems)}); "
+                              "check --model")
     mae.load_state_dict(state, strict=False)
 
 
