@@ -209,6 +209,12 @@ class Recipe:
             raise bad("stop_at_step", "must be a positive step number")
         return self
 
+    def unused_probe_settings(self) -> list[str]:
+        """The probe settings given (by the recipe file, the job or a flag) although no probe runs (no probe_data)."""
+        if self.probe_data:
+            return []
+        return [key for key in self.origin if key.startswith("probe_") and key != "probe_data"]
+
     def _validate_probe_best_metric(self) -> None:
         from endovit.probes import metric_names
 

@@ -39,6 +39,9 @@ def pretrain(recipe: Recipe) -> int:
         if recipe.swa and recipe.swa_start_epoch >= recipe.epochs:
             accelerator.print(f"note: --swa_start_epoch {recipe.swa_start_epoch} is not before --epochs "
                               f"{recipe.epochs}: no weights get averaged and no swa/ is written")
+        if unused := recipe.unused_probe_settings():
+            accelerator.print(f"note: {', '.join('--' + key for key in unused)} "
+                              f"{'does' if len(unused) == 1 else 'do'} nothing without --probe_data")
         start_logging(run)
         accelerator.print(run.summary())
 

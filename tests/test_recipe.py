@@ -32,6 +32,13 @@ def test_cli_overrides_take_explicit_values():
     assert parse_recipe(["--recipe", "demo", "--train_data", "x", "--img_size", "64"]).img_size == [64, 64]
 
 
+def test_probe_settings_without_probe_data_are_named_as_unused(tmp_path):
+    flags = ["--recipe", "demo", "--train_data", "x", "--probe_kind", "both", "--probe_frame_step", "4"]
+    assert parse_recipe(flags).unused_probe_settings() == ["probe_kind", "probe_frame_step"]
+    assert parse_recipe([*flags, "--probe_data", str(tmp_path)]).unused_probe_settings() == []
+    assert parse_recipe(["--recipe", "demo", "--train_data", "x"]).unused_probe_settings() == []
+
+
 def test_bare_switch_is_rejected(capsys):
     with pytest.raises(SystemExit):
         parse_recipe(["--train_data", "x", "--norm_pix_loss"])
