@@ -8,7 +8,9 @@
 file or its https:// or file:// URL (downloaded once into the weights cache; ``#sha256=<hex>`` pins it),
 ``imagenet_mae`` (the ImageNet MAE weights EndoViT starts from: the ``init_from`` of ``--recipe endovit_seg``), or
 ``random`` (the architecture at random init, for comparison). Architecture, image size and mean/std
-default to the first ``endovit_config.json`` found beside the weights. Prints a table (percent), writes
+default to the first ``endovit_config.json`` found beside the weights; each weights' frames are normalised with the
+mean/std it was trained with (its own config; ImageNet's for ``imagenet_mae``; else the first config's or EndoViT's),
+unless ``--mean`` / ``--std`` set one for all. Prints a table (percent), writes
 ``--output`` (JSON) and TensorBoard scalars ``probe/<method>_<features>_<metric>`` (one run per weights).
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.tensorboard import SummaryWriter
 
 from endovit.checkpoint import CHECKPOINT_PREFIX
@@ -46,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", nargs="+", required=True, help="weights to probe, or 'random'")
     parser.add_argument("--model", default="", help=f"architecture: {', '.join(MODEL_ARCHS)}")
     parser.add_argument("--img_size", type=int, nargs="+", help="H [W]; default: the weights' config, else 224")
-    parser.add_argument("--mean", type=float, nargs=3, help="default: the weights' config, else EndoViT's")
-    parser.add_argument("--std", type=float, nargs=3, help="default: the weights' config, else EndoViT's")
+    parser.add_argument("--mean", type=float, nargs=3,
+                        help="for every weights; default: each one's own config, else the first config's or EndoViT's")
+    parser.add_argument("--std", type=float, nargs=3,
+                        help="for every weights; default: each one's own config, else the first config's or EndoViT's")
     parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init")
@@ -69,7 +74,8 @@ def weights_source(weights: str) -> tuple[Path | str | None, dict, int]:
         return None, {}, 0
     if weights == IMAGENET_MAE:
         seg = load_recipe("endovit_seg")
-        return seg["init_from"], {"model": seg["model"]}, 0
+        return seg["init_from"], {"model": seg["model"], "mean": list(IMAGENET_DEFAULT_MEAN),
+                                  "std": list(IMAGENET_DEFAULT_STD)}, 0
     if is_url(weights):
         return weights, {}, 0
     path = Path(weights)
@@ -102,7 +108,7 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                           " (no endovit_config.json beside the weights says which)")
     img_size = args.img_size or config.get("img_size") or [224]
     img_size = [img_size[0], img_size[-1]]
-    mean, std = args.mean or config.get("mean", ENDOVIT_MEAN), args.std or config.get("std", ENDOVIT_STD)
+    default_mean, default_std = config.get("mean", ENDOVIT_MEAN), config.get("std", ENDOVIT_STD)
 
     data = load_probe_data(settings)
     loader = accelerator.prepare(build_val_loader(data.frames, img_size, settings.batch_size, args.num_workers))
@@ -110,7 +116,8 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                       f"{len(data.frames) - data.num_train} test frames ({len(data.videos['test'])} videos); "
                       f"{model} at {img_size[0]}x{img_size[1]}, precision {accelerator.mixed_precision}")
     results = {}
-    for name, (path, _, step) in sources.items():
+    for name, (path, info, step) in sources.items():
+        mean, std = args.mean or info.get("mean", default_mean), args.std or info.get("std", default_std)
         torch.manual_seed(args.seed)
         mae = create_mae(model, img_size=tuple(img_size))
         if path is not None:
@@ -118,9 +125,9 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 load_encoder(mae, path)
         mae.to(accelerator.device).eval()
         features = features_from_loader(mae, loader, accelerator, mean, std)
-        results[redact_url(name)] = {"weights": redact_url(str(path or "random")), "step": step,
-                                     "metrics": probe_metrics(features, data, settings)}
-    return {"model": model, "img_size": img_size, "mean": mean, "std": std, "classes": data.labels.names,
+        results[redact_url(name)] = {"weights": redact_url(str(path or "random")), "step": step, "mean": mean,
+                                     "std": std, "metrics": probe_metrics(features, data, settings)}
+    return {"model": model, "img_size": img_size, "classes": data.labels.names,
             "frames": {"train": data.num_train, "test": len(data.frames) - data.num_train}, "videos": data.videos,
             "settings": dataclasses.asdict(settings), "results": results}
 

@@ -313,16 +313,19 @@ def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path, monkey
     source = create_mae("mae_vit_tiny_patch16", img_size=32)
     info = {"model": "mae_vit_tiny_patch16", "img_size": [32, 32], "mean": MEAN, "std": STD, "step": 7}
     export_model(source, tmp_path / "export", info)
+    other_stats = {**info, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    export_model(source, tmp_path / "other_stats", other_stats, hub_folders=False)
     torch.save({"model": source.state_dict()}, tmp_path / "official.pth")  # official MAE layout, same weights
     url = f"file://{tmp_path / 'official.pth'}"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # the weights cache a URL downloads into
     output = tmp_path / "probe.json"
-    result = run_script("scripts/evaluate.py", "--weights", str(tmp_path / "export"), "random", url, "--data",
+    result = run_script("scripts/evaluate.py", "--weights", str(tmp_path / "export"), "random", url,
+                        str(tmp_path / "other_stats"), "--data",
                         str(labelled / "probe"), "--kind", "both", "--test_videos", "7-8", "--output", str(output),
                         "--num_workers", "0", "--batch_size", "24")
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "probe"])
-    assert lines[header].split()[2:] == ["acc", "f1"] and len(lines[header + 1:header + 13]) == 12
+    assert lines[header].split()[2:] == ["acc", "f1"] and len(lines[header + 1:header + 17]) == 16
     assert list((tmp_path / "torch_home" / "hub" / "endovit").glob("*official.pth"))
     summary = json.loads(output.read_text())
     assert summary["videos"] == {"train": [f"video0{n}" for n in range(1, 7)], "test": ["video07", "video08"]}
@@ -331,11 +334,15 @@ def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path, monkey
     assert exported["step"] == 7 and set(exported["metrics"]) == {"knn_cls", "knn_avg", "linear_cls", "linear_avg"}
     assert exported["metrics"] != random_init["metrics"]
     assert summary["results"][url]["metrics"] == exported["metrics"]
+    means = {name: (r["mean"], r["std"]) for name, r in summary["results"].items()}
+    assert means == {str(tmp_path / "export"): (MEAN, STD), "random": (MEAN, STD), url: (MEAN, STD),
+                     str(tmp_path / "other_stats"): ([0.5] * 3, [0.25] * 3)}, "each weights with its own stats"
     assert list((tmp_path / "tensorboard").iterdir())
 
 
 def test_imagenet_mae_weights_are_the_endovit_recipes_init():
     weights_source = runpy.run_path(str(REPO / "scripts" / "evaluate.py"))["weights_source"]
     seg = load_recipe("endovit_seg")
-    assert weights_source("imagenet_mae") == (seg["init_from"], {"model": "mae_vit_base_patch16"}, 0)
+    imagenet = {"model": "mae_vit_base_patch16", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert weights_source("imagenet_mae") == (seg["init_from"], imagenet, 0)
     assert seg["init_from"].startswith("https://") and seg["model"] == "mae_vit_base_patch16"
