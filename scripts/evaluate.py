@@ -80,8 +80,8 @@ def weights_source(weights: str) -> tuple[Path | str | None, dict, int]:
         return weights, {}, 0
     path = Path(weights)
     if not path.exists():
-        raise CheckpointError(f"--weights {weights}: no such file or folder; give weights, a checkpoint or export "
-                              "folder, or 'random'")
+        raise CheckpointError(f"--weights {weights}: no such file or folder; give a weights file or its URL, a "
+                              f"checkpoint or export folder, {IMAGENET_MAE} or random")
     if path.is_dir():
         found = [path / n for n in ("model.safetensors", "encoder.safetensors") if (path / n).is_file()]
         if not found:
