@@ -103,7 +103,7 @@ class Recipe:
     probe_train_videos: list = setting("probe", [], "videos the probe fits on, e.g. [1-40]; empty = default split")
     probe_test_videos: list = setting("probe", [], "videos the probe scores; empty = the rest")
     probe_frame_step: int = setting("probe", 1, "keep every Nth probe frame of each video (Cholec80 at 1 fps: 10 "
-                                    "keeps 8.6k of 86k frames); 1 = all")
+                                    "keeps 18k of 184k frames); 1 = all")
     probe_every_steps: int = setting("probe", 500, "probe every this many optimizer steps (and at the end)")
     probe_best_metric: str = setting("probe", "", "export best_probe/ whenever this probe metric peaks, e.g. "
                                      "knn_avg_map (tools) or knn_avg_acc (phases); empty = no such export")
