@@ -246,7 +246,7 @@ def build_run(recipe: Recipe) -> Run:
         accelerator.print(f"resumed from {resume_from} at step {run.saver.progress.step}")
     if recipe.probe_data:
         run.probe = build_probe(ProbeSettings.from_recipe(recipe), recipe.img_size, recipe.mean, recipe.std,
-                                accelerator, settings.num_workers)
+                                accelerator, settings.num_workers, _local_processes(accelerator.state))
         multilabel = run.probe.data.labels.multilabel
         if recipe.probe_best_metric and recipe.probe_best_metric not in metric_names(recipe.probe_kind, multilabel):
             scored = score_names(multilabel)

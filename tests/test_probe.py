@@ -256,7 +256,7 @@ def test_frame_step_keeps_every_nth_frame_of_each_video(labelled):
 
 def test_probe_frames_too_big_for_the_device_are_refused_naming_the_frame_step(labelled, monkeypatch):
     settings = ProbeSettings(data=str(labelled / "probe" / "frames"), label_format="cholec80_tool")
-    monkeypatch.setattr(probe_module, "probe_memory_budget", lambda device: (100_000, "the test's budget"))
+    monkeypatch.setattr(probe_module, "probe_memory_budget", lambda device, processes: (100_000, "the test's budget"))
     decoded = []
     monkeypatch.setattr(probe_module, "decode_frames", lambda *args: decoded.append(args) or decode_frames(*args))
     with pytest.raises(RecipeError, match=r"^--probe_data .*: 128 probe frames at 32x32 take 0\.0 GB as uint8, more "

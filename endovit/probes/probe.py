@@ -2,7 +2,6 @@
 ``Probe`` that a training loop builds once and evaluates every few steps."""
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -168,21 +167,22 @@ def decode_frames(frames: datasets.Dataset, img_size, num_workers: int = 0, batc
         return torch.cat([batch["pixels"] for batch in build_val_loader(frames, img_size, batch_size, num_workers)])
 
 
-def probe_memory_budget(device: torch.device) -> tuple[int, str]:
+def probe_memory_budget(device: torch.device, local_processes: int = 1) -> tuple[int, str]:
     """Bytes the decoded probe frames may take on ``device``, and what that is: a tenth of a GPU's memory (every
-    process keeps a copy on its own GPU), else a quarter of the host memory available now, shared by the processes
-    of this machine."""
+    process keeps a copy on its own GPU), else a quarter of the host memory available now, shared by the
+    ``local_processes`` of this machine."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory // 10, f"a tenth of {device}'s memory"
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    processes = max(1, local_processes)
     shared = f", shared by {processes} processes" if processes > 1 else ""
     return psutil.virtual_memory().available // 4 // processes, f"a quarter of the free host memory{shared}"
 
 
-def check_probe_size(frames: int, img_size, settings: ProbeSettings, device: torch.device) -> None:
+def check_probe_size(frames: int, img_size, settings: ProbeSettings, device: torch.device,
+                     local_processes: int = 1) -> None:
     """RecipeError naming --probe_frame_step when ``frames`` decoded at ``img_size`` exceed the device's budget."""
     needed = frames * 3 * img_size[0] * img_size[1]
-    budget, what = probe_memory_budget(device)
+    budget, what = probe_memory_budget(device, local_processes)
     if needed > budget:
         step = settings.frame_step * -(-needed // budget)
         raise RecipeError(f"--probe_data {settings.data}: {frames:,} probe frames at {img_size[0]}x{img_size[1]} take "
@@ -216,11 +216,12 @@ class Probe:
         return flatten(probe_metrics(features, self.data, self.settings))
 
 
-def build_probe(settings: ProbeSettings, img_size, mean, std, accelerator, num_workers: int = 0) -> Probe:
+def build_probe(settings: ProbeSettings, img_size, mean, std, accelerator, num_workers: int = 0,
+                local_processes: int = 1) -> Probe:
     """Load, label, split and decode the probe frames once (by ``num_workers`` workers; kept on
-    ``accelerator.device`` as uint8)."""
+    ``accelerator.device`` as uint8; ``local_processes`` of this machine each keep a copy)."""
     data = load_probe_data(settings.validate("probe_"))
-    check_probe_size(len(data.frames), img_size, settings, accelerator.device)
+    check_probe_size(len(data.frames), img_size, settings, accelerator.device, local_processes)
     pixels = decode_frames(data.frames, img_size, num_workers).to(accelerator.device)
     accelerator.print(f"probe: {data.num_train} train frames ({len(data.videos['train'])} videos), "
                       f"{len(data.frames) - data.num_train} test frames ({len(data.videos['test'])} videos), "
