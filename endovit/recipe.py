@@ -104,6 +104,15 @@ class Recipe:
     probe_test_videos: list = setting("probe", [], "videos the probe scores; empty = the rest")
     probe_frame_step: int = setting("probe", 1, "keep every Nth probe frame of each video (Cholec80 at 1 fps: 10 "
                                     "keeps 18k of 184k frames); 1 = all")
+    probe_k: int = setting("probe", 20, "k-NN neighbours")
+    probe_temperature: float = setting("probe", 0.07, "k-NN vote weight exp(cosine / temperature)")
+    probe_l2: float = setting("probe", 1.0e-4, "linear probe: L2 penalty on the mean loss")
+    probe_batch_size: int = setting("probe", 64, "probe frames per forward pass, per process")
+    probe_frame_fps: float = setting("probe", 1.0, "rate the probe frames were extracted at (file index / fps = "
+                                                   "seconds)")
+    probe_annotation_fps: float = setting("probe", 25.0, "rate of Cholec80's annotation frame numbers")
+    probe_first_frame: int = setting("probe", 0, "file index of the frame at time 0 (1 for ffmpeg's default "
+                                                 "numbering)")
     probe_every_steps: int = setting("probe", 500, "probe every this many optimizer steps (and at the end)")
     probe_best_metric: str = setting("probe", "", "export best_probe/ whenever this probe metric peaks, e.g. "
                                      "knn_avg_map (tools) or knn_avg_acc (phases); empty = no such export")

@@ -53,17 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for every weights; default: each one's own config, else the first config's or EndoViT's")
     parser.add_argument("--std", type=float, nargs=3,
                         help="for every weights; default: each one's own config, else the first config's or EndoViT's")
-    parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
+                        help="auto: what pretrain.py picks on this machine")
+    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process decoding frames")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init")
     parser.add_argument("--output", default="probe.json", help="JSON file of the results")
     parser.add_argument("--logging_dir", default="", help="TensorBoard folder; default <output folder>/tensorboard")
     for f in dataclasses.fields(ProbeSettings):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if isinstance(default, list):
-            parser.add_argument(f"--{f.name}", nargs="+", default=default, metavar="VIDEO")
+            parser.add_argument(f"--{f.name}", nargs="+", default=default, metavar="VIDEO", help=f.metadata["doc"])
         else:
-            parser.add_argument(f"--{f.name}", type=type(default), default=default)
+            shown = f" (default: {default!r})" if default != "" else ""
+            parser.add_argument(f"--{f.name}", type=type(default), default=default, help=f.metadata["doc"] + shown)
     return parser
 
 

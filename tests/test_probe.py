@@ -34,7 +34,7 @@ from endovit.probes.labels import cholec80_labels, column_labels, csv_labels
 from endovit.probes.metrics import average_precision, macro_f1
 from endovit.probes.probe import decode_frames, load_probe_data
 from endovit.probes.split import split_by_video
-from endovit.recipe import load_recipe
+from endovit.recipe import load_recipe, parse_recipe
 from endovit.weights import export_model
 
 MEAN, STD = [0.35, 0.23, 0.22], [0.25, 0.21, 0.21]
@@ -162,6 +162,24 @@ def test_frames_without_labels_are_refused_naming_the_first(tmp_path):
     (tmp_path / "phase_annotations" / "video01-phase.txt").write_text("Frame\tPhase\n0\tPreperation\n")
     with pytest.raises(DataError, match="unknown phase 'Preperation' .did you mean Preparation"):
         cholec80_labels(frames, tmp_path, "phase")
+
+
+def test_pretraining_probe_takes_every_probe_setting_evaluate_takes(tmp_path):
+    defaults = {f.name: getattr(ProbeSettings(), f.name) for f in dataclasses.fields(ProbeSettings)}
+    recipe = parse_recipe(["--recipe", "demo", "--train_data", "x"])
+    assert {name: getattr(recipe, f"probe_{name}") for name in defaults} == defaults
+    tools = [[1, 0, 0, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 0]]
+    for video in ("video01", "video41"):  # numbered from 1, as ffmpeg writes frames
+        write_cholec80_video(tmp_path, video, seconds=3, phase_change=0, tools=tools)
+        for i in reversed(range(3)):
+            (tmp_path / "frames" / video / f"{video}_{i:06d}.png").rename(
+                tmp_path / "frames" / video / f"{video}_{i + 1:06d}.png")
+    flags = ["--recipe", "demo", "--train_data", "x", "--probe_data", str(tmp_path / "frames"),
+             "--probe_label_format", "cholec80_tool"]
+    with pytest.raises(DataError, match=r"first_frame 0 \(evaluate.py's --<name>, pretrain.py's --probe_<name>\)"):
+        load_probe_data(ProbeSettings.from_recipe(parse_recipe(flags)))
+    data = load_probe_data(ProbeSettings.from_recipe(parse_recipe([*flags, "--probe_first_frame", "1"])))
+    assert data.labels.values.tolist() == tools + tools and data.videos == {"train": ["video01"], "test": ["video41"]}
 
 
 def test_csv_and_column_labels(tmp_path):

@@ -110,8 +110,8 @@ def cholec80_labels(frames: datasets.Dataset, folder: str | Path, task: str, fra
         frame = round(position)
         if abs(position - frame) > 1e-6 or frame not in table:
             raise DataError(f"frame {_image_path(frames, row)} (index {index} -> annotation frame {position:g}) has "
-                            f"no label in {path}; check --frame_fps {frame_fps:g}, --annotation_fps "
-                            f"{annotation_fps:g} and --first_frame {first_frame}")
+                            f"no label in {path}; check frame_fps {frame_fps:g}, annotation_fps {annotation_fps:g} and "
+                            f"first_frame {first_frame} (evaluate.py's --<name>, pretrain.py's --probe_<name>)")
         values.append(table[frame])
     return Labels(np.stack(values) if task == "tool" else np.array(values, dtype=np.int64),
                   list(TOOLS if task == "tool" else PHASES))
