@@ -26,12 +26,16 @@ $(SAMPLE)/.complete: Makefile scripts/make_sample_data.py endovit/data/synthetic
 		--height 240 --width 426 --labels
 	touch $@
 
+# One process using every physical core (what accelerate picks itself, with a warning, when not told); OMP_NUM_THREADS wins.
+CPU_LAUNCH = $(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process \
+	$${OMP_NUM_THREADS:-$$($(BIN)/python -c 'import psutil; print(psutil.cpu_count(logical=False) or 1)')}
+
 demo: $(STAMP) $(SAMPLE)/.complete
-	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml scripts/pretrain.py \
+	$(CPU_LAUNCH) scripts/pretrain.py \
 		--recipe demo --train_data $(SAMPLE)/train --val_data $(SAMPLE)/val --output_dir $(DEMO_OUT) --resume auto \
 		--probe_data $(SAMPLE)/probe --probe_label_format cholec80_tool --probe_every_steps 70 \
 		--probe_best_metric knn_avg_map
-	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml scripts/evaluate.py \
+	$(CPU_LAUNCH) scripts/evaluate.py \
 		--weights $(DEMO_OUT) random --data $(SAMPLE)/probe --label_format cholec80_tool --kind both \
 		--output $(DEMO_OUT)/probe.json
 
