@@ -24,12 +24,15 @@ from safetensors.torch import load_file, save_file
 from endovit import hub
 from endovit.errors import CheckpointError
 from endovit.io import atomic_path, readable_mode
+from endovit.models.archs import MODEL_ARCHS
 
 __all__ = [
     "is_url",
     "read_state_dict",
     "load_pretrained",
     "fit_state_dict",
+    "architecture_of",
+    "describe_misfit",
     "read_weights",
     "export_model",
     "export_state_dict",
@@ -224,9 +227,35 @@ def _fit_report(state: dict, own: dict) -> tuple[list[str], list[str], list[str]
     return missing, unexpected, mismatched
 
 
+def architecture_of(state: dict[str, torch.Tensor]) -> str | None:
+    """The ``MODEL_ARCHS`` name whose encoder has the patch size, width and depth of ``state``, if one does."""
+    patch_embed = state.get("patch_embed.proj.weight")
+    if patch_embed is None or patch_embed.ndim != 4:
+        return None
+    depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
+    shape = (patch_embed.shape[-1], patch_embed.shape[0], depth)
+    return next((name for name, a in MODEL_ARCHS.items()
+                 if (a["patch_size"], a["embed_dim"], a["depth"]) == shape), None)
+
+
+def describe_misfit(state: dict[str, torch.Tensor], missing: list[str], unexpected: list[str],
+                    mismatched: list[str], shown: int = 4) -> str:
+    """One line for a "do not fit" error: the first ``shown`` keys of each kind, how many more, and the
+    architecture ``state`` has when it is one of ``MODEL_ARCHS``."""
+    def first(items: list[str], sep: str) -> str:
+        more = f"{sep}and {len(items) - shown} more" if len(items) > shown else ""
+        return sep.join(items[:shown]) + more
+
+    parts = [f"{label}: {first(items, sep)}" for label, items, sep in (
+        ("missing keys", missing, ", "), ("unexpected keys", unexpected, ", "), ("shape mismatch", mismatched, "; "))
+        if items]
+    arch = architecture_of(state)
+    return " | ".join(parts) + (f" | the weights are {arch}'s" if arch else "")
+
+
 def load_pretrained(model: nn.Module, source: str | os.PathLike, sha256: str | None = None,
                     log: Callable[[str], object] | None = print) -> str | None:
-    """Load weights into ``model``; one clear error lists every mismatch.
+    """Load weights into ``model``; one clear error names the mismatches.
 
     The fixed sin-cos position embeddings are recomputed by the model for its own patch grid, so weights trained
     at 224x224 load into a model for e.g. 224x384 frames. Encoder-only weights (timm keys, e.g. the released
@@ -249,14 +278,8 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str,
     decoder_keys = sorted(k for k in own if k.startswith(DECODER_PREFIXES))
     encoder_only = bool(missing) and missing == decoder_keys and not unexpected and not mismatched
     if (missing and not encoder_only) or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatch: {'; '.join(mismatched)}")
-        raise CheckpointError(f"weights in {label} do not fit the model ({' | '.join(parts)})")
+        raise CheckpointError(f"weights in {label} do not fit the model "
+                              f"({describe_misfit(state, missing, unexpected, mismatched)})")
     if not encoder_only:
         model.load_state_dict(state, strict=True)
         return None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 
 import pytest
@@ -48,8 +49,13 @@ def test_released_endovit_format_loads_the_encoder_and_says_the_decoder_is_fresh
 def test_encoder_of_another_architecture_is_still_refused(tmp_path):
     path = tmp_path / "small.pth"
     torch.save({"model": tiny(depth=6).encoder_state_dict()}, path)
-    with pytest.raises(CheckpointError, match=r"do not fit the model \(missing keys: blocks\.10\."):
+    with pytest.raises(CheckpointError, match=r"do not fit the model \(missing keys: blocks\.10\.") as refused:
         load_pretrained(tiny(), path)
+    assert re.search(r"blocks\.10\.attn\.qkv\.weight, and 100 more\)$", str(refused.value))  # 4 of 104 named
+    torch.save({"model": tiny().encoder_state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"unexpected keys: .* and 68 more \| the weights are "
+                                              r"mae_vit_tiny_patch16's\)$"):
+        load_pretrained(tiny(depth=6), path)
     partial = tiny().state_dict()
     del partial["decoder_pred.bias"]
     torch.save({"model": partial}, path)
