@@ -17,7 +17,8 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 
 # Pretraining, validation and probe frames come from one synthetic hospital (phases, instruments, sensor noise), as
 # EndoViT pretrains on the videos its downstream tasks come from; the probe's 32 videos are never trained on.
-$(SAMPLE)/.complete: Makefile scripts/make_sample_data.py endovit/data/synthetic.py | $(STAMP)
+$(SAMPLE)/.complete: Makefile scripts/make_sample_data.py endovit/data/synthetic.py endovit/data/cholec80.py | \
+		$(STAMP)
 	rm -rf $(SAMPLE)
 	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/train --videos 4 --frames 60 --height 240 --width 426 --labels
 	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/val --videos 1 --frames 24 --first_video 5 --height 240 \

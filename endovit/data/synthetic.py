@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from endovit.data.cholec80 import PHASES, TOOLS
 from endovit.io import atomic_write_text
-from endovit.probes.labels import PHASES, TOOLS
 
 __all__ = ["synth_frame", "write_sample_frames"]
 

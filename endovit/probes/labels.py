@@ -14,14 +14,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from endovit.data.cholec80 import PHASES, TOOLS
 from endovit.errors import DataError, did_you_mean
 
 __all__ = ["PHASES", "TOOLS", "LABEL_FORMATS", "Labels", "read_phase_file", "read_tool_file", "cholec80_labels",
            "csv_labels", "column_labels", "frame_key"]
 
-PHASES = ("Preparation", "CalotTriangleDissection", "ClippingCutting", "GallbladderDissection",
-          "GallbladderPackaging", "CleaningCoagulation", "GallbladderRetraction")
-TOOLS = ("Grasper", "Bipolar", "Hook", "Scissors", "Clipper", "Irrigator", "SpecimenBag")
 LABEL_FORMATS = ("cholec80_phase", "cholec80_tool", "csv", "column")
 
 
