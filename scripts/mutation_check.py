@@ -110,7 +110,7 @@ MUTATIONS = [
              "if value > self.progress.best_probe and",
              "if value >= self.progress.best_probe and",
              ("tests/test_saver.py", "-k", "best_probe")),
-    # --- probes (features across processes, frame step, size check) -------------------------------------------------
+    # --- probes (features across processes, frame step, size check, settings); weights that do not fit ---------------
     Mutation("probe-features-keep-the-padding", "endovit/probes/features.py",
              "return _split_pools(accelerator.gather(torch.cat(mine))[:len(pixels)])",
              "return _split_pools(accelerator.gather(torch.cat(mine)))",
@@ -127,6 +127,14 @@ MUTATIONS = [
              "    with torch.random.fork_rng(devices=[]):\n",
              "    if True:\n",
              ("tests/test_probe.py", "-k", "rng")),
+    Mutation("probe-recipe-drops-the-frame-numbering", "endovit/probes/probe.py",
+             "return cls(**{f.name: getattr(recipe, prefix + f.name) for f in fields(cls)})",
+             "return cls(**{f.name: getattr(recipe, prefix + f.name) for f in fields(cls) if 'frame' not in f.name})",
+             ("tests/test_probe.py", "-k", "every_probe_setting")),
+    Mutation("misfit-names-every-key", "endovit/weights.py",
+             "return sep.join(items[:shown]) + more",
+             "return sep.join(items)",
+             ("tests/test_weights.py", "-k", "another_architecture")),
     Mutation("loader-batch-ignores-accumulation", "endovit/trainer.py",
              "recipe.crop_scale, micro_batch, recipe.seed,",
              "recipe.crop_scale, recipe.batch_size // accelerator.num_processes, recipe.seed,",
