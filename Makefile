@@ -20,14 +20,15 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 $(SAMPLE)/.complete: Makefile scripts/make_sample_data.py endovit/data/synthetic.py endovit/data/cholec80.py | \
 		$(STAMP)
 	rm -rf $(SAMPLE)
-	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/train --videos 4 --frames 60 --height 240 --width 426 --labels
+	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/train --videos 4 --frames 60 --height 240 --width 426 \
+		--labels
 	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/val --videos 1 --frames 24 --first_video 5 --height 240 \
 		--width 426 --labels
 	$(BIN)/python scripts/make_sample_data.py --out $(SAMPLE)/probe --videos 32 --frames 8 --first_video 41 \
 		--height 240 --width 426 --labels
 	touch $@
 
-# One process using every physical core (what accelerate picks itself, with a warning, when not told); OMP_NUM_THREADS wins.
+# One process on every physical core (accelerate's own pick, with a warning, when not told); OMP_NUM_THREADS wins.
 CPU_LAUNCH = $(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process \
 	$${OMP_NUM_THREADS:-$$($(BIN)/python -c 'import psutil; print(psutil.cpu_count(logical=False) or 1)')}
 

@@ -96,12 +96,15 @@ class Recipe:
     swa_start_epoch: int = setting("swa", 10, "epoch at which averaging (and the SWA lr) starts")
     swa_every_steps: int = setting("swa", 500, "average every this many optimizer steps (and at each epoch's end)")
     swa_lr: float = setting("swa", 4.0e-4, "lr the SWA phase anneals to over one epoch")
-    probe_data: str = setting("probe", "", "labelled frames for a k-NN/linear probe during training; empty = none")
+    probe_data: str = setting("probe", "", "labelled frames to probe on: a folder (Cholec80 layout), a prepared/"
+                                           "save_to_disk dataset or parquet; empty = no probe during pretraining")
     probe_label_format: str = setting("probe", "cholec80_phase", "cholec80_phase | cholec80_tool | csv | column")
-    probe_labels: str = setting("probe", "", "annotation root, CSV file or column name; empty = beside probe_data")
+    probe_labels: str = setting("probe", "", "annotation root (holds phase_annotations/), CSV file or column name; "
+                                             "empty = the probe data's folder or its parent")
     probe_kind: str = setting("probe", "knn", "knn | linear | both")
-    probe_train_videos: list = setting("probe", [], "videos the probe fits on, e.g. [1-40]; empty = default split")
-    probe_test_videos: list = setting("probe", [], "videos the probe scores; empty = the rest")
+    probe_train_videos: list = setting("probe", [], "videos the probe fits on, e.g. 1-40; empty = Cholec80's 1-40 "
+                                                    "when the data has both halves, else the first half of the videos")
+    probe_test_videos: list = setting("probe", [], "videos the probe scores; empty = the rest (or the default split)")
     probe_frame_step: int = setting("probe", 1, "keep every Nth probe frame of each video (Cholec80 at 1 fps: 10 "
                                     "keeps 18k of 184k frames); 1 = all")
     probe_k: int = setting("probe", 20, "k-NN neighbours")

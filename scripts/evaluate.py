@@ -37,7 +37,7 @@ from endovit.models.mae import MODEL_ARCHS, create_mae
 from endovit.probes.features import features_from_loader, load_encoder
 from endovit.probes.metrics import format_table
 from endovit.probes.probe import ProbeSettings, flatten, load_probe_data, probe_metrics
-from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, load_recipe
+from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe, load_recipe
 from endovit.weights import is_url, redact_url
 
 IMAGENET_MAE = "imagenet_mae"
@@ -59,13 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init")
     parser.add_argument("--output", default="probe.json", help="JSON file of the results")
     parser.add_argument("--logging_dir", default="", help="TensorBoard folder; default <output folder>/tensorboard")
+    docs = {f.name: f.metadata.get("doc") for f in dataclasses.fields(Recipe)}  # pretrain.py's --probe_<name>
     for f in dataclasses.fields(ProbeSettings):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        doc = docs[f"probe_{f.name}"]
         if isinstance(default, list):
-            parser.add_argument(f"--{f.name}", nargs="+", default=default, metavar="VIDEO", help=f.metadata["doc"])
+            parser.add_argument(f"--{f.name}", nargs="+", default=default, metavar="VIDEO", help=doc)
         else:
             shown = f" (default: {default!r})" if default != "" else ""
-            parser.add_argument(f"--{f.name}", type=type(default), default=default, help=f.metadata["doc"] + shown)
+            parser.add_argument(f"--{f.name}", type=type(default), default=default, help=doc + shown)
     return parser
 
 

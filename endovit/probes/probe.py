@@ -25,33 +25,24 @@ __all__ = ["KINDS", "ProbeSettings", "ProbeData", "load_probe_data", "every_nth_
 KINDS = ("knn", "linear", "both")
 
 
-def _doc(default, doc: str):
-    """A ``ProbeSettings`` field: its default and its one-line documentation (``--help``)."""
-    if isinstance(default, list):
-        return field(default_factory=list, metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
-
-
 @dataclass
 class ProbeSettings:
-    """What to probe with and how. As recipe keys each field is ``probe_<name>``."""
+    """What to probe with and how. As recipe keys each field is ``probe_<name>``, documented there."""
 
-    data: str = _doc("", "labelled frames: a folder (Cholec80 layout), a prepared / save_to_disk dataset or parquet")
-    label_format: str = _doc("cholec80_phase", "cholec80_phase | cholec80_tool | csv | column")
-    labels: str = _doc("", "annotation root (holds phase_annotations/; empty = data or its parent), CSV file, or "
-                           "column name")
-    kind: str = _doc("knn", "knn | linear | both")
-    k: int = _doc(20, "k-NN neighbours")
-    temperature: float = _doc(0.07, "k-NN vote weight exp(cosine / temperature)")
-    l2: float = _doc(1.0e-4, "linear probe: L2 penalty on the mean loss")
-    batch_size: int = _doc(64, "frames per forward pass, per process")
-    train_videos: list = _doc([], "videos the probe fits on, e.g. 1-40 or video01 video02; empty = Cholec80's "
-                                  "1-40 when the data has both halves, else the first half of the videos")
-    test_videos: list = _doc([], "videos the probe scores; empty = the default split, or the videos not in train")
-    frame_step: int = _doc(1, "keep every Nth frame of each video (in the data's order); 1 = all")
-    frame_fps: float = _doc(1.0, "rate the frames were extracted at (file index / frame_fps = seconds)")
-    annotation_fps: float = _doc(25.0, "rate of Cholec80's annotation frame numbers")
-    first_frame: int = _doc(0, "file index of the frame at time 0 (1 for ffmpeg's default numbering)")
+    data: str = ""  # labelled frames: a folder (Cholec80 layout), a prepared / save_to_disk dataset or parquet
+    label_format: str = "cholec80_phase"  # cholec80_phase | cholec80_tool | csv | column
+    labels: str = ""  # annotation root (holds phase_annotations/; empty = data or its parent), CSV, or column name
+    kind: str = "knn"  # knn | linear | both
+    k: int = 20  # k-NN neighbours
+    temperature: float = 0.07  # k-NN vote weight exp(cosine / temperature)
+    l2: float = 1.0e-4  # linear probe: L2 penalty on the mean loss
+    batch_size: int = 64  # frames per forward pass, per process
+    train_videos: list = field(default_factory=list)  # e.g. [1-40] or [video01, video02]; empty = default split
+    test_videos: list = field(default_factory=list)  # empty = the default split, or the videos not in train
+    frame_step: int = 1  # keep every Nth frame of each video (in the data's order); 1 = all
+    frame_fps: float = 1.0  # rate the frames were extracted at (file index / frame_fps = seconds)
+    annotation_fps: float = 25.0  # rate of Cholec80's annotation frame numbers
+    first_frame: int = 0  # file index of the frame at time 0 (1 for ffmpeg's default numbering)
 
     @classmethod
     def from_recipe(cls, recipe, prefix: str = "probe_") -> ProbeSettings:
