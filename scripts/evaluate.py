@@ -116,9 +116,8 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator) -> dict:
 
     data = load_probe_data(settings)
     loader = accelerator.prepare(build_val_loader(data.frames, img_size, settings.batch_size, args.num_workers))
-    accelerator.print(f"probe: {data.num_train} train frames ({len(data.videos['train'])} videos), "
-                      f"{len(data.frames) - data.num_train} test frames ({len(data.videos['test'])} videos); "
-                      f"{model} at {img_size[0]}x{img_size[1]}, precision {accelerator.mixed_precision}")
+    accelerator.print(f"probe: {data.summary()}; {model} at {img_size[0]}x{img_size[1]}, "
+                      f"precision {accelerator.mixed_precision}")
     results = {}
     for name, (path, info, step) in sources.items():
         mean, std = args.mean or info.get("mean", default_mean), args.std or info.get("std", default_std)

@@ -180,6 +180,7 @@ def test_pretraining_probe_takes_every_probe_setting_evaluate_takes(tmp_path):
         load_probe_data(ProbeSettings.from_recipe(parse_recipe(flags)))
     data = load_probe_data(ProbeSettings.from_recipe(parse_recipe([*flags, "--probe_first_frame", "1"])))
     assert data.labels.values.tolist() == tools + tools and data.videos == {"train": ["video01"], "test": ["video41"]}
+    assert data.summary() == "3 train frames (1 video), 3 test frames (1 video), 7 labels"
 
 
 def test_csv_and_column_labels(tmp_path):
@@ -342,6 +343,7 @@ def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path, monkey
                         str(tmp_path / "other_stats"), "--data",
                         str(labelled / "probe"), "--kind", "both", "--test_videos", "7-8", "--output", str(output),
                         "--num_workers", "0", "--batch_size", "24")
+    assert "probe: 96 train frames (6 videos), 32 test frames (2 videos), 7 classes; mae_vit_tiny" in result.stdout
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "probe"])
     assert lines[header].split()[2:] == ["acc", "f1"] and len(lines[header + 1:header + 17]) == 16

@@ -83,6 +83,17 @@ class ProbeData:
     num_train: int
     videos: dict  # {"train": [...], "test": [...]}
 
+    def summary(self) -> str:
+        """E.g. ``128 train frames (16 videos), 128 test frames (16 videos), 7 labels``."""
+        def count(n: int, noun: str, plural: str = "") -> str:
+            return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+        num_test = len(self.frames) - self.num_train
+        return (f"{count(self.num_train, 'train frame')} ({count(len(self.videos['train']), 'video')}), "
+                f"{count(num_test, 'test frame')} ({count(len(self.videos['test']), 'video')}), "
+                + (count(len(self.labels.names), "label") if self.labels.multilabel
+                   else count(len(self.labels.names), "class", "classes")))
+
 
 def _annotation_root(data: str, sub: str) -> Path:
     candidates = [Path(data), Path(data).parent]
@@ -222,7 +233,5 @@ def build_probe(settings: ProbeSettings, img_size, mean, std, accelerator, num_w
     data = load_probe_data(settings.validate("probe_"))
     check_probe_size(len(data.frames), img_size, settings, accelerator.device, local_processes)
     pixels = decode_frames(data.frames, img_size, num_workers).to(accelerator.device)
-    accelerator.print(f"probe: {data.num_train} train frames ({len(data.videos['train'])} videos), "
-                      f"{len(data.frames) - data.num_train} test frames ({len(data.videos['test'])} videos), "
-                      f"{len(data.labels.names)} {'labels' if data.labels.multilabel else 'classes'}")
+    accelerator.print(f"probe: {data.summary()}")
     return Probe(pixels, data, settings, mean, std, accelerator)
