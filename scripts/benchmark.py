@@ -50,10 +50,11 @@ def format_table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mae_vit_base_patch16")
+    parser.add_argument("--model", default="mae_vit_base_patch16", help="architecture (EndoViT: mae_vit_base_patch16)")
     parser.add_argument("--img_size", type=int, nargs="+", default=[224], help="H [W]")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
+    parser.add_argument("--batch_size", type=int, default=8, help="images per step")
+    parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
+                        help="for the endovit configuration (auto = what pretrain.py picks on this machine)")
     parser.add_argument("--torch_compile", default="auto", choices=["auto", "true", "false"],
                         help="for the endovit configuration (auto = on for CUDA)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

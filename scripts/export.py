@@ -49,8 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True, help="folder to write (replaces the files it writes)")
     parser.add_argument("--model", help=f"architecture ({', '.join(MODEL_ARCHS)}); default: the run's, else inferred")
     parser.add_argument("--img_size", type=int, nargs="+", metavar="SIZE", help="one size or height width")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"))
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"))
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="per-channel mean in [0, 1] the weights were trained with; default: the run's")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="per-channel std the weights were trained with; default: the run's")
     parser.add_argument("--norm_pix_loss", choices=("true", "false"), help="default: the run's / checkpoint's")
     parser.add_argument("--mask_ratio", type=float, help="written into the transformers config; default 0.75")
     parser.add_argument("--sha256", help="pin SOURCE's sha256 (checked before anything is read)")

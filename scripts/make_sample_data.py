@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--first_video", type=int, default=1, help="number of the first video folder")
     parser.add_argument("--height", type=int, default=480, help="frame height (Cholec80: 480)")
     parser.add_argument("--width", type=int, default=854, help="frame width (Cholec80: 854)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same frames and labels")
     parser.add_argument("--labels", action="store_true", help="draw phases and instruments, write their annotations")
     args = parser.parse_args()
     if min(args.videos, args.frames, args.height, args.width) <= 0:
