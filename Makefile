@@ -38,7 +38,7 @@ demo: $(STAMP) $(SAMPLE)/.complete
 		--probe_data $(SAMPLE)/probe --probe_label_format cholec80_tool --probe_every_steps 70 \
 		--probe_best_metric knn_avg_map
 	$(CPU_LAUNCH) scripts/evaluate.py \
-		--weights $(DEMO_OUT) random --data $(SAMPLE)/probe --label_format cholec80_tool --kind both \
+		--weights $(DEMO_OUT) random random:1 random:2 --data $(SAMPLE)/probe --label_format cholec80_tool --kind both \
 		--output $(DEMO_OUT)/probe.json
 
 # Wheels the GPU machine's image lacks (its Python is 3.12), carried with the tree to the GPU check; and the same

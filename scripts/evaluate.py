@@ -7,7 +7,8 @@
 ``endovit_config.json``), a training checkpoint folder ``step_N``, a ``.safetensors`` or official MAE ``.pth``
 file or its https:// or file:// URL (downloaded once into the weights cache; ``#sha256=<hex>`` pins it),
 ``imagenet_mae`` (the ImageNet MAE weights EndoViT starts from: the ``init_from`` of ``--recipe endovit_seg``), or
-``random`` (the architecture at random init, for comparison). Architecture, image size and mean/std
+``random`` (the architecture at random init, for comparison; ``random:N`` with seed N, so several seeds show how
+much the baseline itself varies). Architecture, image size and mean/std
 default to the first ``endovit_config.json`` found beside the weights; each weights' frames are normalised with the
 mean/std it was trained with (its own config; ImageNet's for ``imagenet_mae``; else the first config's or EndoViT's),
 unless ``--mean`` / ``--std`` set one for all. Prints a table (percent), writes
@@ -41,12 +42,13 @@ from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe, load_recipe
 from endovit.weights import is_url, redact_url
 
 IMAGENET_MAE = "imagenet_mae"
+RANDOM = re.compile(r"random(?::(\d+))?")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("--weights", nargs="+", required=True, help="weights to probe, or 'random'")
+    parser.add_argument("--weights", nargs="+", required=True, help="weights to probe, or 'random' / 'random:SEED'")
     parser.add_argument("--model", default="", help=f"architecture: {', '.join(MODEL_ARCHS)}")
     parser.add_argument("--img_size", type=int, nargs="+", help="H [W]; default: the weights' config, else 224")
     parser.add_argument("--mean", type=float, nargs=3,
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
                         help="auto: what pretrain.py picks on this machine")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process decoding frames")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random init of 'random'")
     parser.add_argument("--output", default="probe.json", help="JSON file of the results")
     parser.add_argument("--logging_dir", default="", help="TensorBoard folder; default <output folder>/tensorboard")
     docs = {f.name: f.metadata.get("doc") for f in dataclasses.fields(Recipe)}  # pretrain.py's --probe_<name>
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def weights_source(weights: str) -> tuple[Path | str | None, dict, int]:
     """The file or URL to load (None for random init), the ``endovit_config.json`` beside it (for a URL: the
     architecture when known), and its training step."""
-    if weights == "random":
+    if RANDOM.fullmatch(weights):
         return None, {}, 0
     if weights == IMAGENET_MAE:
         seg = load_recipe("endovit_seg")
@@ -85,7 +87,7 @@ def weights_source(weights: str) -> tuple[Path | str | None, dict, int]:
     path = Path(weights)
     if not path.exists():
         raise CheckpointError(f"--weights {weights}: no such file or folder; give a weights file or its URL, a "
-                              f"checkpoint or export folder, {IMAGENET_MAE} or random")
+                              f"checkpoint or export folder, {IMAGENET_MAE}, random or random:SEED")
     if path.is_dir():
         found = [path / n for n in ("model.safetensors", "encoder.safetensors") if (path / n).is_file()]
         if not found:
@@ -95,6 +97,12 @@ def weights_source(weights: str) -> tuple[Path | str | None, dict, int]:
     info = json.loads(config.read_text()) if config.is_file() else {}
     folder = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.parent.name)
     return path, info, int(info.get("step") or (folder.group(1) if folder else 0))
+
+
+def init_seed(weights: str, default: int) -> int:
+    """The seed of ``random:N``; ``default`` for any other weights (plain ``random`` included)."""
+    match = RANDOM.fullmatch(weights)
+    return int(match.group(1)) if match and match.group(1) else default
 
 
 def _finite(value):
@@ -121,14 +129,14 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     results = {}
     for name, (path, info, step) in sources.items():
         mean, std = args.mean or info.get("mean", default_mean), args.std or info.get("std", default_std)
-        torch.manual_seed(args.seed)
+        torch.manual_seed(init_seed(name, args.seed))
         mae = create_mae(model, img_size=tuple(img_size))
         if path is not None:
             with accelerator.local_main_process_first():  # a URL downloads once per machine
                 load_encoder(mae, path)
         mae.to(accelerator.device).eval()
         features = features_from_loader(mae, loader, accelerator, mean, std)
-        results[redact_url(name)] = {"weights": redact_url(str(path or "random")), "step": step, "mean": mean,
+        results[redact_url(name)] = {"weights": redact_url(str(path or name)), "step": step, "mean": mean,
                                      "std": std, "metrics": probe_metrics(features, data, settings)}
     return {"model": model, "img_size": img_size, "classes": data.labels.names,
             "frames": {"train": data.num_train, "test": len(data.frames) - data.num_train}, "videos": data.videos,

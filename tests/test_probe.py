@@ -340,13 +340,13 @@ def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path, monkey
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # the weights cache a URL downloads into
     output = tmp_path / "probe.json"
     result = run_script("scripts/evaluate.py", "--weights", str(tmp_path / "export"), "random", url,
-                        str(tmp_path / "other_stats"), "--data",
+                        str(tmp_path / "other_stats"), "random:0", "random:1", "--data",
                         str(labelled / "probe"), "--kind", "both", "--test_videos", "7-8", "--output", str(output),
                         "--num_workers", "0", "--batch_size", "24")
     assert "probe: 96 train frames (6 videos), 32 test frames (2 videos), 7 classes; mae_vit_tiny" in result.stdout
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "probe"])
-    assert lines[header].split()[2:] == ["acc", "f1"] and len(lines[header + 1:header + 17]) == 16
+    assert lines[header].split()[2:] == ["acc", "f1"] and lines[header + 25].startswith("results: ")  # 6 x 4 rows
     assert list((tmp_path / "torch_home" / "hub" / "endovit").glob("*official.pth"))
     summary = json.loads(output.read_text())
     assert summary["videos"] == {"train": [f"video0{n}" for n in range(1, 7)], "test": ["video07", "video08"]}
@@ -354,9 +354,12 @@ def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path, monkey
     exported, random_init = summary["results"][str(tmp_path / "export")], summary["results"]["random"]
     assert exported["step"] == 7 and set(exported["metrics"]) == {"knn_cls", "knn_avg", "linear_cls", "linear_avg"}
     assert exported["metrics"] != random_init["metrics"]
+    assert summary["results"]["random:0"]["metrics"] == random_init["metrics"]  # --seed 0 is plain random's seed
+    assert summary["results"]["random:1"]["metrics"] != random_init["metrics"]
     assert summary["results"][url]["metrics"] == exported["metrics"]
     means = {name: (r["mean"], r["std"]) for name, r in summary["results"].items()}
     assert means == {str(tmp_path / "export"): (MEAN, STD), "random": (MEAN, STD), url: (MEAN, STD),
+                     "random:0": (MEAN, STD), "random:1": (MEAN, STD),
                      str(tmp_path / "other_stats"): ([0.5] * 3, [0.25] * 3)}, "each weights with its own stats"
     assert list((tmp_path / "tensorboard").iterdir())
 
