@@ -8,10 +8,10 @@
 file or its https:// or file:// URL (downloaded once into the weights cache; ``#sha256=<hex>`` pins it),
 ``imagenet_mae`` (the ImageNet MAE weights EndoViT starts from: the ``init_from`` of ``--recipe endovit_seg``), or
 ``random`` (the architecture at random init, for comparison; ``random:N`` with seed N, so several seeds show how
-much the baseline itself varies). Architecture, image size and mean/std
-default to the first ``endovit_config.json`` found beside the weights; each weights' frames are normalised with the
-mean/std it was trained with (its own config; ImageNet's for ``imagenet_mae``; else the first config's or EndoViT's),
-unless ``--mean`` / ``--std`` set one for all. Prints a table (percent), writes
+much the baseline itself varies). Architecture, image size and mean/std default to the first
+``endovit_config.json`` found beside the weights; each weights' frames are normalised with the mean/std it was
+trained with (its own config; ImageNet's for ``imagenet_mae``; else the first config's or EndoViT's), unless
+``--mean`` / ``--std`` set one for all. Prints a table (percent), writes
 ``--output`` (JSON) and TensorBoard scalars ``probe/<method>_<features>_<metric>`` (one run per weights).
 """
 from __future__ import annotations
