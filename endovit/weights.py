@@ -31,6 +31,7 @@ __all__ = [
     "read_state_dict",
     "load_pretrained",
     "fit_state_dict",
+    "fit_report",
     "architecture_of",
     "describe_misfit",
     "read_weights",
@@ -216,7 +217,8 @@ def read_state_dict(source: str | os.PathLike, sha256: str | None = None) -> dic
     return _read(source, sha256)[0]
 
 
-def _fit_report(state: dict, own: dict) -> tuple[list[str], list[str], list[str]]:
+def fit_report(state: dict, own: dict) -> tuple[list[str], list[str], list[str]]:
+    """How ``state`` misses ``own`` (a model's state dict): missing keys, unexpected keys, shape mismatches."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [
@@ -274,7 +276,7 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str,
     for key in FIXED_POS_EMBEDS:
         if key in state and key in own and state[key].shape != own[key].shape:
             state[key] = own[key]
-    missing, unexpected, mismatched = _fit_report(state, own)
+    missing, unexpected, mismatched = fit_report(state, own)
     decoder_keys = sorted(k for k in own if k.startswith(DECODER_PREFIXES))
     encoder_only = bool(missing) and missing == decoder_keys and not unexpected and not mismatched
     if (missing and not encoder_only) or unexpected or mismatched:

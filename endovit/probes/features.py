@@ -8,7 +8,7 @@ import torch
 
 from endovit.data.transforms import normalize
 from endovit.errors import CheckpointError
-from endovit.weights import describe_misfit, read_state_dict, redact_url
+from endovit.weights import describe_misfit, fit_report, read_state_dict, redact_url
 
 __all__ = ["POOLS", "load_encoder", "features_from_loader", "features_from_pixels"]
 
@@ -32,12 +32,10 @@ def load_encoder(mae, source: str | os.PathLike) -> None:
     own = mae.encoder_state_dict()
     if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
         state["pos_embed"] = own["pos_embed"]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    mismatched = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if missing or unexpected or mismatched:
+    report = fit_report(state, own)
+    if any(report):
         raise CheckpointError(f"weights in {redact_url(str(source))} do not fit this encoder "
-                              f"({describe_misfit(state, missing, unexpected, mismatched)}); check --model")
+                              f"({describe_misfit(state, *report)}); check --model")
     mae.load_state_dict(state, strict=False)
 
 
