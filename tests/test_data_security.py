@@ -1,4 +1,5 @@
-"""Hostile or broken input on local disk: symlink loops in frame folders, forged manifests, shard hashes."""
+"""Hostile or broken input on local disk: symlink loops in frame folders, forged manifests, shard hashes, frames that
+are not images."""
 from __future__ import annotations
 
 import hashlib
@@ -7,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 
 from endovit.data import DataError, PrepareSettings, load_frames, prepare_frames
-from endovit.data.frames import find_image_files
+from endovit.data.frames import FrameError, decode_image, find_image_files
 from endovit.data.store import MANIFEST, _cached_file
 
 
@@ -83,3 +84,22 @@ def test_older_manifests_without_hashes_still_load(tmp_path):
     (tmp_path / "prep" / MANIFEST).write_text(json.dumps(manifest))
     assert len(load_frames(tmp_path / "prep")) == 3
     assert os.path.exists(tmp_path / "prep" / "shards" / "shard-00000.arrow")
+
+
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke showpage\n%%EOF\n"
+
+
+def test_a_frame_holding_postscript_is_refused_without_running_ghostscript(tmp_path, monkeypatch):
+    """Pillow picks a decoder by content: an EPS named .png would be rendered by Ghostscript, an external program."""
+    bin_dir, ran = tmp_path / "bin", tmp_path / "ghostscript-ran"
+    bin_dir.mkdir()
+    (bin_dir / "gs").write_text(f"#!/bin/sh\necho \"$@\" > {ran}\nexit 1\n")
+    (bin_dir / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # found again on this PATH
+    frame = three_frames(tmp_path / "frames") / "video01" / "video01_000001.png"
+    frame.write_bytes(POSTSCRIPT)
+    for cell in ({"path": str(frame), "bytes": None}, {"path": None, "bytes": POSTSCRIPT}):
+        with pytest.raises(FrameError, match=r"^cannot decode frame .*: not a PNG, JPEG, BMP, TIFF, WEBP image"):
+            decode_image(cell)
+    assert not ran.exists()

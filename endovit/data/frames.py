@@ -26,6 +26,9 @@ __all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", 
            "max_pixels", "find_image_files", "frame_number", "video_name"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# The only decoders Pillow may pick (it picks by content, not by name): those of IMAGE_EXTENSIONS. Without this list
+# a file named .png that holds PostScript is handed to Ghostscript, an external program.
+DECODED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP per frame (8000 x 8000); a 4K frame has 8.3 MP
 
 
@@ -182,10 +185,10 @@ def decode_image(item: dict, draft: Callable[[int, int], tuple[int, int]] | None
     (I;16, I;16B, I;16L, and I, read as 0..65535) is scaled to 8 bit by round(v / 257), so v * 257 decodes to v;
     CMYK and YCbCr are converted; alpha (LA, RGBA, PA, P with transparency) is composited on black, like the
     black surround of an endoscope's field of view (transparent pixels become black, opaque ones keep their
-    colour); 32-bit float (F) is refused. A frame over ``limit`` pixels (default ``max_pixels()``, 64 MP) is
-    refused before it is decoded. ``draft(width, height)`` gives the smallest size the caller can use; a JPEG
-    is then decoded at the coarsest DCT scale (1/2, 1/4, 1/8) that is still at least that large. Every failure
-    is a ``FrameError`` (a DataError) naming the file.
+    colour); 32-bit float (F) is refused. Only ``DECODED_FORMATS`` are opened, whatever the file is named. A frame
+    over ``limit`` pixels (default ``max_pixels()``, 64 MP) is refused before it is decoded. ``draft(width,
+    height)`` gives the smallest size the caller can use; a JPEG is then decoded at the coarsest DCT scale (1/2,
+    1/4, 1/8) that is still at least that large. Every failure is a ``FrameError`` (a DataError) naming the file.
     """
     where = item.get("path") or "<embedded image bytes>"
     limit = max_pixels() if limit is None else limit
@@ -193,7 +196,7 @@ def decode_image(item: dict, draft: Callable[[int, int], tuple[int, int]] | None
         source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            img = Image.open(source)
+            img = Image.open(source, formats=DECODED_FORMATS)
         with img:
             width, height = img.size
             if 0 < limit < width * height:
@@ -207,8 +210,12 @@ def decode_image(item: dict, draft: Callable[[int, int], tuple[int, int]] | None
         raise
     except Image.DecompressionBombError as err:
         raise FrameError(where, f"{err} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+    except UnidentifiedImageError:
+        raise FrameError(where, f"not a {', '.join(DECODED_FORMATS)} image, the formats frames may have") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise FrameError(where, str(err)) from None
+    except Exception as err:  # a decoder's own failure on hostile bytes (struct.error, IndexError, ...)
+        raise FrameError(where, f"{type(err).__name__}: {err}") from None
 
 
 _ORIENTATION = 0x0112
