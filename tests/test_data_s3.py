@@ -176,7 +176,7 @@ def test_remote_rows_without_image_bytes_never_open_local_paths(bucket, tmp_path
     edit_manifest(fs, prefix, lambda m: m["shards"][0].update(frames=1, bytes=len(data),
                                                               sha256=hashlib.sha256(data).hexdigest()))
     with pytest.raises(DataError, match=rf"1 of 1 frames carry no image bytes \(the first names '{secret}'\); "
-                                        "remote data must embed its images"):
+                                        "a dataset must embed its images"):
         load_frames(f"s3://{prefix}", cache_dir=tmp_path / "cache")
 
     # save_to_disk embeds the files it can read, so the attacker writes the rows into the saved folder directly

@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
+import datasets
+import pyarrow as pa
 import pytest
 from PIL import EpsImagePlugin, Image
 
@@ -103,3 +106,64 @@ def test_a_frame_holding_postscript_is_refused_without_running_ghostscript(tmp_p
         with pytest.raises(FrameError, match=r"^cannot decode frame .*: not a PNG, JPEG, BMP, TIFF, WEBP image"):
             decode_image(cell)
     assert not ran.exists()
+
+
+def save_one_frame(folder: Path, image: dict, splits: tuple[str, ...] = ()) -> None:
+    """A ``save_to_disk`` folder (a DatasetDict when ``splits`` are named) whose one row is ``image``."""
+    features = datasets.Features({"image": datasets.Image(decode=False)})
+    dataset = datasets.Dataset.from_dict({"image": [{"bytes": b"x", "path": "a.png"}]}, features=features)
+    (datasets.DatasetDict({split: dataset for split in splits}) if splits else dataset).save_to_disk(str(folder))
+    forged = datasets.Dataset.from_dict({"image": [image]}, features=features)
+    for data_file in folder.rglob("data-*.arrow"):  # save_to_disk embeds what it can read: forge the rows directly
+        with pa.OSFile(str(data_file), "wb") as sink, pa.ipc.new_stream(sink, forged.data.table.schema) as writer:
+            writer.write_table(forged.data.table)
+
+
+def test_local_datasets_without_image_bytes_never_open_the_paths_they_name(tmp_path):
+    """A SageMaker channel is a local copy of S3: a local dataset is no more trusted than a remote one."""
+    secret = three_frames(tmp_path / "frames") / "video01" / "video01_000000.png"
+    save_one_frame(tmp_path / "saved", {"bytes": None, "path": str(secret)})
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'saved'}: 1 of 1 frames carry no image bytes \(the first "
+                                        rf"names '{secret}'\); a dataset must embed its images"):
+        load_frames(tmp_path / "saved")
+    prepare_frames(tmp_path / "frames", tmp_path / "prep", PrepareSettings(short_side=0), progress=False,
+                   log=lambda _: None)
+    (shard,) = (tmp_path / "prep" / "shards").glob("*.arrow")
+    rows = datasets.Dataset.from_file(str(shard)).to_dict()
+    rows["image"] = [{"bytes": None, "path": str(secret)}] * len(rows["image"])
+    forged = datasets.Dataset.from_dict(rows, features=datasets.Dataset.from_file(str(shard)).features)
+    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_stream(sink, forged.data.table.schema) as writer:
+        writer.write_table(forged.data.table)
+    manifest = json.loads((tmp_path / "prep" / MANIFEST).read_text())
+    for entry in manifest["shards"]:
+        entry.pop("sha256", None)
+        entry.pop("bytes", None)
+    (tmp_path / "prep" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"3 of 3 frames carry no image bytes"):
+        load_frames(tmp_path / "prep")
+
+
+@pytest.mark.parametrize("splits", [(), ("train",)])
+@pytest.mark.parametrize("where", ["absolute", "parent"])
+def test_a_saved_dataset_naming_data_files_outside_its_folder_is_refused(tmp_path, splits, where):
+    outside = tmp_path / "someone_elses"
+    save_one_frame(outside, {"bytes": b"private frame", "path": "private.png"})
+    (data_file,) = outside.glob("data-*.arrow")
+    saved = tmp_path / "saved"
+    save_one_frame(saved, {"bytes": b"x", "path": "a.png"}, splits)
+    state_file = saved / (splits[0] if splits else "") / "state.json"
+    name = str(data_file) if where == "absolute" else os.path.relpath(data_file, state_file.parent)
+    state = json.loads(state_file.read_text())
+    state["_data_files"] = [{"filename": name}]
+    state_file.write_text(json.dumps(state))
+    state_name = f"{splits[0]}/state.json" if splits else "state.json"
+    with pytest.raises(DataError, match=rf"^{saved}: {state_name} names data file '{re.escape(name)}', not a file "
+                                        "inside its folder"):
+        load_frames(saved, split="train")
+
+
+def test_a_saved_dataset_naming_a_split_outside_its_folder_is_refused(tmp_path):
+    save_one_frame(tmp_path / "saved", {"bytes": b"x", "path": "a.png"}, ("train",))
+    (tmp_path / "saved" / "dataset_dict.json").write_text(json.dumps({"splits": ["../elsewhere"]}))
+    with pytest.raises(DataError, match=r"dataset_dict\.json names split '\.\./elsewhere', not a folder inside it"):
+        load_frames(tmp_path / "saved", split="../elsewhere")

@@ -9,6 +9,7 @@ at that moment and memory stays flat.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import warnings
@@ -97,6 +98,37 @@ def _is_saved_dataset(fs, root: str) -> bool:
     return any(fs.isfile(f"{root}/{name}") for name in ("dataset_info.json", "dataset_dict.json"))
 
 
+def _plain_name(name) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and not re.search(r"[/\\]", name)
+
+
+def _require_files_inside(fs, root: str, path) -> None:
+    """A ``save_to_disk`` folder names its splits and Arrow files in JSON, which ``datasets`` joins to the folder
+    unchecked: an absolute or ``..`` name would read data from elsewhere on this machine."""
+
+    def read(name: str) -> dict:
+        try:
+            content = json.loads(fs.cat_file(f"{root}/{name}")) if fs.isfile(f"{root}/{name}") else {}
+        except ValueError as err:
+            raise DataError(f"{path}: {name} is not valid JSON ({err}); save the dataset again with save_to_disk")
+        return content if isinstance(content, dict) else {}
+
+    if fs.isfile(f"{root}/dataset_dict.json"):
+        splits = read("dataset_dict.json").get("splits", [])
+        if bad := [split for split in splits if not _plain_name(split)]:
+            raise DataError(f"{path}: dataset_dict.json names split {bad[0]!r}, not a folder inside it; save the "
+                            "dataset again with save_to_disk")
+        folders = [f"{split}/" for split in splits]
+    else:
+        folders = [""]
+    for folder in folders:
+        files = read(f"{folder}state.json").get("_data_files", [])
+        names = [entry.get("filename") if isinstance(entry, dict) else entry for entry in files]
+        if bad := [name for name in names if not _plain_name(name)]:
+            raise DataError(f"{path}: {folder}state.json names data file {bad[0]!r}, not a file inside its folder; "
+                            "save the dataset again with save_to_disk")
+
+
 def _pick_split(loaded, path, split: str) -> datasets.Dataset:
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
@@ -115,9 +147,10 @@ def _load_any(path: str | os.PathLike, split: str, storage_options: dict | None,
         return load_prepared(path, storage_options, cache_dir)[0]
     fs, root = filesystem(path, storage_options)
     if _is_saved_dataset(fs, root.rstrip("/")):
+        _require_files_inside(fs, root.rstrip("/"), path)
         options = {"storage_options": storage_options} if remote else {}
         dataset = _pick_split(datasets.load_from_disk(str(path), **options), path, split)
-        if remote and "image" in dataset.column_names:
+        if "image" in dataset.column_names:
             require_image_bytes(dataset, str(path))
         return dataset
     if remote:

@@ -246,14 +246,14 @@ def load_prepared(path: str | os.PathLike, storage_options: dict | None = None,
         raise DataError(f"prepared dataset {path} holds no frames (skipped: {len(manifest.get('skipped', []))})")
     parts = [datasets.Dataset.from_file(str(f)) for f in files]
     dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    if is_remote(path):
-        require_image_bytes(dataset, str(path))
+    require_image_bytes(dataset, str(path))
     return dataset, manifest
 
 
 def require_image_bytes(dataset: datasets.Dataset, where: str) -> None:
-    """Remote data must carry its images: a row without bytes would make training open its ``path`` on this
-    machine's disk, whatever that path names."""
+    """A prepared or saved dataset must carry its images (``prepare_data.py`` and ``save_to_disk`` embed them): a
+    row without bytes would make training open its ``path`` on this machine's disk, whatever that path names. The
+    folder may have come from elsewhere, as a SageMaker channel is a copy of S3."""
     column = dataset.data.column("image")
     missing, total, first = 0, 0, None
     for chunk in column.chunks:
@@ -270,5 +270,5 @@ def require_image_bytes(dataset: datasets.Dataset, where: str) -> None:
     if missing:
         named = first.get("path") if isinstance(first, dict) else first
         raise DataError(f"{where}: {missing} of {total} frames carry no image bytes (the first names {named!r}); "
-                        "remote data must embed its images, or training would read that path from this machine: "
-                        "create it with scripts/prepare_data.py")
+                        "a dataset must embed its images, or training would read that path from this machine: "
+                        "create it with scripts/prepare_data.py or save_to_disk")
