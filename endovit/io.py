@@ -10,7 +10,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "temporary_sibling", "readable_mode"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "temporary_sibling", "readable_mode",
+           "is_plain_name"]
+
+
+def is_plain_name(name) -> bool:
+    """Whether ``name``, read from data, names an entry inside a folder: no separator, not ``.`` or ``..``."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
 
 
 def temporary_sibling(path: str | os.PathLike) -> Path:

@@ -215,5 +215,6 @@ def test_a_frame_error_survives_a_dataloader_worker(tmp_path):
     (tmp_path / "video01" / "video01_000001.png").write_bytes(b"not a png")
     loader = torch.utils.data.DataLoader(TrainFrames(load_frames(tmp_path), TrainTransform((8, 8)), seed=0),
                                          batch_size=2, sampler=[(0, 0, 0), (0, 1, 0)], num_workers=1)
-    with pytest.raises(DataError, match=r"cannot decode frame .*video01_000001.png: not a PNG, JPEG, BMP, TIFF, WEBP image"):
+    with pytest.raises(DataError, match=r"cannot decode frame .*video01_000001.png: not a PNG, JPEG, BMP, "
+                                          r"TIFF, WEBP image"):
         next(iter(loader))

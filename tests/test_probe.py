@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import runpy
 
 import datasets
@@ -162,6 +163,15 @@ def test_frames_without_labels_are_refused_naming_the_first(tmp_path):
     (tmp_path / "phase_annotations" / "video01-phase.txt").write_text("Frame\tPhase\n0\tPreperation\n")
     with pytest.raises(DataError, match="unknown phase 'Preperation' .did you mean Preparation"):
         cholec80_labels(frames, tmp_path, "phase")
+
+
+@pytest.mark.parametrize("video", ["../elsewhere/video01", "/abs/video01", ".."])
+def test_a_video_name_that_is_a_path_is_refused_before_any_file_is_read(tmp_path, video):
+    write_cholec80_video(tmp_path / "elsewhere", "video01", seconds=1, phase_change=0, tools=[[1] * 7])
+    frames = load_frames(tmp_path / "elsewhere" / "frames").map(lambda row: {"video": video})
+    with pytest.raises(DataError, match=rf"has video '{re.escape(video)}', not a plain name: its labels would be "
+                                        rf"read from outside {tmp_path / 'cholec80' / 'phase_annotations'}$"):
+        cholec80_labels(frames, tmp_path / "cholec80", "phase")
 
 
 def test_pretraining_probe_takes_every_probe_setting_evaluate_takes(tmp_path):

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from endovit.data.store import MANIFEST, filesystem, is_prepared, is_remote, load_prepared, require_image_bytes
 from endovit.errors import DataError, did_you_mean
+from endovit.io import is_plain_name
 
 __all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "load_frames", "decode_image",
            "max_pixels", "find_image_files", "frame_number", "video_name"]
@@ -98,10 +99,6 @@ def _is_saved_dataset(fs, root: str) -> bool:
     return any(fs.isfile(f"{root}/{name}") for name in ("dataset_info.json", "dataset_dict.json"))
 
 
-def _plain_name(name) -> bool:
-    return isinstance(name, str) and name not in ("", ".", "..") and not re.search(r"[/\\]", name)
-
-
 def _require_files_inside(fs, root: str, path) -> None:
     """A ``save_to_disk`` folder names its splits and Arrow files in JSON, which ``datasets`` joins to the folder
     unchecked: an absolute or ``..`` name would read data from elsewhere on this machine."""
@@ -110,12 +107,13 @@ def _require_files_inside(fs, root: str, path) -> None:
         try:
             content = json.loads(fs.cat_file(f"{root}/{name}")) if fs.isfile(f"{root}/{name}") else {}
         except ValueError as err:
-            raise DataError(f"{path}: {name} is not valid JSON ({err}); save the dataset again with save_to_disk")
+            raise DataError(f"{path}: {name} is not valid JSON ({err}); save the dataset again with "
+                            "save_to_disk") from None
         return content if isinstance(content, dict) else {}
 
     if fs.isfile(f"{root}/dataset_dict.json"):
         splits = read("dataset_dict.json").get("splits", [])
-        if bad := [split for split in splits if not _plain_name(split)]:
+        if bad := [split for split in splits if not is_plain_name(split)]:
             raise DataError(f"{path}: dataset_dict.json names split {bad[0]!r}, not a folder inside it; save the "
                             "dataset again with save_to_disk")
         folders = [f"{split}/" for split in splits]
@@ -124,7 +122,7 @@ def _require_files_inside(fs, root: str, path) -> None:
     for folder in folders:
         files = read(f"{folder}state.json").get("_data_files", [])
         names = [entry.get("filename") if isinstance(entry, dict) else entry for entry in files]
-        if bad := [name for name in names if not _plain_name(name)]:
+        if bad := [name for name in names if not is_plain_name(name)]:
             raise DataError(f"{path}: {folder}state.json names data file {bad[0]!r}, not a file inside its folder; "
                             "save the dataset again with save_to_disk")
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from endovit.data.cholec80 import PHASES, TOOLS
 from endovit.errors import DataError, did_you_mean
+from endovit.io import is_plain_name
 
 __all__ = ["PHASES", "TOOLS", "LABEL_FORMATS", "Labels", "read_phase_file", "read_tool_file", "cholec80_labels",
            "csv_labels", "column_labels", "frame_key"]
@@ -99,6 +100,9 @@ def cholec80_labels(frames: datasets.Dataset, folder: str | Path, task: str, fra
     values = []
     for row, (video, index) in enumerate(zip(columns["video"], columns["frame_index"], strict=True)):
         if video not in tables:
+            if not is_plain_name(video):
+                raise DataError(f"frame {_image_path(frames, row)} has video {video!r}, not a plain name: its labels "
+                                f"would be read from outside {Path(folder) / sub}")
             path = Path(folder) / sub / f"{video}-{task}.txt"
             if not path.is_file():
                 raise DataError(f"no {task} annotations for video {video!r}: {path} does not exist")
