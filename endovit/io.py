@@ -11,12 +11,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "temporary_sibling", "readable_mode",
-           "is_plain_name"]
+           "is_plain_name", "walk_once"]
 
 
 def is_plain_name(name) -> bool:
     """Whether ``name``, read from data, names an entry inside a folder: no separator, not ``.`` or ``..``."""
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def walk_once(root: str | os.PathLike, keep_folder=lambda name: True) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """Every folder under ``root`` with its file names, sorted, linked folders followed: each real folder once (by
+    device and inode), so a link back up the tree (a loop) or a second link to a folder already walked is skipped.
+    Returns the folders and the skipped links; ``keep_folder(name)`` prunes sub-folders by name."""
+    folders, walked, skipped = [], set(), []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        info = os.stat(dirpath)
+        if (info.st_dev, info.st_ino) in walked:
+            skipped.append(dirpath)
+            dirnames[:] = []
+            continue
+        walked.add((info.st_dev, info.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if keep_folder(d))
+        folders.append((dirpath, sorted(filenames)))
+    return folders, skipped
 
 
 def temporary_sibling(path: str | os.PathLike) -> Path:

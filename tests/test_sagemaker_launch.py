@@ -16,8 +16,11 @@ import yaml
 from moto import mock_aws
 from test_sagemaker_job import CONFIGS, REPO, TINY, job_environ, metric_definitions, toolkit_argv
 
+from endovit.data.frames import find_image_files
 from endovit.data.synthetic import write_sample_frames
+from endovit.errors import LaunchError
 from endovit.recipe import build_parser, parse_recipe, recipe_from_args
+from endovit.sagemaker.source import plan_upload
 
 BUCKET = "endovit-test"
 REGION = "us-east-1"
@@ -332,6 +335,25 @@ def test_data_folder_with_credentials_is_refused_before_upload(
         f"error: channel train: {Path('data/train', secret)} looks like a credentials file and would be uploaded to "
         "S3; move it out of the folder (or upload the data yourself and pass its s3:// URI)"]
     assert sent == []
+
+
+def test_an_upload_walks_linked_folders_as_training_does_and_refuses_links_to_credentials(tmp_path):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for folder in (data / "video01", elsewhere / "video02"):
+        folder.mkdir(parents=True)
+        (folder / f"{folder.name}_000000.png").write_bytes(b"frame")
+    (data / "video02").symlink_to(elsewhere / "video02", target_is_directory=True)
+    (data / "video03").symlink_to(elsewhere / "video02", target_is_directory=True)  # walked once, as training does
+    keys = [key for _, key in plan_upload("train", str(data), "s3://bucket/train").files]
+    assert keys == ["video01/video01_000000.png", "video02/video02_000000.png"]
+    with pytest.warns(UserWarning, match="skipped 1 linked folder"):
+        assert [str(p.relative_to(data)) for p in find_image_files(data)] == keys
+    (tmp_path / "home" / ".aws").mkdir(parents=True)
+    (tmp_path / "home" / ".aws" / "credentials").write_text("aws_secret_access_key = not-for-s3\n")
+    (data / "video01" / "notes.txt").symlink_to(tmp_path / "home" / ".aws" / "credentials")
+    with pytest.raises(LaunchError, match=rf"^channel train: {data / 'video01' / 'notes.txt'} \(a link to "
+                                          rf"{tmp_path / 'home' / '.aws' / 'credentials'}\) looks like a credentials"):
+        plan_upload("train", str(data), "s3://bucket/train")
 
 
 @pytest.mark.parametrize("url, secret", [

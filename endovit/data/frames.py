@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from endovit.data.store import MANIFEST, filesystem, is_prepared, is_remote, load_prepared, require_image_bytes
 from endovit.errors import DataError, did_you_mean
-from endovit.io import is_plain_name
+from endovit.io import is_plain_name, walk_once
 
 __all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "load_frames", "decode_image",
            "max_pixels", "find_image_files", "frame_number", "video_name"]
@@ -40,18 +40,9 @@ def find_image_files(root: Path) -> list[Path]:
     Linked folders are followed, each real folder once (by device and inode): a link back up the tree (a loop)
     or a second link to a folder already walked is skipped, and the skipped links are reported in one warning.
     """
-    found, walked, skipped = [], set(), []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        info = os.stat(dirpath)
-        if (info.st_dev, info.st_ino) in walked:
-            skipped.append(dirpath)
-            dirnames[:] = []
-            continue
-        walked.add((info.st_dev, info.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            Path(dirpath, f) for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
-        )
+    folders, skipped = walk_once(root, keep_folder=lambda name: not name.startswith("."))
+    found = [Path(dirpath, f) for dirpath, filenames in folders for f in filenames
+             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
     if skipped:
         warnings.warn(f"{root}: skipped {len(skipped)} linked folder(s) already walked (a symlink loop or a second "
                       f"link to the same folder), e.g. {skipped[0]}", stacklevel=2)

@@ -12,6 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from endovit.errors import LaunchError
+from endovit.io import walk_once
 
 __all__ = ["PACKAGE_FILE_SUFFIXES", "IMAGE_PROVIDED", "Upload", "endovit_requirements", "job_requirements",
            "stage_source_dir", "plan_upload"]
@@ -93,15 +94,18 @@ def _is_credentials(relative: Path) -> bool:
 
 
 def plan_upload(channel: str, source: str, uri: str) -> Upload:
-    """The files of ``source`` to upload, hidden ones left out; refused when it holds a credentials file."""
+    """The files of ``source`` to upload, hidden ones left out; refused when it holds a credentials file, by its
+    own name or the name of the file a link points to. Linked folders are walked as training walks them locally."""
     root = Path(source)
-    paths = [root] if root.is_file() else [Path(folder, name) for folder, _, names in os.walk(root) for name in names]
+    paths = [root] if root.is_file() else [Path(folder, name) for folder, names in walk_once(root)[0] for name in names]
     listing = [(path, Path(root.name) if path == root else path.relative_to(root)) for path in paths]
     files, hidden = [], 0
     for path, relative in listing:
-        if _is_credentials(relative):
-            raise LaunchError(f"channel {channel}: {path} looks like a credentials file and would be uploaded to S3; "
-                              "move it out of the folder (or upload the data yourself and pass its s3:// URI)")
+        target = Path(os.path.realpath(path))
+        if _is_credentials(relative) or _is_credentials(target):
+            link = f" (a link to {target})" if _is_credentials(target) and not _is_credentials(relative) else ""
+            raise LaunchError(f"channel {channel}: {path}{link} looks like a credentials file and would be uploaded "
+                              "to S3; move it out of the folder (or upload the data yourself and pass its s3:// URI)")
         if any(part.startswith(".") for part in relative.parts):
             hidden += 1
         else:
