@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "temporary_sibling", "readable_mode",
-           "is_plain_name", "walk_once"]
+           "is_plain_name", "walk_once", "SHA256_PIN"]
+
+SHA256_PIN = re.compile(r"sha256=([0-9A-Fa-f]{64})")  # a URL's #fragment that pins its file (pip's convention)
 
 
 def is_plain_name(name) -> bool:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from endovit import hub
 from endovit.errors import CheckpointError
-from endovit.io import atomic_path, readable_mode
+from endovit.io import SHA256_PIN, atomic_path, readable_mode
 from endovit.models.archs import MODEL_ARCHS
 
 __all__ = [
@@ -170,7 +170,7 @@ def _read(source: str | os.PathLike, sha256: str | None = None) -> tuple[dict[st
     sha256 = _check_sha256(sha256)
     if _URL.match(source) and "#" in source:
         source, fragment = source.split("#", 1)
-        pinned = re.fullmatch(r"sha256=([0-9A-Fa-f]{64})", fragment)
+        pinned = SHA256_PIN.fullmatch(fragment)
         if pinned is None:
             raise CheckpointError(f"{redact_url(source)}: the only URL fragment understood is #sha256=<64 hex digits>")
         if sha256 is not None and sha256 != pinned.group(1).lower():

@@ -359,7 +359,8 @@ def test_an_upload_walks_linked_folders_as_training_does_and_refuses_links_to_cr
 @pytest.mark.parametrize("url, secret", [
     ("https://endovit.s3.amazonaws.com/mae.pth?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef", "deadbeef"),
     ("https://user:hunter2@weights.example.org/mae.pth", "hunter2"),
-], ids=["presigned", "user-info"])
+    ("https://weights.example.org/mae.pth#token=hunter2", "hunter2"),
+], ids=["presigned", "user-info", "fragment"])
 def test_url_with_credentials_never_reaches_the_job(offline_aws, sent, launcher, tmp_path, capsys, url, secret):
     config = write_config(tmp_path, "sagemaker.yaml")
     rc = launcher(["--config_file", str(config), "--dry-run", "scripts/pretrain.py", "--recipe", "demo",
@@ -368,9 +369,18 @@ def test_url_with_credentials_never_reaches_the_job(offline_aws, sent, launcher,
     assert rc == 2 and out == "" and sent == []
     assert secret not in err and "AKIAEXAMPLE" not in err
     assert err.strip().splitlines() == [
-        f"error: --init_from {url.split('?')[0].replace('user:hunter2@', '')}: the URL carries credentials or a query "
+        f"error: --init_from {url.split('?')[0].split('#')[0].replace('user:hunter2@', '')}: the URL carries credentials or a query "
         "token (not shown; e.g. a presigned S3 URL) that would be stored in the job's hyperparameters, readable by "
         "anyone who may describe the job; download the file and pass its local path, or pass its s3:// URI"]
+
+
+def test_a_sha256_pinned_url_reaches_the_job_as_typed(offline_aws, sent, launcher, tmp_path, capsys):
+    url = f"https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base_full.pth#sha256={'ab' * 32}"
+    config = write_config(tmp_path, "sagemaker.yaml")
+    rc = launcher(["--config_file", str(config), "--dry-run", "scripts/pretrain.py", "--recipe", "demo",
+                   "--init_from", url])
+    request = json.loads(capsys.readouterr().out)
+    assert rc == 0 and json.loads(request["HyperParameters"]["init_from"]) == url
 
 
 @pytest.mark.parametrize("key, where", [

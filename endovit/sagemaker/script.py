@@ -10,6 +10,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from endovit.errors import LaunchError, RecipeError, did_you_mean
+from endovit.io import SHA256_PIN
 from endovit.recipe import Recipe, build_parser, recipe_from_args
 from endovit.sagemaker.job import (
     CHANNEL_ROOT,
@@ -55,9 +56,11 @@ def _split_flags(script_args: list[str]) -> list[str]:
 
 
 def _secret_url_error(key: str, value: str) -> LaunchError | None:
-    """The error for a URL that carries credentials or a query token (shown without them), else None."""
+    """The error for a URL that carries credentials or a query token (shown without them), else None. A
+    ``#sha256=<hex>`` pin is no secret."""
     url = urllib.parse.urlsplit(value)
-    if not (url.scheme and url.netloc and (url.username or url.password or url.query or url.fragment)):
+    secret_fragment = url.fragment and not SHA256_PIN.fullmatch(url.fragment)
+    if not (url.scheme and url.netloc and (url.username or url.password or url.query or secret_fragment)):
         return None
     public = urllib.parse.urlunsplit((url.scheme, url.hostname or "", url.path, "", ""))
     return LaunchError(f"--{key} {public}: the URL carries credentials or a query token (not shown; e.g. a presigned "
