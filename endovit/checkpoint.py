@@ -90,7 +90,7 @@ def checkpoint_dirs(root: str | os.PathLike, manifest: str = CHECKPOINT_MANIFEST
         return []
     found = [p for p in root.iterdir()
              if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name) and is_complete_checkpoint(p, manifest)]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return sorted(found, key=_step_of)
 
 
 def latest_checkpoint(root: str | os.PathLike, manifest: str = CHECKPOINT_MANIFEST) -> Path | None:
@@ -240,4 +240,16 @@ def resolve_resume(resume: str, root: str | os.PathLike, manifest: str = CHECKPO
     if not is_complete_checkpoint(path, manifest):
         raise CheckpointError(f"--resume {resume}: not a complete checkpoint folder (no {CHECKPOINT_MANIFEST} "
                               "matching its files); use --resume auto to take the newest complete one")
+    step = _step_of(path)
+    newer = [p.name for p in checkpoint_dirs(root, manifest) if step is not None and _step_of(p) > step]
+    if newer:
+        raise CheckpointError(f"--resume {resume}: {root} holds newer checkpoints ({', '.join(newer)}), which the "
+                              "resumed run would prune and --resume auto would later pick instead of its own; move "
+                              "them out of the folder, or resume into a new --output_dir")
     return path
+
+
+def _step_of(folder: Path) -> int | None:
+    """The step of a folder named ``step_NNNNNNNN``, else None."""
+    name = Path(folder).name
+    return int(name[len(CHECKPOINT_PREFIX):]) if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", name) else None

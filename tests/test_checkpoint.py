@@ -43,6 +43,16 @@ def test_interrupted_save_and_partial_copy_are_never_picked(saved):
         resolve_resume(str(saved / "step_00000006"), saved)
 
 
+def test_resuming_an_older_checkpoint_beside_newer_ones_is_refused(saved, tmp_path_factory):
+    """Its run would prune the newer ones, and ``auto`` would later take them instead of its own."""
+    with pytest.raises(CheckpointError, match=rf"^--resume {saved / 'step_00000004'}: {saved} holds newer "
+                                              r"checkpoints \(step_00000006\), which the resumed run would prune"):
+        resolve_resume(str(saved / "step_00000004"), saved)
+    assert resolve_resume(str(saved / "step_00000006"), saved) == saved / "step_00000006"
+    elsewhere = tmp_path_factory.mktemp("new_output") / "checkpoints"
+    assert resolve_resume(str(saved / "step_00000004"), elsewhere) == saved / "step_00000004"
+
+
 def test_resuming_a_run_with_different_settings_is_refused(saved):
     check_resumable(saved / "step_00000006", {"seed": 1})
     with pytest.raises(CheckpointError, match="the run changed \\(seed: 1 then, 2 now\\)"):
