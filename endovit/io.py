@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "temporary_sibling", "readable_mode",
-           "is_plain_name", "walk_once", "SHA256_PIN"]
+           "is_plain_name", "walk_once", "SHA256_PIN", "remove_temporaries"]
 
 SHA256_PIN = re.compile(r"sha256=([0-9A-Fa-f]{64})")  # a URL's #fragment that pins its file (pip's convention)
 
@@ -45,6 +45,17 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
+def remove_temporaries(folder: str | os.PathLike) -> None:
+    """Delete what a killed writer left in ``folder``: ``temporary_sibling`` files and folders."""
+    folder = Path(folder)
+    for leftover in folder.glob(".*.tmp") if folder.is_dir() else []:
+        if re.fullmatch(r"\..+\.[0-9a-f]{12}\.tmp", leftover.name):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 def readable_mode(path: str | os.PathLike) -> None:
     """Give a written file the usual ``0644``-style mode (safetensors and mkstemp write ``0600``)."""
     umask = os.umask(0)
@@ -61,10 +72,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temporary_sibling(path)
     try:
         yield tmp
-        if tmp.is_dir():
-            if path.is_dir():
-                shutil.rmtree(path)
-        else:
+        if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+            old = temporary_sibling(path)  # a folder cannot replace a folder: move the old one aside first
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        if not tmp.is_dir():
             readable_mode(tmp)
         os.replace(tmp, path)
     finally:

@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -22,8 +22,8 @@ from endovit.checkpoint import (
     save_training_state,
 )
 from endovit.evaluation import reconstruction_grid
-from endovit.io import atomic_path
-from endovit.weights import export_info, export_model
+from endovit.io import atomic_path, remove_temporaries
+from endovit.weights import export_info, export_model, exported_step
 
 __all__ = ["Saver"]
 
@@ -53,6 +53,10 @@ class Saver:
         self.latest: dict[str, float] = {}  # newest value of every logged metric, for TensorBoard's HParams tab
         self.hparams: dict = {}
         self.picture_step: int | None = None
+        if self.accelerator.is_main_process:  # what a run killed while writing left behind (one run per folder)
+            for folder in (self.out_dir, self.out_dir / "swa", *(root / name for root in (self.out_dir,
+                           self.checkpoints_dir) for name in BESTS)):
+                remove_temporaries(folder)
 
     # --- training state -------------------------------------------------------------------------------------
 
@@ -127,6 +131,18 @@ class Saver:
             return
         with atomic_path(self.out_dir / name) as tmp:
             shutil.copytree(kept, tmp, copy_function=_link_or_copy)
+
+    def exported(self, step: int) -> bool:
+        """Whether the final export of ``step`` is complete (the model's and, once it averaged, SWA's), on every
+        process: a stop after the last checkpoint but during the export leaves it missing or mixed."""
+        if self.accelerator.is_main_process:
+            swa_model = self.run.swa_model
+            averaged = swa_model is not None and swa_model.n_averaged.item() > 0
+            folders = [self.out_dir, self.out_dir / "swa"] if averaged else [self.out_dir]
+            complete = all(exported_step(folder) == step for folder in folders)
+        else:
+            complete = None
+        return broadcast_object_list([complete])[0] if self.accelerator.num_processes > 1 else complete
 
     def finish(self, step: int, val_loss: float | None) -> dict[str, Path | None]:
         """Final weights (and SWA's) into the output folder; returns what exists, by name."""

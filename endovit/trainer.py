@@ -267,7 +267,10 @@ def start_logging(run: Run) -> None:
         atomic_write_text(recipe.output_path / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
     run.saver.hparams = {k: str(v) if isinstance(v, (list, type(None))) else v for k, v in settings.items()}
     if run.settings.trackers:
-        accelerator.init_trackers(recipe.logging_path.name)
+        # a resumed run drops what the stopped one logged after its checkpoint, so no step is there twice
+        step = run.saver.progress.step
+        accelerator.init_trackers(recipe.logging_path.name,
+                                  init_kwargs={"tensorboard": {"purge_step": step + 1}} if step else None)
         for tracker in accelerator.trackers:
             if tracker.name != "tensorboard":
                 tracker.store_init_configuration(run.saver.hparams)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from endovit import hub
@@ -341,6 +342,18 @@ def export_state_dict(state: dict[str, torch.Tensor], out_dir: str | os.PathLike
             else:
                 path.unlink(missing_ok=True)
     return out_dir
+
+
+def exported_step(out_dir: str | os.PathLike) -> int | None:
+    """The step of the complete export in ``out_dir``, else None. ``model.safetensors`` is renamed into place last
+    (``export_state_dict`` stages it first, and staged files are renamed in reverse), so its step is the folder's."""
+    path = Path(out_dir) / "model.safetensors"
+    try:
+        with safe_open(str(path), "pt") as weights:
+            step = json.loads((weights.metadata() or {}).get("endovit", "{}")).get("step")
+    except (OSError, ValueError, AttributeError, SafetensorError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def export_model(model: nn.Module, out_dir: str | os.PathLike, info: dict, hub_folders: bool = True) -> Path:

@@ -32,10 +32,14 @@ def pretrain(recipe: Recipe) -> int:
         run = build_run(recipe)
         recipe, accelerator, schedule = run.recipe, run.accelerator, run.schedule
         if run.saver.progress.step >= schedule.last_step:
-            accelerator.print(f"nothing to do: {recipe.checkpoints_path} is already at step "
-                              f"{run.saver.progress.step}; the weights are in {recipe.output_dir}")
-            run.close()
-            return 0
+            if run.saver.exported(run.saver.progress.step):
+                accelerator.print(f"nothing to do: {recipe.checkpoints_path} is already at step "
+                                  f"{run.saver.progress.step}; the weights are in {recipe.output_dir}")
+                run.close()
+                return 0
+            accelerator.print(f"{recipe.checkpoints_path} is at step {run.saver.progress.step}, the last, but the "
+                              "export of its weights is missing or incomplete (a stop while it was written): "
+                              "exporting it now")
         if recipe.swa and recipe.swa_start_epoch >= recipe.epochs:
             accelerator.print(f"note: --swa_start_epoch {recipe.swa_start_epoch} is not before --epochs "
                               f"{recipe.epochs}: no weights get averaged and no swa/ is written")

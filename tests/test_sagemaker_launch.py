@@ -368,8 +368,9 @@ def test_url_with_credentials_never_reaches_the_job(offline_aws, sent, launcher,
     out, err = capsys.readouterr()
     assert rc == 2 and out == "" and sent == []
     assert secret not in err and "AKIAEXAMPLE" not in err
+    public = url.split("?")[0].split("#")[0].replace("user:hunter2@", "")
     assert err.strip().splitlines() == [
-        f"error: --init_from {url.split('?')[0].split('#')[0].replace('user:hunter2@', '')}: the URL carries credentials or a query "
+        f"error: --init_from {public}: the URL carries credentials or a query "
         "token (not shown; e.g. a presigned S3 URL) that would be stored in the job's hyperparameters, readable by "
         "anyone who may describe the job; download the file and pass its local path, or pass its s3:// URI"]
 

@@ -19,6 +19,7 @@ from filelock import FileLock
 from safetensors.torch import load_file
 
 from endovit.checkpoint import CHECKPOINT_MANIFEST, checkpoint_dirs, is_complete_checkpoint
+from endovit.weights import exported_step
 
 COMMON = [*TINY_TRAINING, "--batch_size", "4", "--epochs", "30", "--warmup_epochs", "1", "--num_workers", "2",
           "--log_every_steps", "1", "--save_every_steps", "1000", "--val_every_steps", "1000", "--swa", "false"]
@@ -126,6 +127,40 @@ def test_sagemaker_stop_leaves_the_model_and_a_spot_restart_brings_best_back(tmp
     assert result.returncode == 0 and f"at step {step}" in result.stdout, result.stdout + result.stderr
     restored = load_file(ml / "model" / "best" / "model.safetensors")
     assert all(torch.equal(best[k], restored[k]) for k in best)
+
+
+def test_a_killed_run_resumed_shows_each_step_once_in_tensorboard(tmp_path, frames_dir, val_frames_dir):
+    """Killed after logging steps past its checkpoint: TensorBoard drops the lost steps instead of drawing both."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    flags = [*COMMON, "--val_data", str(val_frames_dir), "--val_every_steps", "3", "--save_every_steps", "4",
+             "--train_data", str(frames_dir), "--output_dir", str(out)]
+    run_until_signalled([sys.executable, "scripts/pretrain.py", *flags], signal.SIGKILL, after_step=7)
+    assert [p.name for p in checkpoint_dirs(out / "checkpoints")] == ["step_00000004"]
+    run_script("scripts/pretrain.py", *flags, "--resume", "auto", "--stop_at_step", "9")
+    (events,) = {path.parent for path in (out / "tensorboard").rglob("events.out.tfevents.*")}
+    scalars = EventAccumulator(str(events)).Reload()
+    steps = {tag: [event.step for event in scalars.Scalars(tag)] for tag in ("train/loss", "val/loss")}
+    assert steps == {"train/loss": list(range(1, 10)), "val/loss": [3, 6, 9]}
+
+
+def test_a_stop_during_the_final_export_is_mended_by_the_next_run(tmp_path, frames_dir):
+    """The last checkpoint was saved, then the process died while exporting: the next run exports again."""
+    out = tmp_path / "run"
+    flags = [*COMMON, "--epochs", "2", "--swa", "true", "--swa_start_epoch", "1", "--swa_every_steps", "1",
+             "--train_data", str(frames_dir), "--output_dir", str(out), "--resume", "auto"]
+    assert "done at step 8/8" in run_script("scripts/pretrain.py", *flags).stdout
+    expected = load_file(out / "swa" / "model.safetensors")
+    (out / "swa" / "model.safetensors").unlink()  # the export is renamed into place file by file: model.* last
+    (out / "swa" / ".model.safetensors.0123456789ab.tmp").write_bytes(b"half a file")
+    again = run_script("scripts/pretrain.py", *flags)
+    assert "is at step 8, the last, but the export of its weights is missing or incomplete" in again.stdout
+    assert "done at step 8/8" in again.stdout and exported_step(out / "swa") == exported_step(out) == 8
+    got = load_file(out / "swa" / "model.safetensors")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert not list((out / "swa").glob(".*.tmp"))
+    assert "nothing to do" in run_script("scripts/pretrain.py", *flags).stdout
 
 
 def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, frames_dir):
