@@ -162,6 +162,7 @@ class Recipe:
     def validate(self) -> Recipe:
         """Raise RecipeError naming the first bad value; returns self."""
         bad = self._bad
+        self._validate_types()
         if self.model not in MODEL_ARCHS:
             raise bad("model", f"unknown model{did_you_mean(self.model, MODEL_ARCHS)}; choose one of "
                                f"{', '.join(MODEL_ARCHS)}")
@@ -175,8 +176,15 @@ class Recipe:
             raise bad("img_size", f"each side must be divisible by the patch size {self.patch_size} of {self.model}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise bad("mask_ratio", "must be strictly between 0 and 1")
+        for key in ("mean", "std", "crop_scale"):
+            values = getattr(self, key)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise bad(key, "give numbers, e.g. 0.3464,0.2280,0.2228")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise bad("std" if len(self.mean) == 3 else "mean", "need three per-channel values, std > 0")
+        if max(self.mean) > 1 or min(self.mean) < 0 or max(self.std) > 1:
+            raise bad("mean" if max(self.mean) > 1 or min(self.mean) < 0 else "std",
+                      "is in [0, 1] units, as pixels are divided by 255 first: divide 0-255 values by 255")
         if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise bad("crop_scale", "need [min, max] with 0 < min <= max <= 1")
         for key in ("epochs", "batch_size", "grad_accum_steps", "log_every_steps", "val_every_steps",
@@ -188,7 +196,8 @@ class Recipe:
                 self.num_workers = int(self.num_workers)
             except ValueError:
                 raise bad("num_workers", "give a number of workers or auto") from None
-        for key in ("num_recon_images", "blr", "min_lr", "weight_decay", "swa_start_epoch", "val_batch_size") + (
+        for key in ("num_recon_images", "blr", "min_lr", "weight_decay", "swa_start_epoch", "swa_lr",
+                    "val_batch_size") + (
                 () if self.num_workers == "auto" else ("num_workers",)):
             if getattr(self, key) < 0:
                 raise bad(key, "must not be negative")
@@ -200,6 +209,12 @@ class Recipe:
             raise bad("img_size", "at most 4096 pixels a side")
         if self.lr is not None and self.lr <= 0:
             raise bad("lr", "must be positive, or none to derive it from blr")
+        if self.min_lr > self.peak_lr:
+            raise bad("min_lr", f"is above the peak lr {self.peak_lr:g}: the cosine schedule would climb")
+        if not 0 < self.layer_decay <= 1:
+            raise bad("layer_decay", "must be in (0, 1]: 1 = no decay (EndoViT: 0.75)")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise bad("clip_grad", "must be a positive gradient norm, or none for no clipping")
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", "keep at least 1, or resuming has nothing to start from")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
@@ -220,6 +235,25 @@ class Recipe:
         if self.stop_at_step is not None and self.stop_at_step <= 0:
             raise bad("stop_at_step", "must be a positive step number")
         return self
+
+    def _validate_types(self) -> None:
+        """Every number, switch and list has its declared type (a YAML file can hold anything); numbers are finite."""
+        for name, hint in _field_types().items():
+            value = getattr(self, name)
+            optional = typing.get_origin(hint) is typing.Union
+            base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+            if (optional and value is None) or base is str:
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            expected = {bool: isinstance(value, bool), int: number and float(value).is_integer(),
+                        float: number, list: isinstance(value, list)}[base]
+            if not expected:
+                kind = {bool: "true or false", int: "a whole number", float: "a number", list: "a list"}[base]
+                raise self._bad(name, f"must be {kind}{', or none' if optional else ''}")
+            if number and not math.isfinite(value):
+                raise self._bad(name, "must be a finite number")
+            if base is int:
+                setattr(self, name, int(value))
 
     def unused_probe_settings(self) -> list[str]:
         """The probe settings given (by the recipe file, the job or a flag) although no probe runs (no probe_data)."""
@@ -320,7 +354,9 @@ def load_recipe(name_or_path: str) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"recipe {path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path} must be a mapping of key: value")
     hints = _field_types()

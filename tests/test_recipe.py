@@ -71,11 +71,36 @@ def test_recipe_file_by_path_and_unknown_key(tmp_path):
     (["--probe_data", "p", "--probe_best_metric", "knn_map"], "--probe_best_metric 'knn_map': name a probe metric"),
     (["--probe_data", "p", "--probe_best_metric", "linear_avg_acc"],
      "--probe_best_metric 'linear_avg_acc': is not measured with --probe_kind knn"),
+    # values that trained without complaint, uphill or into a blow-up
+    (["--clip_grad", "-1"], "--clip_grad -1.0: must be a positive gradient norm, or none"),
+    (["--min_lr", "5"], "--min_lr 5.0: is above the peak lr 0.0015: the cosine schedule would climb"),
+    (["--layer_decay", "-0.5"], "--layer_decay -0.5: must be in (0, 1]"),
+    (["--mean", "88,58,57", "--std", "64,54,53"], "--mean [88, 58, 57]: is in [0, 1] units"),
+    (["--std", "64,54,53"], "--std [64, 54, 53]: is in [0, 1] units"),
+    (["--lr", "nan"], "--lr nan: must be a finite number"),
+    (["--weight_decay", "inf"], "--weight_decay inf: must be a finite number"),
+    (["--std", "a,b,c"], "--std ['a', 'b', 'c']: give numbers"),
+    (["--swa_lr", "-1"], "--swa_lr -1.0: must not be negative"),
 ])
 def test_bad_values_name_the_flag(flags, message):
     with pytest.raises(RecipeError) as err:
         parse_recipe(["--train_data", "x", *flags])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("mean: 0.5\n", "--mean 0.5: must be a list"),
+    ("batch_size: 4.5\n", "--batch_size 4.5: must be a whole number"),
+    ("lr: [1]\n", "--lr [1]: must be a number, or none"),
+    ("swa: 1\n", "--swa 1: must be true or false"),
+    ("std: [a, b, c]\n", "--std ['a', 'b', 'c']: give numbers"),
+    ("lr: [1\nepochs: 3\n", "bad.yaml is not valid YAML at line 2, column 7: expected ',' or ']', but got ':'"),
+])
+def test_a_recipe_file_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(["--recipe", str(tmp_path / "bad.yaml"), "--train_data", "x"])
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_unknown_recipe_name_lists_the_shipped_ones():
