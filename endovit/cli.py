@@ -9,7 +9,7 @@ import yaml
 
 from endovit.errors import did_you_mean
 
-__all__ = ["parse_bool", "parse_list", "converter", "OneLineParser"]
+__all__ = ["parse_bool", "parse_list", "converter", "OneLineParser", "numbers_action"]
 
 
 def parse_bool(text: str) -> bool:
@@ -44,6 +44,28 @@ def converter(hint):
 
     parse.__name__ = base.__name__
     return parse
+
+
+def numbers_action(kind: type, counts: tuple[int, ...]) -> type[argparse.Action]:
+    """An action for a ``nargs="+"`` flag of numbers typed as words (``0.5 0.4 0.3``), with commas (``0.5,0.4,0.3``,
+    as pretrain.py's list flags take them) or as YAML (``[0.5, 0.4, 0.3]``): ``counts`` says how many may come."""
+
+    class Numbers(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            typed = " ".join(values)
+            try:
+                numbers = [v for word in values for v in parse_list(word)]
+            except yaml.YAMLError:
+                numbers = [None]
+            whole = all(isinstance(v, int) for v in numbers) if kind is int else True
+            if not numbers or not whole or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
+                parser.error(f"{option_string} {typed}: give {'whole ' if kind is int else ''}numbers, with spaces "
+                             "or commas between them")
+            if len(numbers) not in counts:
+                parser.error(f"{option_string} {typed}: give {' or '.join(map(str, counts))} numbers")
+            setattr(namespace, self.dest, [kind(v) for v in numbers])
+
+    return Numbers
 
 
 class OneLineParser(argparse.ArgumentParser):

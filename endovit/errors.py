@@ -6,9 +6,10 @@ print it as ``error: ...`` without a traceback.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
-__all__ = ["EndovitError", "RecipeError", "DataError", "CheckpointError", "LaunchError", "did_you_mean"]
+__all__ = ["EndovitError", "RecipeError", "DataError", "CheckpointError", "LaunchError", "did_you_mean", "error_line"]
 
 
 class EndovitError(ValueError):
@@ -29,6 +30,13 @@ class CheckpointError(EndovitError):
 
 class LaunchError(EndovitError):
     """A SageMaker launch that cannot start as configured; the message says what to change."""
+
+
+def error_line(err: BaseException) -> str:
+    """The line a script prints for ``err``: its message's last line, without the ``SomeError: `` that an error
+    re-raised from a DataLoader worker carries after the worker's whole traceback."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else type(err).__name__
 
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:

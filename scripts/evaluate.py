@@ -30,8 +30,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.tensorboard import SummaryWriter
 
 from endovit.checkpoint import CHECKPOINT_PREFIX
+from endovit.cli import OneLineParser, numbers_action
 from endovit.data.loader import build_val_loader
-from endovit.errors import CheckpointError, DataError, RecipeError, did_you_mean
+from endovit.errors import CheckpointError, DataError, RecipeError, did_you_mean, error_line
 from endovit.hardware import resolve_mixed_precision
 from endovit.io import atomic_write_json
 from endovit.models.mae import MODEL_ARCHS, create_mae
@@ -46,14 +47,15 @@ RANDOM = re.compile(r"random(?::(\d+))?")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     parser.add_argument("--weights", nargs="+", required=True, help="weights to probe, or 'random' / 'random:SEED'")
     parser.add_argument("--model", default="", help=f"architecture: {', '.join(MODEL_ARCHS)}")
-    parser.add_argument("--img_size", type=int, nargs="+", help="H [W]; default: the weights' config, else 224")
-    parser.add_argument("--mean", type=float, nargs=3,
+    parser.add_argument("--img_size", nargs="+", action=numbers_action(int, (1, 2)), metavar="SIZE",
+                        help="H [W]; default: the weights' config, else 224")
+    parser.add_argument("--mean", nargs="+", action=numbers_action(float, (3,)), metavar="R,G,B",
                         help="for every weights; default: each one's own config, else the first config's or EndoViT's")
-    parser.add_argument("--std", type=float, nargs=3,
+    parser.add_argument("--std", nargs="+", action=numbers_action(float, (3,)), metavar="R,G,B",
                         help="for every weights; default: each one's own config, else the first config's or EndoViT's")
     parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
                         help="auto: what pretrain.py picks on this machine")
@@ -120,6 +122,13 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                           " (no endovit_config.json beside the weights says which)")
     img_size = args.img_size or config.get("img_size") or [224]
     img_size = [img_size[0], img_size[-1]]
+    patch = MODEL_ARCHS[model]["patch_size"]
+    if any(side <= 0 or side % patch for side in img_size):
+        raise RecipeError(f"--img_size {img_size[0]} {img_size[1]}: each side must be divisible by the patch size "
+                          f"{patch} of {model}")
+    for flag, values in (("--mean", args.mean), ("--std", args.std)):
+        if values is not None and not all(0 < v <= 1 if flag == "--std" else 0 <= v <= 1 for v in values):
+            raise RecipeError(f"{flag} {values}: give values in [0, 1] units (pixels are divided by 255 first)")
     default_mean, default_std = config.get("mean", ENDOVIT_MEAN), config.get("std", ENDOVIT_STD)
 
     data = load_probe_data(settings)
@@ -159,15 +168,19 @@ def report(summary: dict, output: Path, logging_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    output = Path(args.output)
+    if output.is_dir():  # found before the features are computed, not after
+        print(f"error: --output {output} is a folder; give the JSON file to write, e.g. {output / 'probe.json'}",
+              file=sys.stderr)
+        return 2
     process = PartialState(cpu=not torch.accelerator.is_available())
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision, process.device)[0])
     try:
         summary = evaluate(args, accelerator)
-    except (RecipeError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (RecipeError, DataError, CheckpointError) as err:  # a DataLoader worker's error carries its traceback
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
     if accelerator.is_main_process:
-        output = Path(args.output)
         report(summary, output, Path(args.logging_dir or output.parent / "tensorboard"))
     return 0
 

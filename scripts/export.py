@@ -2,7 +2,7 @@
 
     python scripts/export.py outputs/demo/checkpoints/step_00000210 --output_dir exports/step210
     python scripts/export.py mae_pretrain_vit_base_full.pth --output_dir exports/imagenet-mae \\
-        --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225
+        --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     python scripts/export.py endovit_seg.pth --output_dir exports/endovit --img_size 224
 
 SOURCE: a checkpoint folder ``step_N`` (accelerate's ``save_state``), an export folder or any
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from endovit.errors import EndovitError, did_you_mean
+from endovit.cli import OneLineParser, numbers_action
+from endovit.errors import EndovitError, did_you_mean, error_line
 from endovit.models.mae import MODEL_ARCHS, TIMM_ENCODERS, create_mae
 from endovit.weights import (
     DECODER_PREFIXES,
@@ -44,15 +45,17 @@ class ExportError(EndovitError):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("source", help="checkpoint folder, export folder, .safetensors/.pth file, or URL")
-    parser.add_argument("--output_dir", required=True, help="folder to write (replaces the files it writes)")
+    parser.add_argument("--output_dir", required=True, help="folder to write (replaces the files it writes); not a "
+                                                            "training run's own folder")
     parser.add_argument("--model", help=f"architecture ({', '.join(MODEL_ARCHS)}); default: the run's, else inferred")
-    parser.add_argument("--img_size", type=int, nargs="+", metavar="SIZE", help="one size or height width")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+    parser.add_argument("--img_size", nargs="+", action=numbers_action(int, (1, 2)), metavar="SIZE",
+                        help="one size or height width")
+    parser.add_argument("--mean", nargs="+", action=numbers_action(float, (3,)), metavar="R,G,B",
                         help="per-channel mean in [0, 1] the weights were trained with; default: the run's")
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
-                        help="per-channel std the weights were trained with; default: the run's")
+    parser.add_argument("--std", nargs="+", action=numbers_action(float, (3,)), metavar="R,G,B",
+                        help="per-channel std in [0, 1] the weights were trained with; default: the run's")
     parser.add_argument("--norm_pix_loss", choices=("true", "false"), help="default: the run's / checkpoint's")
     parser.add_argument("--mask_ratio", type=float, help="written into the transformers config; default 0.75")
     parser.add_argument("--sha256", help="pin SOURCE's sha256 (checked before anything is read)")
@@ -128,6 +131,25 @@ def infer_img_size(state: dict, args: dict, patch: int) -> list[int] | None:
     return None
 
 
+def check_settings(mean: list, std: list, mask_ratio: float) -> None:
+    """What the exported configs tell fine-tuning must be usable: mean/std in [0, 1] units, a mask ratio in (0, 1)."""
+    for flag, values, low_open in (("--mean", mean, False), ("--std", std, True)):
+        if len(values) != 3 or not all(0 < v <= 1 if low_open else 0 <= v <= 1 for v in values):
+            raise ExportError(f"{flag} {values}: give three values in [0, 1] units (pixels are divided by 255 first)"
+                              f"{', std above 0' if low_open else ''}; {ENDOVIT_STATS}")
+    if not 0 < mask_ratio < 1:
+        raise ExportError(f"--mask_ratio {mask_ratio}: must be strictly between 0 and 1")
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse a file, and a training run's own folder: its exports and config would be replaced by these."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--output_dir {out} is a file; give a folder")
+    if (out / "checkpoints").is_dir() or (out / ".endovit.lock").exists():
+        raise ExportError(f"--output_dir {out} holds a training run (checkpoints/), whose own exports these files "
+                          "would replace; choose another folder")
+
+
 def export(argv: list[str] | None = None) -> Path:
     opts = parse_args(argv)
     state, extras = read_weights(opts.source, sha256=opts.sha256)
@@ -157,7 +179,9 @@ def export(argv: list[str] | None = None) -> Path:
         norm_pix_loss = opts.norm_pix_loss == "true"
     else:
         norm_pix_loss = bool(run.get("norm_pix_loss", ckpt_args.get("norm_pix_loss", False)))
-    mask_ratio = opts.mask_ratio or run.get("mask_ratio") or ckpt_args.get("mask_ratio") or 0.75
+    mask_ratio = next((r for r in (opts.mask_ratio, run.get("mask_ratio"), ckpt_args.get("mask_ratio"))
+                       if r is not None), 0.75)
+    check_settings(mean, std, mask_ratio)
 
     mae = create_mae(model, img_size=tuple(img_size), norm_pix_loss=norm_pix_loss)
     note = fit_state_dict(mae, state, redact_url(opts.source), log=print)
@@ -181,6 +205,7 @@ def export(argv: list[str] | None = None) -> Path:
         "source": redact_url(str(opts.source)),
     }
     out = Path(opts.output_dir)
+    check_output_dir(out)
     hub_folders = not opts.no_hub_folders
     if note is None:
         export_model(mae, out, info, hub_folders=hub_folders)
@@ -205,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export(argv)
     except (EndovitError, ValueError, OSError) as err:
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        print(f"error: {redact_url(lines[0] if lines else type(err).__name__)}", file=sys.stderr)
+        print(f"error: {redact_url(error_line(err))}", file=sys.stderr)
         return 2
     return 0
 

@@ -9,12 +9,11 @@ after the current step with a checkpoint there (exit 143 / 130); ``--resume auto
 """
 from __future__ import annotations
 
-import re
 import sys
 
 from tqdm.auto import tqdm
 
-from endovit.errors import EndovitError
+from endovit.errors import EndovitError, error_line
 from endovit.models.archs import TIMM_ENCODERS
 from endovit.recipe import Recipe, parse_recipe
 
@@ -83,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return pretrain(parse_recipe(argv))
     except (EndovitError, FloatingPointError) as err:
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        last = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else type(err).__name__
-        tqdm.write(f"error: {last}", file=sys.stderr)
+        tqdm.write(f"error: {error_line(err)}", file=sys.stderr)
         return 2
 
 

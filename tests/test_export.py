@@ -227,8 +227,8 @@ def test_export_script_from_released_endovit_weights_writes_the_encoder(tmp_path
     path = tmp_path / "endovit_seg.pth"
     torch.save({"model": source.encoder_state_dict()}, path)
     out = tmp_path / "endovit"
-    assert export_main([str(path), "--output_dir", str(out), "--img_size", "32", "--mean", "0.3464", "0.2280",
-                        "0.2228", "--std", "0.2520", "0.2128", "0.2093"]) == 0
+    assert export_main([str(path), "--output_dir", str(out), "--img_size", "32", "--mean", "0.3464,0.2280,0.2228",
+                        "--std", "0.2520", "0.2128", "0.2093"]) == 0  # the README's commas, or spaces
     assert "holds the encoder only" in capsys.readouterr().out
     assert not (out / "model.safetensors").exists() and (out / "encoder.safetensors").is_file()
     vit = timm.create_model(f"local-dir:{out / 'timm'}", pretrained=True).eval()
@@ -247,18 +247,39 @@ def test_export_script_from_released_endovit_weights_writes_the_encoder(tmp_path
     ("missing", [], "does not exist"),
     ("encoder", ["--model", "mae_vit_tiny", "--mean", "0", "0", "0", "--std", "1", "1", "1"],
      "unknown (did you mean mae_vit_tiny_patch16?)"),
+    ("encoder", ["--img_size", "32", "--mean", "88,58,57", "--std", "64,54,53"],
+     "--mean [88.0, 58.0, 57.0]: give three values in [0, 1] units"),
+    ("encoder", ["--img_size", "32", "--mean", "0.5,0.5,0.5", "--std", "0,0,0"], "--std [0.0, 0.0, 0.0]: give three"),
+    ("encoder", ["--img_size", "32", "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2", "--mask_ratio", "0"],
+     "--mask_ratio 0.0: must be strictly between 0 and 1"),
+    ("encoder", ["--mean", "0.5,0.5"], "--mean 0.5,0.5: give 3 numbers"),
+    ("encoder", ["--img_size", "thirty"], "--img_size thirty: give whole numbers"),
+    ("encoder", ["--outpu", "x"], "unknown flag --outpu (did you mean --output_dir?)"),
+    ("run_folder", ["--img_size", "32", "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2"],
+     "holds a training run (checkpoints/), whose own exports these files would replace"),
 ])
 def test_export_script_errors_are_one_line(tmp_path, export_main, capsys, make, flags, message):
     path = tmp_path / "weights.pth"
+    if make == "run_folder":
+        (tmp_path / "out" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "out" / "model.safetensors").write_bytes(b"the run's own weights")
+        make = "encoder"
     if make == "encoder":
         torch.save({"model": create_mae(TINY, img_size=32).encoder_state_dict()}, path)
     elif make == "wrong_arch":
         torch.save({"model": create_mae(TINY, img_size=32, depth=6).encoder_state_dict()}, path)
-    assert export_main([str(path), "--output_dir", str(tmp_path / "out"), *flags]) == 2
+    try:
+        code = export_main([str(path), "--output_dir", str(tmp_path / "out"), *flags])
+    except SystemExit as exit_:  # the flag parser's own refusals
+        code = exit_.code
+    assert code == 2
     stderr = capsys.readouterr().err
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], stderr
-    assert not (tmp_path / "out").exists()
+    assert len(errors) == 1 and message in errors[0] and len(stderr.splitlines()) == 1, stderr
+    if (tmp_path / "out" / "checkpoints").is_dir():
+        assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"the run's own weights"
+    else:
+        assert not (tmp_path / "out").exists()
 
 
 def test_timm_folder_uploaded_to_the_hub_loads_with_hf_hub(tmp_path, monkeypatch):

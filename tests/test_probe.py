@@ -374,6 +374,31 @@ def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path, monkey
     assert list((tmp_path / "tensorboard").iterdir())
 
 
+@pytest.mark.parametrize("case, flags, message", [
+    ("size", ["--img_size", "40"], "--img_size 40 40: each side must be divisible by the patch size 16"),
+    ("output", ["--output", "{folder}"], "--output {folder} is a folder; give the JSON file to write"),
+    ("frame", ["--num_workers", "1"], "cannot decode frame {frame}: "),
+    ("mean", ["--mean", "88,58,57"], "--mean [88.0, 58.0, 57.0]: give values in [0, 1] units"),
+])
+def test_evaluate_errors_are_one_line_before_anything_is_written(tmp_path, capsys, case, flags, message):
+    tools = [[1, 0, 0, 0, 0, 0, 0]] * 4
+    for video in ("video01", "video02"):
+        write_cholec80_video(tmp_path / "data", video, seconds=4, phase_change=50, tools=tools)
+    frame = tmp_path / "data" / "frames" / "video02" / "video02_000001.png"
+    if case == "frame":
+        frame.write_bytes(frame.read_bytes()[:40])
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    main = runpy.run_path(str(REPO / "scripts" / "evaluate.py"), run_name="evaluate_script")["main"]
+    flags = [f.format(folder=folder) for f in flags]
+    code = main(["--weights", "random", "--model", "mae_vit_tiny_patch16", "--data", str(tmp_path / "data"),
+                 "--img_size", "32", "--output", str(tmp_path / "probe.json"), "--num_workers", "0", *flags])
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.splitlines() == [stderr.strip()], stderr
+    assert stderr.startswith("error: " + message.format(folder=folder, frame=frame)), stderr
+    assert not (tmp_path / "probe.json").exists() and not (tmp_path / "tensorboard").exists()
+
+
 def test_imagenet_mae_weights_are_the_endovit_recipes_init():
     weights_source = runpy.run_path(str(REPO / "scripts" / "evaluate.py"))["weights_source"]
     seg = load_recipe("endovit_seg")
