@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import os
 import signal
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -138,9 +141,11 @@ class StopRequest:
     in progress finishes (every write is atomic, so even a SIGKILL leaves the last complete checkpoint)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    CHECK_SECONDS = 5.0  # several processes agree this often at most: torchrun kills its workers 30 s after SIGTERM
 
     def __init__(self):
         self.signal: int | None = None
+        self.next_check, self.last_check = 0, None  # (step, time) of the last agreement
 
     def _handle(self, signum: int, _frame) -> None:
         if self.signal is None:
@@ -152,6 +157,7 @@ class StopRequest:
     def installed(self):
         """Catch SIGTERM and SIGINT inside the block (instead of dying or raising KeyboardInterrupt)."""
         previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        _signal_when_the_launcher_dies()
         try:
             yield self
         finally:
@@ -163,12 +169,44 @@ class StopRequest:
         """The shell's code for a process ended by the signal: 143 for SIGTERM, 130 for SIGINT."""
         return 128 + int(self.signal or 0)
 
-    def agreed(self, accelerator) -> bool:
-        """True on every process when any process was asked to stop (a collective when distributed)."""
+    def due(self, step: int, accelerator) -> bool:
+        """Whether the processes agree on a stop at ``step``: every step on one process; with several, about every
+        ``CHECK_SECONDS`` (the interval, in steps, comes from the last agreement, so it is the same on all)."""
+        return accelerator.num_processes == 1 or step >= self.next_check
+
+    def agreed(self, accelerator, step: int = 0, most_steps: int = 1) -> bool:
+        """True on every process when any process was asked to stop (a collective when distributed). The next
+        agreement is due after the steps that take ``CHECK_SECONDS`` here, at most ``most_steps``."""
         if accelerator.num_processes == 1:
             return self.signal is not None
-        flag = torch.tensor(float(self.signal is not None), device=accelerator.device)
-        return accelerator.reduce(flag, "sum").item() > 0
+        now = time.perf_counter()
+        last_step, last_time = self.last_check or (step, now)
+        seconds_per_step = (now - last_time) / max(step - last_step, 1)  # 0 at the first agreement: check again next
+        shared = torch.tensor([float(self.signal is not None), seconds_per_step], device=accelerator.device)
+        stop, seconds_per_step = accelerator.reduce(shared, "sum").tolist()
+        seconds_per_step /= accelerator.num_processes
+        steps = int(self.CHECK_SECONDS / seconds_per_step) if seconds_per_step > 0 else 1
+        self.last_check, self.next_check = (step, now), step + max(1, min(most_steps, steps))
+        return stop > 0
+
+
+def _signal_when_the_launcher_dies() -> None:
+    """``accelerate launch`` with one process exits on SIGTERM without passing it on, and its orphaned training
+    process would run on without a stop checkpoint. Under that launcher (Linux), ask the kernel to send this
+    process SIGTERM when the launcher dies (``prctl(PR_SET_PDEATHSIG)``). Other parents are left alone: a shell
+    that exits after ``nohup`` must not stop the run."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        args = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    script = any(Path(os.fsdecode(a)).name == "accelerate" for a in args[:2]) and b"launch" in args
+    if script or b"accelerate.commands.launch" in args[:3]:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the launcher died before the request was in place
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def train(run, stop: StopRequest | None = None) -> int:
@@ -177,8 +215,8 @@ def train(run, stop: StopRequest | None = None) -> int:
 
     The schedule's end (``total_steps``) logs and validates; an earlier stop (``--stop_at_step`` or a ``stop``
     request) only saves the training state, so a resumed run stays identical to an unbroken one. A stop
-    request is checked every step on one process, and at log steps across several (one small all-reduce where
-    the loop already waits for the logged loss, so the steps in between get no host synchronisation).
+    request is checked every step on one process; across several at log steps and about every 5 s (one small
+    all-reduce, so the steps in between get no host synchronisation).
     """
     try:
         return _train_steps(run, stop or StopRequest())
@@ -250,8 +288,9 @@ def _train_steps(run, stop: StopRequest) -> int:
             # probe the encoder on labelled frames (every process takes part)
             if run.probe is not None and (step % recipe.probe_every_steps == 0 or step == schedule.total_steps):
                 _log_probe(run, step, bar)
-            # stop or save: a requested stop is agreed at log steps (every step on one process)
-            stopped = (log_due or accelerator.num_processes == 1) and stop.agreed(accelerator)
+            # stop or save: a requested stop is agreed at log steps and about every 5 s (every step on one process)
+            stopped = (log_due or stop.due(step, accelerator)) and stop.agreed(accelerator, step,
+                                                                               recipe.log_every_steps)
             if step % recipe.save_every_steps == 0 or step == schedule.last_step or stopped:
                 saver.save_training_state(step)
             if stopped or step >= schedule.last_step:

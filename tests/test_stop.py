@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,9 +27,10 @@ COMMON = [*TINY_TRAINING, "--batch_size", "4", "--epochs", "30", "--warmup_epoch
 
 
 def run_until_signalled(cmd: list[str], signum: int, after_step: int, env: dict | None = None,
-                        timeout: float = 240) -> tuple[int, str, str]:
-    """Start ``cmd`` in its own process group, send ``signum`` to the whole group once a ``step=N`` line with
-    N >= ``after_step`` appears; returns (exit code, stdout, stderr)."""
+                        timeout: float = 240, leader_only: bool = False) -> tuple[int, str, str]:
+    """Start ``cmd`` in its own process group, send ``signum`` to the whole group (or only to ``cmd``'s own
+    process) once a ``step=N`` line with N >= ``after_step`` (or, for 1, the first step's line) appears; returns
+    (exit code, stdout, stderr) once every process of the group has closed its output."""
     env = dict(env or script_env(), PYTHONUNBUFFERED="1")
     process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -37,10 +39,10 @@ def run_until_signalled(cmd: list[str], signum: int, after_step: int, env: dict 
     def read() -> None:
         for line in process.stdout:
             lines.append(line)
-            steps = [int(n) for n in re.findall(r"step=(\d+) ", line)]
+            steps = [int(n) for n in re.findall(r"step=(\d+) ", line)] + [1] * line.startswith("first step done")
             if steps and max(steps) >= after_step and not signalled.is_set():
                 signalled.set()
-                os.killpg(process.pid, signum)
+                (os.kill if leader_only else os.killpg)(process.pid, signum)
 
     errors: list[str] = []
     readers = [threading.Thread(target=read), threading.Thread(target=lambda: errors.extend(process.stderr))]
@@ -107,6 +109,33 @@ def test_two_processes_stop_at_the_same_step(tmp_path, frames_dir):
                          launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                    "--master_port", "29562"))
     assert f"at step {step}" in resumed.stdout and f"done at step {step + 1}/" in resumed.stdout
+
+
+def test_sigterm_to_accelerates_one_process_launcher_still_stops_the_run_with_a_checkpoint(tmp_path, frames_dir):
+    """The launcher exits on SIGTERM without passing it on (a container's stop, ``kill`` of the launcher)."""
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", "accelerate_configs/cpu.yaml",
+           "--num_cpu_threads_per_process", "1", "scripts/pretrain.py", *COMMON, "--train_data", str(frames_dir),
+           "--output_dir", str(out)]
+    _, stdout, stderr = run_until_signalled(cmd, signal.SIGTERM, after_step=3, leader_only=True)
+    step = interrupted_step(stdout)
+    assert 3 <= step < 120 and [p.name for p in checkpoint_dirs(out / "checkpoints")] == [f"step_{step:08d}"]
+    assert "SIGTERM: stopping after this step" in stderr
+
+
+def test_two_processes_agree_on_a_stop_long_before_the_next_log_step(tmp_path, frames_dir):
+    """torchrun kills its workers 30 s after passing SIGTERM on: the stop cannot wait for a log step 1000 away."""
+    out = tmp_path / "run"
+    flags = [*COMMON, "--batch_size", "8", "--epochs", "1000", "--log_every_steps", "1000", "--train_data",
+             str(frames_dir), "--output_dir", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
+           "scripts/pretrain.py", *flags]
+    start = time.monotonic()
+    returncode, stdout, stderr = run_until_signalled(cmd, signal.SIGTERM, after_step=1, leader_only=True)
+    assert returncode != 0 and time.monotonic() - start < 90, stdout + stderr
+    step = interrupted_step(stdout)
+    assert step < 1000 and [p.name for p in checkpoint_dirs(out / "checkpoints")] == [f"step_{step:08d}"]
+    assert "forcefully exiting via" not in stderr, stderr
 
 
 def test_sagemaker_stop_leaves_the_model_and_a_spot_restart_brings_best_back(tmp_path, frames_dir, val_frames_dir):
