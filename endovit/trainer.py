@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import yaml
@@ -173,6 +175,14 @@ def _lock_output(recipe: Recipe, accelerator: Accelerator) -> FileLock | None:
     it writes anything (the OS releases the lock when the process ends, however it ends)."""
     lock = None
     taken = [True]
+    problem = [None]
+    if accelerator.is_main_process:
+        problem = [next((f"{flag} {path}: {why}; give a folder this run may write" for flag, path in (
+            ("--output_dir", recipe.output_path), ("--checkpoint_dir", recipe.checkpoints_path),
+            ("--logging_dir", recipe.logging_path)) if (why := _unwritable(path))), None)]
+    problem = broadcast_object_list(problem)[0]
+    if problem:  # found before any step is trained, not at the first save
+        raise RecipeError(problem)
     if accelerator.is_main_process:
         recipe.output_path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(recipe.output_path / ".endovit.lock"), is_singleton=True)  # re-entrant in one process
@@ -184,6 +194,16 @@ def _lock_output(recipe: Recipe, accelerator: Accelerator) -> FileLock | None:
         raise RecipeError(f"--output_dir {recipe.output_dir} is in use by another run (it holds "
                           f"{recipe.output_path / '.endovit.lock'}); wait for it to end or choose another --output_dir")
     return lock
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why a folder cannot be created or written at ``path`` (its nearest existing part decides), else None."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return "is a file, not a folder" if existing == path else f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "is not writable" if existing == path else f"{existing} is not writable"
+    return None
 
 
 def _model(recipe: Recipe, accelerator: Accelerator) -> MaskedAutoencoderViT:

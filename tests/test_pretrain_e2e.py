@@ -143,13 +143,16 @@ def test_two_processes_split_the_data_and_the_batch(tmp_path, frames_dir):
     (["--train_data", "{frames}", "--img_size", "40"], "--img_size [40, 40]: each side must be divisible by"),
     (["--train_data", "{frames}", "--mask_ratio", "0"], "--mask_ratio 0.0: must be strictly between 0 and 1"),
     (["--train_data", "{frames}", "--recipe", "{typo_recipe}"], "unknown key 'epoch' (did you mean 'epochs'?)"),
+    (["--train_data", "{frames}", "--batch_size", "8", "--checkpoint_dir", "{a_file}/checkpoints"],
+     "--checkpoint_dir {a_file}/checkpoints: {a_file} is a file, not a folder; give a folder this run may write"),
 ])
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, frames_dir, flags, message):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
     typo_recipe = tmp_path / "typo.yaml"
     typo_recipe.write_text("model: mae_vit_tiny_patch16\nepoch: 3\n")
     places = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "frames": frames_dir,
-              "typo_recipe": typo_recipe}
+              "typo_recipe": typo_recipe, "a_file": tmp_path / "a_file"}
     flags = [f.format(**places) for f in flags]
     message = message.format(**places)
     out = tmp_path / "out"
