@@ -156,17 +156,26 @@ def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: i
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if write_extra is not None:
-            write_extra(tmp)
-        _seal(tmp, final, root, keep, run, CHECKPOINT_MANIFEST)
-    accelerator.wait_for_everyone()
-    if accelerator.is_local_main_process and not accelerator.is_main_process and not storage_shared:
-        if write_extra is not None:
-            write_extra(tmp)
-        _seal(tmp, final, root, keep, run, node_manifest(accelerator, storage_shared))
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if write_extra is not None:
+                write_extra(tmp)
+            _seal(tmp, final, root, keep, run, CHECKPOINT_MANIFEST)
+        accelerator.wait_for_everyone()
+        if accelerator.is_local_main_process and not accelerator.is_main_process and not storage_shared:
+            if write_extra is not None:
+                write_extra(tmp)
+            _seal(tmp, final, root, keep, run, node_manifest(accelerator, storage_shared))
+    except Exception as err:  # a full disk shows as OSError, safetensors' or torch's own error
+        shutil.rmtree(tmp, ignore_errors=True)  # half a checkpoint would only take the space the next one needs
+        last = latest_checkpoint(root)
+        size = sum(f.stat().st_size for f in last.rglob("*") if f.is_file()) / 1e9 if last else 0.0
+        why = getattr(err, "strerror", None) or str(err).strip().splitlines()[-1]
+        need = f"; {keep} checkpoints of {size:.1f} GB plus the one being written must fit" if last else ""
+        raise CheckpointError(f"cannot save checkpoint {final.name} in {root}: {why}{need} (free space there, lower "
+                              "--keep_checkpoints or choose another --checkpoint_dir), then --resume auto") from None
     accelerator.wait_for_everyone()
     return final
 

@@ -1,6 +1,9 @@
 """Checkpoint folders: only complete ones are ever resumed from."""
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -51,6 +54,24 @@ def test_resuming_an_older_checkpoint_beside_newer_ones_is_refused(saved, tmp_pa
     assert resolve_resume(str(saved / "step_00000006"), saved) == saved / "step_00000006"
     elsewhere = tmp_path_factory.mktemp("new_output") / "checkpoints"
     assert resolve_resume(str(saved / "step_00000004"), elsewhere) == saved / "step_00000004"
+
+
+def test_a_full_disk_is_one_error_and_leaves_no_half_checkpoint(saved, monkeypatch):
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(3, 2))
+
+    def disk_full(folder):
+        Path(folder).mkdir()
+        (Path(folder) / "model.safetensors").write_bytes(b"the first half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(accelerator, "save_state", disk_full)
+    with pytest.raises(CheckpointError, match=rf"^cannot save checkpoint step_00000008 in {saved}: No space left on "
+                                              r"device; 2 checkpoints of 0\.0 GB plus the one being written must "
+                                              r"fit .*then --resume auto$"):
+        save_training_state(accelerator, saved, 8, keep=2, run={"seed": 1})
+    assert not list(saved.glob(".tmp-*"))
+    assert [p.name for p in checkpoint_dirs(saved)] == ["step_00000004", "step_00000006"]
 
 
 def test_resuming_a_run_with_different_settings_is_refused(saved):
