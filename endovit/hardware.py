@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from endovit.errors import RecipeError, did_you_mean
 from endovit.io import atomic_write_json
 
 __all__ = ["bf16_supported", "resolve_mixed_precision", "resolve_torch_compile", "cgroup_cpu_limit",
@@ -179,8 +180,21 @@ def apply_tf32(enabled: bool, device: torch.device) -> None:
 
 
 def resolve_trackers(report_to: str) -> list[str]:
-    """``tensorboard,wandb`` -> ``["tensorboard", "wandb"]``; ``none`` -> ``[]``."""
-    return [t.strip() for t in report_to.split(",") if t.strip() and t.strip() != "none"]
+    """``tensorboard,wandb`` -> ``["tensorboard", "wandb"]``; ``none`` -> ``[]``. A tracker accelerate does not know,
+    or whose package is not installed, is refused (accelerate would only warn, and nothing would be logged)."""
+    import accelerate.utils
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    trackers = [t.strip() for t in report_to.split(",") if t.strip() and t.strip() != "none"]
+    for name in trackers:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise RecipeError(f"--report_to {report_to}: unknown tracker {name!r}"
+                              f"{did_you_mean(name, LOGGER_TYPE_TO_CLASS)}; choose from none, "
+                              f"{', '.join(LOGGER_TYPE_TO_CLASS)}")
+        if not getattr(accelerate.utils, f"is_{name}_available", lambda: True)():
+            raise RecipeError(f"--report_to {report_to}: {name} is not installed here; pip install {name}, or log "
+                              "to tensorboard")
+    return trackers
 
 
 @dataclass(frozen=True)

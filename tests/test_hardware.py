@@ -186,3 +186,18 @@ def test_a_batch_or_workers_that_do_not_fit_say_what_to_change(tmp_path, frames_
     finally:
         run.close()
     assert expected in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_trackers_accelerate_cannot_use_are_refused_instead_of_logging_nothing(monkeypatch):
+    import accelerate.utils
+
+    from endovit.errors import RecipeError
+
+    assert hardware.resolve_trackers("tensorboard, none") == ["tensorboard"] and hardware.resolve_trackers("none") == []
+    with pytest.raises(RecipeError, match=r"^--report_to tensorbord: unknown tracker 'tensorbord' \(did you mean "
+                                          r"tensorboard\?\); choose from none, .*wandb"):
+        hardware.resolve_trackers("tensorbord")
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    with pytest.raises(RecipeError, match=r"^--report_to tensorboard,wandb: wandb is not installed here; pip install "
+                                          r"wandb, or log to tensorboard$"):
+        hardware.resolve_trackers("tensorboard,wandb")
