@@ -277,6 +277,24 @@ def build_run(recipe: Recipe) -> Run:
     return run
 
 
+def _keep_earlier_config(path: Path, settings: dict, step: int) -> None:
+    """A run continued with other settings than its ``config.yaml`` says (allowed: e.g. a lower lr after a
+    divergence) keeps that file as ``config.until_step_N.yaml`` and says what changed."""
+    try:
+        earlier = yaml.safe_load(path.read_text()) if step and path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        earlier = None
+    if not isinstance(earlier, dict):
+        return
+    changed = [f"{key} {earlier.get(key)!r} -> {value!r}" for key, value in settings.items()
+               if key not in ("resume", "stop_at_step") and earlier.get(key, value) != value]
+    if changed:
+        kept = path.with_name(f"config.until_step_{step}.yaml")
+        os.replace(path, kept)
+        print(f"note: continuing from step {step} with changed settings ({'; '.join(changed)}); the earlier ones "
+              f"are in {kept}", flush=True)
+
+
 def start_logging(run: Run) -> None:
     """Write ``config.yaml`` beside the run's outputs and open the trackers with the recipe as hyperparameters
     (URL credentials and query tokens removed). TensorBoard gets them at the end, with the final metrics, in
@@ -284,6 +302,7 @@ def start_logging(run: Run) -> None:
     recipe, accelerator = run.recipe, run.accelerator
     settings = {k: redact_url(v) if isinstance(v, str) else v for k, v in recipe.to_dict().items()}
     if accelerator.is_main_process:
+        _keep_earlier_config(recipe.output_path / "config.yaml", settings, run.saver.progress.step)
         atomic_write_text(recipe.output_path / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
     run.saver.hparams = {k: str(v) if isinstance(v, (list, type(None))) else v for k, v in settings.items()}
     if run.settings.trackers:

@@ -5,13 +5,14 @@ through scripts/pretrain.py in tests/test_pretrain_e2e.py."""
 from __future__ import annotations
 
 import pytest
+import yaml
 from conftest import TINY_TRAINING
 
 from endovit.checkpoint import CheckpointError, latest_checkpoint
 from endovit.data.synthetic import write_sample_frames
 from endovit.engine import train
 from endovit.recipe import parse_recipe
-from endovit.trainer import build_run
+from endovit.trainer import build_run, start_logging
 
 # 16 frames, batch 8: 2 steps/epoch
 BASE = [*TINY_TRAINING, "--report_to", "none", "--num_recon_images", "0", "--num_workers", "0", "--batch_size", "8",
@@ -57,3 +58,13 @@ def test_changed_setting_is_refused(stopped, frames_dir, half_the_frames, flags,
     flags = [f.format(half=half_the_frames) for f in flags]
     with pytest.raises(CheckpointError, match=rf"cannot resume from .*step_00000001: the run changed \(.*{changed}"):
         build(frames_dir, stopped, "--resume", "auto", *flags)
+
+
+def test_continuing_with_changed_settings_says_so_and_keeps_the_earlier_config(stopped, frames_dir, capsys):
+    start_logging(build(frames_dir, stopped, "--resume", "auto"))  # the same settings: config.yaml, no note
+    assert "note: continuing" not in capsys.readouterr().out
+    start_logging(build(frames_dir, stopped, "--resume", "auto", "--lr", "3e-3", "--mask_ratio", "0.5"))
+    assert ("note: continuing from step 1 with changed settings (mask_ratio 0.75 -> 0.5; lr 0.001 -> 0.003); the "
+            f"earlier ones are in {stopped / 'config.until_step_1.yaml'}") in capsys.readouterr().out
+    assert yaml.safe_load((stopped / "config.until_step_1.yaml").read_text())["mask_ratio"] == 0.75
+    assert yaml.safe_load((stopped / "config.yaml").read_text())["mask_ratio"] == 0.5
