@@ -165,12 +165,14 @@ def test_frames_without_labels_are_refused_naming_the_first(tmp_path):
         cholec80_labels(frames, tmp_path, "phase")
 
 
-@pytest.mark.parametrize("video", ["../elsewhere/video01", "/abs/video01", ".."])
+@pytest.mark.parametrize("video", ["../elsewhere/video01", "/abs/video01", "..", ""])
 def test_a_video_name_that_is_a_path_is_refused_before_any_file_is_read(tmp_path, video):
     write_cholec80_video(tmp_path / "elsewhere", "video01", seconds=1, phase_change=0, tools=[[1] * 7])
     frames = load_frames(tmp_path / "elsewhere" / "frames").map(lambda row: {"video": video})
-    with pytest.raises(DataError, match=rf"has video '{re.escape(video)}', not a plain name: its labels would be "
-                                        rf"read from outside {tmp_path / 'cholec80' / 'phase_annotations'}$"):
+    message = (rf"has video '{re.escape(video)}', not a plain name: its labels would be read from outside "
+               rf"{tmp_path / 'cholec80' / 'phase_annotations'}$" if video else
+               r"is not in a video folder: give the folder that holds the video folders")
+    with pytest.raises(DataError, match=message):
         cholec80_labels(frames, tmp_path / "cholec80", "phase")
 
 

@@ -100,6 +100,9 @@ def cholec80_labels(frames: datasets.Dataset, folder: str | Path, task: str, fra
     values = []
     for row, (video, index) in enumerate(zip(columns["video"], columns["frame_index"], strict=True)):
         if video not in tables:
+            if not video:
+                raise DataError(f"frame {_image_path(frames, row)} is not in a video folder: give the folder that "
+                                "holds the video folders (frames/videoNN/videoNN_N.png)")
             if not is_plain_name(video):
                 raise DataError(f"frame {_image_path(frames, row)} has video {video!r}, not a plain name: its labels "
                                 f"would be read from outside {Path(folder) / sub}")
