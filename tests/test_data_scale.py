@@ -75,6 +75,11 @@ def test_select_split_keeps_exactly_the_split_videos():
         kept = select_split(frames, name, "test data")
         assert {int(v[5:]) for v in kept["video"]} == wanted
         assert len(kept) == 2 * len(wanted)
+    with pytest.warns(UserWarning, match=r"test data: 3 video folder\(s\) are in no Cholec80 split \(not "
+                                         r"video01-video80\), so Cholec80_for_Validation leaves their frames out, "
+                                         r"e\.g\. 'case-5', 'vid_04', 'video101'"):
+        odd = datasets.Dataset.from_dict({"image": ["x.png"] * 4, "video": ["video02", "video101", "vid_04", "case-5"]})
+        assert select_split(odd, "Cholec80_for_Validation", "test data")["video"] == ["video02"]
     summary = split_summary(collections.Counter(videos))
     assert f"{'Cholec80_for_Segmentation':>40}: {2 * 76:>10}" in summary
     assert f"{'Cholec80_for_Validation':>40}: {2 * 24:>10}" in summary

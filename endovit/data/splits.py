@@ -6,6 +6,7 @@ A split is a set of Cholec80 video numbers; frames belong to the video named by 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,11 @@ def select_split(frames: datasets.Dataset, name: str, where: str) -> datasets.Da
     videos = frames.with_format("arrow")["video"].to_pylist()
     _require_cholec80_videos(videos, where)
     indices = [i for i, v in enumerate(videos) if video_number(v) in wanted]
+    cholec80 = frozenset().union(*CHOLEC80_SPLITS.values())
+    outside = sorted({v for v in videos if video_number(v) not in cholec80})
+    if outside:
+        warnings.warn(f"{where}: {len(outside)} video folder(s) are in no Cholec80 split (not video01-video80), so "
+                      f"{name} leaves their frames out, e.g. {', '.join(map(repr, outside[:3]))}", stacklevel=2)
     if not indices:
         found = sorted({n for v in videos if (n := video_number(v)) is not None})
         raise DataError(
