@@ -124,7 +124,9 @@ def _fetch(url: str, sha256: str | None = None) -> Path:
         except CheckpointError:
             raise
         except Exception as err:
-            raise CheckpointError(f"cannot download weights from {shown}: {redact_url(_first_line(err))}") from err
+            raise CheckpointError(f"cannot download weights from {shown}: {redact_url(_first_line(err))}; download "
+                                  "the file where the internet is reachable and pass its local path instead (for "
+                                  "pretraining from random weights: --init_from '')") from err
     return target
 
 
