@@ -139,7 +139,8 @@ def test_two_processes_split_the_data_and_the_batch(tmp_path, frames_dir):
 
 @pytest.mark.parametrize("flags, message", [
     (["--train_data", "{missing}"], "data path {missing} does not exist"),
-    (["--train_data", "{empty}"], "no image files"),
+    (["--train_data", "{empty}"], "--train_data: no image files"),
+    (["--train_data", "{frames}", "--val_data", "{empty}", "--batch_size", "8"], "--val_data: no image files"),
     (["--train_data", "{frames}", "--img_size", "40"], "--img_size [40, 40]: each side must be divisible by"),
     (["--train_data", "{frames}", "--mask_ratio", "0"], "--mask_ratio 0.0: must be strictly between 0 and 1"),
     (["--train_data", "{frames}", "--recipe", "{typo_recipe}"], "unknown key 'epoch' (did you mean 'epochs'?)"),

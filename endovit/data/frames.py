@@ -65,7 +65,7 @@ def _from_image_folder(root: Path) -> datasets.Dataset:
     if not files:
         raise DataError(
             f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}; "
-            "point the data flag at a folder of frames or at a prepared dataset"
+            "give a folder of frames or a prepared dataset"
         )
     table = {
         "image": [str(p) for p in files],

@@ -103,7 +103,10 @@ def resolve_sources(root_path: str, names: Sequence[str], role: str = "train",
     if not names:
         if not root.is_prepared(root.path) and (children := root.prepared_children()):
             return [_whole(root, root.child(n), n) for n in children]
-        frames, manifest = root.load(root.path)
+        try:
+            frames, manifest = root.load(root.path)
+        except DataError as err:
+            raise DataError(f"{flag}: {err}") from None
         name = manifest["source"] if manifest else os.path.basename(root.path) or root.path
         return [Source(name, frames, root.path, _stats_of(manifest))]
     sources = []
