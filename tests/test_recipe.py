@@ -73,7 +73,7 @@ def test_recipe_file_by_path_and_unknown_key(tmp_path):
      "--probe_best_metric 'linear_avg_acc': is not measured with --probe_kind knn"),
     # values that trained without complaint, uphill or into a blow-up
     (["--clip_grad", "-1"], "--clip_grad -1.0: must be a positive gradient norm, or none"),
-    (["--min_lr", "5"], "--min_lr 5.0: is above the peak lr 0.0015: the cosine schedule would climb"),
+    (["--min_lr", "0.002"], "--min_lr 0.002: is above the peak lr 0.0015: the cosine schedule would climb"),
     (["--layer_decay", "-0.5"], "--layer_decay -0.5: must be in (0, 1]"),
     (["--mean", "88,58,57", "--std", "64,54,53"], "--mean [88, 58, 57]: is in [0, 1] units"),
     (["--std", "64,54,53"], "--std [64, 54, 53]: is in [0, 1] units"),
