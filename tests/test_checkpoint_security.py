@@ -73,6 +73,34 @@ def test_a_planted_pickle_never_runs(checkpoint, tmp_path, name):
     assert str(folder) in str(err.value) and "\n" not in str(err.value)
 
 
+class Counter:
+    """An object registered for checkpointing: accelerate pickles its state to ``custom_checkpoint_0.pkl``."""
+
+    def __init__(self):
+        self.count = 0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"]
+
+
+def test_a_registered_objects_pickle_is_refused_where_accelerate_would_unpickle_it(tmp_path):
+    """With an object registered, accelerate itself would load ``custom_checkpoint_0.pkl`` without weights_only."""
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
+    accelerator.register_for_checkpointing(Counter())
+    folder = save_training_state(accelerator, tmp_path / "checkpoints", 7, keep=1, run={"seed": 1},
+                                 write_extra=TrainProgress().save)
+    marker = tmp_path / "pwned"
+    plant(folder, "custom_checkpoint_0.pkl", marker)
+    with pytest.raises(CheckpointError, match=r"holds custom_checkpoint_0\.pkl, which an endovit checkpoint never"):
+        load_training_state(accelerator, folder, TrainProgress())
+    assert not marker.exists()
+
+
 def test_a_scaler_file_is_read_only_as_weights(checkpoint, tmp_path):
     """``scaler.pt`` (fp16 runs) is read by accelerate with weights_only=True; in this fp32 run it is not read."""
     accelerator, folder = checkpoint
