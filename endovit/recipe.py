@@ -176,10 +176,11 @@ class Recipe:
             raise bad("img_size", f"each side must be divisible by the patch size {self.patch_size} of {self.model}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise bad("mask_ratio", "must be strictly between 0 and 1")
-        for key in ("mean", "std", "crop_scale"):
+        for key, example in (("mean", "0.3464,0.2280,0.2228"), ("std", "0.2520,0.2128,0.2093"),
+                             ("crop_scale", "0.6,1")):
             values = getattr(self, key)
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-                raise bad(key, "give numbers, e.g. 0.3464,0.2280,0.2228")
+                raise bad(key, f"give numbers, e.g. {example}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise bad("std" if len(self.mean) == 3 else "mean", "need three per-channel values, std > 0")
         if max(self.mean) > 1 or min(self.mean) < 0 or max(self.std) > 1:
