@@ -9,7 +9,7 @@ import yaml
 
 from endovit.errors import did_you_mean
 
-__all__ = ["parse_bool", "parse_list", "converter", "OneLineParser", "numbers_action"]
+__all__ = ["parse_bool", "parse_list", "converter", "OneLineParser", "numbers_action", "add_image_flags"]
 
 
 def parse_bool(text: str) -> bool:
@@ -46,9 +46,10 @@ def converter(hint):
     return parse
 
 
-def numbers_action(kind: type, counts: tuple[int, ...]) -> type[argparse.Action]:
+def numbers_action(kind: type, counts: tuple[int, ...], unit_range: str = "") -> type[argparse.Action]:
     """An action for a ``nargs="+"`` flag of numbers typed as words (``0.5 0.4 0.3``), with commas (``0.5,0.4,0.3``,
-    as pretrain.py's list flags take them) or as YAML (``[0.5, 0.4, 0.3]``): ``counts`` says how many may come."""
+    as pretrain.py's list flags take them) or as YAML (``[0.5, 0.4, 0.3]``): ``counts`` says how many may come;
+    ``unit_range`` ``[0, 1]`` or ``(0, 1]`` bounds each value (pixel statistics, in [0, 1] units)."""
 
     class Numbers(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
@@ -63,9 +64,21 @@ def numbers_action(kind: type, counts: tuple[int, ...]) -> type[argparse.Action]
                              "or commas between them")
             if len(numbers) not in counts:
                 parser.error(f"{option_string} {typed}: give {' or '.join(map(str, counts))} numbers")
+            if unit_range and not all(0 < v <= 1 if unit_range == "(0, 1]" else 0 <= v <= 1 for v in numbers):
+                parser.error(f"{option_string} {typed}: give values in {unit_range} units (pixels are divided by 255 "
+                             "first; divide 0-255 values by 255)")
             setattr(namespace, self.dest, [kind(v) for v in numbers])
 
     return Numbers
+
+
+def add_image_flags(parser: argparse.ArgumentParser, size_help: str, stats_default: str) -> None:
+    """``--img_size`` (one size, or height and width) and ``--mean``/``--std`` (R,G,B), typed with spaces or commas;
+    ``stats_default`` says where mean and std come from when they are not given."""
+    parser.add_argument("--img_size", nargs="+", action=numbers_action(int, (1, 2)), metavar="SIZE", help=size_help)
+    for name, unit_range in (("mean", "[0, 1]"), ("std", "(0, 1]")):
+        parser.add_argument(f"--{name}", nargs="+", action=numbers_action(float, (3,), unit_range), metavar="R,G,B",
+                            help=f"per-channel {name} in {unit_range} units; {stats_default}")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -30,7 +30,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.tensorboard import SummaryWriter
 
 from endovit.checkpoint import CHECKPOINT_PREFIX
-from endovit.cli import OneLineParser, numbers_action
+from endovit.cli import OneLineParser, add_image_flags
 from endovit.data.loader import build_val_loader
 from endovit.errors import CheckpointError, DataError, RecipeError, did_you_mean, error_line
 from endovit.hardware import resolve_mixed_precision
@@ -51,12 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                            allow_abbrev=False)
     parser.add_argument("--weights", nargs="+", required=True, help="weights to probe, or 'random' / 'random:SEED'")
     parser.add_argument("--model", default="", help=f"architecture: {', '.join(MODEL_ARCHS)}")
-    parser.add_argument("--img_size", nargs="+", action=numbers_action(int, (1, 2)), metavar="SIZE",
-                        help="H [W]; default: the weights' config, else 224")
-    parser.add_argument("--mean", nargs="+", action=numbers_action(float, (3,)), metavar="R,G,B",
-                        help="for every weights; default: each one's own config, else the first config's or EndoViT's")
-    parser.add_argument("--std", nargs="+", action=numbers_action(float, (3,)), metavar="R,G,B",
-                        help="for every weights; default: each one's own config, else the first config's or EndoViT's")
+    add_image_flags(parser, "H [W]; default: the weights' config, else 224",
+                    "for every weights; default: each one's own config, else the first config's or EndoViT's")
     parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
                         help="auto: what pretrain.py picks on this machine")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process decoding frames")
@@ -126,9 +122,6 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     if any(side <= 0 or side % patch for side in img_size):
         raise RecipeError(f"--img_size {img_size[0]} {img_size[1]}: each side must be divisible by the patch size "
                           f"{patch} of {model}")
-    for flag, values in (("--mean", args.mean), ("--std", args.std)):
-        if values is not None and not all(0 < v <= 1 if flag == "--std" else 0 <= v <= 1 for v in values):
-            raise RecipeError(f"{flag} {values}: give values in [0, 1] units (pixels are divided by 255 first)")
     default_mean, default_std = config.get("mean", ENDOVIT_MEAN), config.get("std", ENDOVIT_STD)
 
     data = load_probe_data(settings)

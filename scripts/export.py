@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from endovit.cli import OneLineParser, numbers_action
+from endovit.cli import OneLineParser, add_image_flags
 from endovit.errors import EndovitError, did_you_mean, error_line
 from endovit.models.mae import MODEL_ARCHS, TIMM_ENCODERS, create_mae
 from endovit.weights import (
@@ -36,8 +36,8 @@ from endovit.weights import (
 )
 
 RUN_FILES = ("endovit_config.json", "config.yaml")
-ENDOVIT_STATS = "EndoViT's --mean 0.3464 0.2280 0.2228 --std 0.2520 0.2128 0.2093"
-IMAGENET_STATS = "ImageNet's --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225"
+ENDOVIT_STATS = "EndoViT's --mean 0.3464,0.2280,0.2228 --std 0.2520,0.2128,0.2093"
+IMAGENET_STATS = "ImageNet's --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"
 
 
 class ExportError(EndovitError):
@@ -50,12 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True, help="folder to write (replaces the files it writes); not a "
                                                             "training run's own folder")
     parser.add_argument("--model", help=f"architecture ({', '.join(MODEL_ARCHS)}); default: the run's, else inferred")
-    parser.add_argument("--img_size", nargs="+", action=numbers_action(int, (1, 2)), metavar="SIZE",
-                        help="one size or height width")
-    parser.add_argument("--mean", nargs="+", action=numbers_action(float, (3,)), metavar="R,G,B",
-                        help="per-channel mean in [0, 1] the weights were trained with; default: the run's")
-    parser.add_argument("--std", nargs="+", action=numbers_action(float, (3,)), metavar="R,G,B",
-                        help="per-channel std in [0, 1] the weights were trained with; default: the run's")
+    add_image_flags(parser, "one size or height width; default: the run's, else inferred",
+                    "what the weights were trained with; default: the run's")
     parser.add_argument("--norm_pix_loss", choices=("true", "false"), help="default: the run's / checkpoint's")
     parser.add_argument("--mask_ratio", type=float, help="written into the transformers config; default 0.75")
     parser.add_argument("--sha256", help="pin SOURCE's sha256 (checked before anything is read)")
@@ -131,16 +127,6 @@ def infer_img_size(state: dict, args: dict, patch: int) -> list[int] | None:
     return None
 
 
-def check_settings(mean: list, std: list, mask_ratio: float) -> None:
-    """What the exported configs tell fine-tuning must be usable: mean/std in [0, 1] units, a mask ratio in (0, 1)."""
-    for flag, values, low_open in (("--mean", mean, False), ("--std", std, True)):
-        if len(values) != 3 or not all(0 < v <= 1 if low_open else 0 <= v <= 1 for v in values):
-            raise ExportError(f"{flag} {values}: give three values in [0, 1] units (pixels are divided by 255 first)"
-                              f"{', std above 0' if low_open else ''}; {ENDOVIT_STATS}")
-    if not 0 < mask_ratio < 1:
-        raise ExportError(f"--mask_ratio {mask_ratio}: must be strictly between 0 and 1")
-
-
 def check_output_dir(out: Path) -> None:
     """Refuse a file, and a training run's own folder: its exports and config would be replaced by these."""
     if out.exists() and not out.is_dir():
@@ -181,7 +167,8 @@ def export(argv: list[str] | None = None) -> Path:
         norm_pix_loss = bool(run.get("norm_pix_loss", ckpt_args.get("norm_pix_loss", False)))
     mask_ratio = next((r for r in (opts.mask_ratio, run.get("mask_ratio"), ckpt_args.get("mask_ratio"))
                        if r is not None), 0.75)
-    check_settings(mean, std, mask_ratio)
+    if not 0 < mask_ratio < 1:
+        raise ExportError(f"--mask_ratio {mask_ratio}: must be strictly between 0 and 1")
 
     mae = create_mae(model, img_size=tuple(img_size), norm_pix_loss=norm_pix_loss)
     note = fit_state_dict(mae, state, redact_url(opts.source), log=print)

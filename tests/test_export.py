@@ -248,8 +248,9 @@ def test_export_script_from_released_endovit_weights_writes_the_encoder(tmp_path
     ("encoder", ["--model", "mae_vit_tiny", "--mean", "0", "0", "0", "--std", "1", "1", "1"],
      "unknown (did you mean mae_vit_tiny_patch16?)"),
     ("encoder", ["--img_size", "32", "--mean", "88,58,57", "--std", "64,54,53"],
-     "--mean [88.0, 58.0, 57.0]: give three values in [0, 1] units"),
-    ("encoder", ["--img_size", "32", "--mean", "0.5,0.5,0.5", "--std", "0,0,0"], "--std [0.0, 0.0, 0.0]: give three"),
+     "--mean 88,58,57: give values in [0, 1] units (pixels are divided by 255 first"),
+    ("encoder", ["--img_size", "32", "--mean", "0.5,0.5,0.5", "--std", "0", "0", "0"], "--std 0 0 0: give values in "
+                                                                                       "(0, 1] units"),
     ("encoder", ["--img_size", "32", "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2", "--mask_ratio", "0"],
      "--mask_ratio 0.0: must be strictly between 0 and 1"),
     ("encoder", ["--mean", "0.5,0.5"], "--mean 0.5,0.5: give 3 numbers"),
