@@ -135,10 +135,11 @@ class Recipe:
                          metadata={"internal": True})  # key -> where its value came from; not a setting
 
     def __post_init__(self) -> None:
-        if isinstance(self.img_size, int):
+        """One side means a square; anything else that is not two sizes is ``validate``'s to refuse."""
+        if isinstance(self.img_size, int) and not isinstance(self.img_size, bool):
             self.img_size = [self.img_size]
-        if len(self.img_size) == 1:
-            self.img_size = [self.img_size[0], self.img_size[0]]
+        if isinstance(self.img_size, list) and len(self.img_size) == 1 and isinstance(self.img_size[0], int):
+            self.img_size = self.img_size * 2
 
     @property
     def output_path(self) -> Path:

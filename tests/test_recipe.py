@@ -93,6 +93,7 @@ def test_bad_values_name_the_flag(flags, message):
     ("batch_size: 4.5\n", "--batch_size 4.5: must be a whole number"),
     ("lr: [1]\n", "--lr [1]: must be a number, or none"),
     ("swa: 1\n", "--swa 1: must be true or false"),
+    ("img_size: 96.5\n", "--img_size 96.5: must be a list"),
     ("std: [a, b, c]\n", "--std ['a', 'b', 'c']: give numbers"),
     ("lr: [1\nepochs: 3\n", "bad.yaml is not valid YAML at line 2, column 7: expected ',' or ']', but got ':'"),
 ])
