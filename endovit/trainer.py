@@ -2,6 +2,8 @@
 ``main_pretrain.py`` set-up). ``endovit.engine.train`` then runs its step loop."""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import math
 import os
@@ -184,6 +186,8 @@ def _lock_output(recipe: Recipe, accelerator: Accelerator) -> FileLock | None:
     if problem:  # found before any step is trained, not at the first save
         raise RecipeError(problem)
     if accelerator.is_main_process:
+        if not recipe.output_path.exists():
+            atexit.register(_remove_if_unused, recipe.output_path)
         recipe.output_path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(recipe.output_path / ".endovit.lock"), is_singleton=True)  # re-entrant in one process
         try:
@@ -194,6 +198,15 @@ def _lock_output(recipe: Recipe, accelerator: Accelerator) -> FileLock | None:
         raise RecipeError(f"--output_dir {recipe.output_dir} is in use by another run (it holds "
                           f"{recipe.output_path / '.endovit.lock'}); wait for it to end or choose another --output_dir")
     return lock
+
+
+def _remove_if_unused(folder: Path) -> None:
+    """At exit: the output folder this run created still holds only its lock (the run stopped before writing
+    anything, e.g. on a bad --resume), so it goes again and nothing half-made is left behind."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in folder.iterdir()] == [".endovit.lock"]:
+            (folder / ".endovit.lock").unlink()
+            folder.rmdir()
 
 
 def _unwritable(path: Path) -> str | None:

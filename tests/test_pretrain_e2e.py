@@ -144,6 +144,8 @@ def test_two_processes_split_the_data_and_the_batch(tmp_path, frames_dir):
     (["--train_data", "{frames}", "--img_size", "40"], "--img_size [40, 40]: each side must be divisible by"),
     (["--train_data", "{frames}", "--mask_ratio", "0"], "--mask_ratio 0.0: must be strictly between 0 and 1"),
     (["--train_data", "{frames}", "--recipe", "{typo_recipe}"], "unknown key 'epoch' (did you mean 'epochs'?)"),
+    (["--train_data", "{frames}", "--batch_size", "8", "--resume", "{empty}"],
+     "--resume {empty}: not a complete checkpoint folder"),  # refused after the output folder was locked
     (["--train_data", "{frames}", "--batch_size", "8", "--checkpoint_dir", "{a_file}/checkpoints"],
      "--checkpoint_dir {a_file}/checkpoints: {a_file} is a file, not a folder; give a folder this run may write"),
 ])
