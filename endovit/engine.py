@@ -169,12 +169,12 @@ class StopRequest:
         """The shell's code for a process ended by the signal: 143 for SIGTERM, 130 for SIGINT."""
         return 128 + int(self.signal or 0)
 
-    def due(self, step: int, accelerator) -> bool:
+    def due(self, accelerator, step: int) -> bool:
         """Whether the processes agree on a stop at ``step``: every step on one process; with several, about every
         ``CHECK_SECONDS`` (the interval, in steps, comes from the last agreement, so it is the same on all)."""
         return accelerator.num_processes == 1 or step >= self.next_check
 
-    def agreed(self, accelerator, step: int = 0, most_steps: int = 1) -> bool:
+    def agreed(self, accelerator, step: int, most_steps: int) -> bool:
         """True on every process when any process was asked to stop (a collective when distributed). The next
         agreement is due after the steps that take ``CHECK_SECONDS`` here, at most ``most_steps``."""
         if accelerator.num_processes == 1:
@@ -289,7 +289,7 @@ def _train_steps(run, stop: StopRequest) -> int:
             if run.probe is not None and (step % recipe.probe_every_steps == 0 or step == schedule.total_steps):
                 _log_probe(run, step, bar)
             # stop or save: a requested stop is agreed at log steps and about every 5 s (every step on one process)
-            stopped = (log_due or stop.due(step, accelerator)) and stop.agreed(accelerator, step,
+            stopped = (log_due or stop.due(accelerator, step)) and stop.agreed(accelerator, step,
                                                                                recipe.log_every_steps)
             if step % recipe.save_every_steps == 0 or step == schedule.last_step or stopped:
                 saver.save_training_state(step)
