@@ -49,8 +49,10 @@ device-wheels: .whl-local/.complete
 	$(PYTHON) -m pip download $(WHEEL_FLAGS) --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
 		--platform manylinux_2_17_x86_64 -d .whl $(DEVICE_WHEELS) $(shell grep -E '^pyarrow==' constraints.txt)
 
-.whl-local/.complete: constraints.txt | $(STAMP)
-	$(BIN)/python -m pip download $(WHEEL_FLAGS) -d .whl-local $(DEVICE_WHEELS)
+# Also the oldest timm setup.cfg allows, for tests/test_timm_floor.py.
+TIMM_FLOOR = $(shell sed -n 's/^ *timm>=\([0-9.]*\).*/\1/p' setup.cfg)
+.whl-local/.complete: constraints.txt setup.cfg | $(STAMP)
+	$(BIN)/python -m pip download $(WHEEL_FLAGS) -d .whl-local $(DEVICE_WHEELS) timm==$(TIMM_FLOOR)
 	touch $@
 
 test: $(STAMP) .whl-local/.complete

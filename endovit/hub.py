@@ -124,8 +124,10 @@ def write_timm_folder(folder: str | os.PathLike, encoder_state: dict[str, torch.
     The config comes from timm's own ``save_config_for_hf`` for the run's timm encoder built at the run's image
     size (``model_args.img_size``) with ``num_classes=0``, with the run's mean/std/size/interpolation as
     ``pretrained_cfg``; ``timm.create_model("local-dir:<folder>", pretrained=True)`` and ``hf-hub:<repo>`` of the
-    same files rebuild the model with the right preprocessing. ``weights_file``: an ``encoder.safetensors``
-    already written (hard-linked instead of written again).
+    same files rebuild the model with the right preprocessing. Only ``save_config_for_hf``'s arguments that every
+    timm since 1.0.16 (the first with ``local-dir:``) takes are used; the preprocessing is written here, so the
+    folder is the same whichever timm wrote it. ``weights_file``: an ``encoder.safetensors`` already written
+    (hard-linked instead of written again).
     """
     import timm
     from safetensors.torch import save_file
@@ -135,8 +137,7 @@ def write_timm_folder(folder: str | os.PathLike, encoder_state: dict[str, torch.
     folder.mkdir(parents=True, exist_ok=True)
     name = info["timm_model"]
     height, width = _size(info)
-    with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, img_size=(height, width), num_classes=0)
+    model = timm.create_model(name, pretrained=False, img_size=(height, width), num_classes=0)
     try:
         model.load_state_dict(encoder_state, strict=True, assign=True)
     except RuntimeError as err:
@@ -144,13 +145,19 @@ def write_timm_folder(folder: str | os.PathLike, encoder_state: dict[str, torch.
         raise CheckpointError(f"the encoder does not fit timm's {name} at {height}x{width}: "
                               f"{' '.join(line.strip() for line in first[:3])}") from err
     data_config = timm_data_config(info)
-    save_config_for_hf(model, str(folder / CONFIG_NAME), data_config=data_config)
+    model_args = {"img_size": [height, width], "num_classes": 0, "in_chans": data_config["input_size"][0],
+                  "global_pool": model.global_pool}
+    save_config_for_hf(model, folder / CONFIG_NAME, model_args=model_args)
     config = json.loads((folder / CONFIG_NAME).read_text())
     pretrained_cfg = config["pretrained_cfg"]
-    pretrained_cfg["tag"] = "endovit"
-    pretrained_cfg.pop("license", None)  # timm's default tag's licence, not this run's
-    pretrained_cfg["mean"], pretrained_cfg["std"] = list(data_config["mean"]), list(data_config["std"])
-    pretrained_cfg["input_size"] = list(data_config["input_size"])
+    # the default tag's licence and test-time sizes describe timm's weights, not this run's
+    for key in ("license", "test_input_size", "test_crop_pct", "test_pool_size"):
+        pretrained_cfg.pop(key, None)
+    if (height, width) != tuple(model.pretrained_cfg["input_size"][1:]):
+        pretrained_cfg["pool_size"] = None
+    pretrained_cfg.update({key: list(value) if isinstance(value, tuple) else value
+                           for key, value in data_config.items()})
+    pretrained_cfg.update(tag="endovit", num_classes=0, custom_load=False)  # a native timm state dict
     config["endovit"] = _note(info)
     # transformers reads config.json too: a ViT/ViT-MAE class pointed here would build a default model and leave
     # every weight random; this value fails its config validation instead (timm ignores the key).

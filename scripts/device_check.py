@@ -1,6 +1,7 @@
-"""GPU check for the README's performance table, in one run (about 5-7 minutes on one H100).
+"""GPU check for the README's performance table, in one run (about 7 minutes on one H200).
 
     bash scripts/device_check.sh                    # on the GPU machine (installs carried wheels first)
+    bash scripts/device_check.sh --skip_step        # a rerun of parts 2-4 alone (about 6 minutes)
     python scripts/device_check.py --cpu_rehearsal  # the same code paths on a CPU, tiny sizes, in seconds
 
 1. Step benchmark (no ``datasets`` needed): MAE ViT-B/16, 224 px, batch 256 on one GPU, our defaults (bf16 +
@@ -107,26 +108,12 @@ def pretrain(data: Path, out: Path, sizes: dict, steps: int, *extra: str) -> dic
             "final_loss": rows[-1]["loss"] if rows else None}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu_rehearsal", action="store_true", help="tiny sizes on the CPU: checks the paths only")
-    parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/device_check", help="results folder")
-    parser.add_argument("--skip_e2e", action="store_true", help="step benchmark only (no datasets needed)")
-    args = parser.parse_args(argv)
-    sizes = REHEARSAL if args.cpu_rehearsal else FULL
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cpu" if args.cpu_rehearsal or not torch.cuda.is_available() else "cuda")
-    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "cpu": cpu_name(),
-              "cores": os.cpu_count(), "torch": torch.__version__, "sizes": sizes}
-    print(f"device {report['device']}; CPU {report['cpu']}; {report['cores']} cores; torch {torch.__version__}",
-          flush=True)
+def step_check(sizes: dict, device: torch.device, rehearsal: bool, report: dict) -> list[str]:
+    """1. The step alone: ours against EndoViT's settings; fills ``report``, returns the failures."""
     failures = []
-
-    # 1. the step alone: ours against EndoViT's settings
     base = BenchConfig(model=sizes["model"], img_size=[sizes["img_size"]] * 2, batch_size=sizes["batch_size"],
                        mixed_precision="auto", torch_compile=True, steps=sizes["bench_steps"], warmup=2,
-                       compile_backend="eager" if args.cpu_rehearsal else "inductor")
+                       compile_backend="eager" if rehearsal else "inductor")
     report["step_benchmark"] = [run_benchmark(config, device) for config in (base, baseline_of(base))]
     ours, baseline = report["step_benchmark"]
     report["speedup_vs_endovit_settings"] = round(ours["images_per_sec"] / baseline["images_per_sec"], 2)
@@ -138,6 +125,28 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"{ours['recompiles_after_trial']} recompile(s) after the compile trial")
     if ours["host_syncs_per_step"]:
         failures.append(f"{ours['host_syncs_per_step']} host synchronisation(s) per step")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu_rehearsal", action="store_true", help="tiny sizes on the CPU: checks the paths only")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/device_check", help="results folder")
+    parser.add_argument("--skip_e2e", action="store_true", help="step benchmark only (no datasets needed)")
+    parser.add_argument("--skip_step", action="store_true", help="end to end only (a rerun after the step benchmark)")
+    args = parser.parse_args(argv)
+    sizes = REHEARSAL if args.cpu_rehearsal else FULL
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu" if args.cpu_rehearsal or not torch.cuda.is_available() else "cuda")
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "cpu": cpu_name(),
+              "cores": os.cpu_count(), "torch": torch.__version__, "sizes": sizes}
+    print(f"device {report['device']}; CPU {report['cpu']}; {report['cores']} cores; torch {torch.__version__}",
+          flush=True)
+    failures = []
+
+    if not args.skip_step:
+        failures += step_check(sizes, device, args.cpu_rehearsal, report)
     (out / "device_check.json").write_text(json.dumps(report, indent=2) + "\n")  # partial results survive a crash
 
     # 2. and 3. pretrain.py end to end, bf16 (+ compile on GPUs), then fp16
