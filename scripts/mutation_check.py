@@ -273,6 +273,10 @@ MUTATIONS = [
              "        if self.min_lr > self.peak_lr:", "        if self.min_lr > 10 * self.peak_lr:",
              ("tests/test_recipe.py", "-k", "bad_values")),
     # --- the model -------------------------------------------------------------------------------------------------
+    Mutation("export-needs-the-newest-timm", "endovit/hub.py",
+             "save_config_for_hf(model, folder / CONFIG_NAME, model_args=model_args)",
+             "save_config_for_hf(model, folder / CONFIG_NAME, model_args=model_args, data_config=data_config)",
+             ("tests/test_timm_floor.py",)),
     Mutation("one-patch-fewer-kept", "endovit/models/mae.py",
              "len_keep = int(length * (1 - mask_ratio))",
              "len_keep = int(length * (1 - mask_ratio)) - 1",
@@ -288,10 +292,13 @@ def tracked_files(repo: Path) -> list[str]:
 
 
 def copy_repo(repo: Path, dest: Path) -> None:
+    """The tracked files, plus a link to the wheels ``make test`` downloads for the tests (.whl-local/)."""
     for name in tracked_files(repo):
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / name, target)
+    if (repo / ".whl-local").is_dir():
+        (dest / ".whl-local").symlink_to(repo / ".whl-local", target_is_directory=True)
 
 
 def sync_problems(mutations: list[Mutation], repo: Path) -> list[str]:

@@ -7,43 +7,46 @@ subprocess; its results are compared with this environment's timm."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import timm
 import torch
 from conftest import REPO, script_env
 
-FLOOR = re.search(r"^\s*timm>=([\d.]+)", (REPO / "setup.cfg").read_text(), re.M).group(1)
-
-# Run under both timms: a seeded tiny MAE's loss on fixed input and mask, its export, the export loaded by timm.
-SCRIPT = """
-import sys, timm, torch
 from endovit.models.mae import create_mae
 from endovit.recipe import parse_recipe
 from endovit.weights import export_info, export_model
-out = sys.argv[1]
-recipe = parse_recipe(["--recipe", "demo", "--train_data", out, "--model", "mae_vit_tiny_patch16",
-                       "--img_size", "32,48", "--mean", "0.41,0.27,0.2", "--std", "0.26,0.22,0.19"])
-torch.manual_seed(0)
-mae = create_mae("mae_vit_tiny_patch16", img_size=(32, 48)).eval()
-images, noise = torch.randn(2, 3, 32, 48), torch.rand(2, mae.num_patches)
-with torch.no_grad():
-    loss = mae(images, 0.75, noise)[0]
-export_model(mae, out, export_info(recipe, mae, 7, None))
-vit = timm.create_model(f"local-dir:{out}/timm", pretrained=True).eval()
-with torch.no_grad():
-    features = vit.forward_features(images)
-torch.save({"version": timm.__version__, "loss": loss, "features": features}, f"{out}/results.pt")
-"""
+
+FLOOR = re.search(r"^\s*timm>=([\d.]+)", (REPO / "setup.cfg").read_text(), re.M).group(1)
+
+def train_export_load(out: Path) -> dict:
+    """A seeded tiny MAE's loss on fixed input and mask, its export, and that export loaded by timm."""
+    recipe = parse_recipe(["--recipe", "demo", "--train_data", str(out), "--model", "mae_vit_tiny_patch16",
+                           "--img_size", "32,48", "--mean", "0.41,0.27,0.2", "--std", "0.26,0.22,0.19"])
+    torch.manual_seed(0)
+    mae = create_mae("mae_vit_tiny_patch16", img_size=(32, 48)).eval()
+    images, noise = torch.randn(2, 3, 32, 48), torch.rand(2, mae.num_patches)
+    with torch.no_grad():
+        loss = mae(images, 0.75, noise)[0]
+    export_model(mae, out, export_info(recipe, mae, 7, None))
+    vit = timm.create_model(f"local-dir:{out}/timm", pretrained=True).eval()
+    with torch.no_grad():
+        features = vit.forward_features(images)
+    return {"version": timm.__version__, "loss": loss, "features": features}
 
 
-def _run(out, *pythonpath: str) -> dict:
+def _under_the_floor(wheel: Path, out: Path) -> dict:
+    """``train_export_load`` in a subprocess that imports timm from the floor's wheel."""
     env = script_env()
-    env["PYTHONPATH"] = ":".join([*pythonpath, str(REPO)])
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", SCRIPT, str(out)], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    env["PYTHONPATH"] = os.pathsep.join([str(wheel), str(REPO), str(REPO / "tests")])
+    code = ("import sys, torch; from test_timm_floor import train_export_load; "
+            "torch.save(train_export_load(__import__('pathlib').Path(sys.argv[1])), sys.argv[2])")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(out), str(out / "results.pt")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out / "results.pt")
 
@@ -52,8 +55,8 @@ def test_the_oldest_allowed_timm_trains_and_exports_what_the_pinned_one_does(tmp
     wheel = REPO / ".whl-local" / f"timm-{FLOOR}-py3-none-any.whl"
     assert wheel.is_file(), f"{wheel} is missing: run make test (it downloads the wheel)"
     assert timm.__version__ != FLOOR, "the pinned timm is the floor: nothing to compare"
-    floor = _run(tmp_path / "floor", str(wheel))
-    pinned = _run(tmp_path / "pinned")
+    floor = _under_the_floor(wheel, tmp_path / "floor")
+    pinned = train_export_load(tmp_path / "pinned")
     assert (floor["version"], pinned["version"]) == (FLOOR, timm.__version__)
     assert torch.equal(floor["loss"], pinned["loss"])
     assert torch.equal(floor["features"], pinned["features"])
