@@ -322,7 +322,7 @@ def start_logging(run: Run) -> None:
         # a resumed run drops what the stopped one logged after its checkpoint, so no step is there twice
         step = run.saver.progress.step
         accelerator.init_trackers(recipe.logging_path.name,
-                                  init_kwargs={"tensorboard": {"purge_step": step + 1}} if step else None)
+                                  init_kwargs={"tensorboard": {"purge_step": step + 1}} if step else {})
         for tracker in accelerator.trackers:
             if tracker.name != "tensorboard":
                 tracker.store_init_configuration(run.saver.hparams)
