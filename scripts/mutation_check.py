@@ -263,7 +263,7 @@ MUTATIONS = [
              "complete = exported_step(self.out_dir) is not None",
              ("tests/test_stop.py", "-k", "final_export")),
     Mutation("tensorboard-keeps-lost-steps", "endovit/trainer.py",
-             'init_kwargs={"tensorboard": {"purge_step": step + 1}} if step else None)', "init_kwargs=None)",
+             'init_kwargs={"tensorboard": {"purge_step": step + 1}} if step else {})', "init_kwargs={})",
              ("tests/test_stop.py", "-k", "tensorboard")),
     Mutation("processes-agree-only-at-log-steps", "endovit/engine.py",
              "return accelerator.num_processes == 1 or step >= self.next_check",
