@@ -23,6 +23,7 @@ from endovit.weights import export_info, export_model
 
 FLOOR = re.search(r"^\s*timm>=([\d.]+)", (REPO / "setup.cfg").read_text(), re.M).group(1)
 
+
 def train_export_load(out: Path) -> dict:
     """A seeded tiny MAE's loss on fixed input and mask, its export, and that export loaded by timm."""
     recipe = parse_recipe(["--recipe", "demo", "--train_data", str(out), "--model", "mae_vit_tiny_patch16",
@@ -43,8 +44,8 @@ def _under_the_floor(wheel: Path, out: Path) -> dict:
     """``train_export_load`` in a subprocess that imports timm from the floor's wheel."""
     env = script_env()
     env["PYTHONPATH"] = os.pathsep.join([str(wheel), str(REPO), str(REPO / "tests")])
-    code = ("import sys, torch; from test_timm_floor import train_export_load; "
-            "torch.save(train_export_load(__import__('pathlib').Path(sys.argv[1])), sys.argv[2])")
+    code = ("import sys, torch; from pathlib import Path; from test_timm_floor import train_export_load; "
+            "torch.save(train_export_load(Path(sys.argv[1])), sys.argv[2])")
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(out), str(out / "results.pt")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
