@@ -1,5 +1,5 @@
 """Frozen-feature probes: classifiers and metrics equal scikit-learn, Cholec80 labels map frame by frame,
-splits keep videos apart, the in-training probe leaves the run untouched, and pretraining beats random init."""
+splits keep videos apart, the in-training probe leaves the run untouched (the demo's margin: test_demo.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,13 +20,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score
 from sklearn.neighbors import NearestNeighbors
 
+from endovit.data import synthetic
 from endovit.data.frames import load_frames
 from endovit.data.synthetic import write_sample_frames
-from endovit.data.transforms import normalize
-from endovit.engine import train_step
 from endovit.errors import CheckpointError, DataError, RecipeError
 from endovit.models.mae import create_mae
-from endovit.optim import build_optimizer
 from endovit.probes import PHASES, TOOLS, ProbeSettings, build_probe, metric_names
 from endovit.probes import probe as probe_module
 from endovit.probes.classifiers import knn_scores, linear_probe_scores, standardize
@@ -49,6 +47,21 @@ def labelled(tmp_path_factory):
     write_sample_frames(root / "pretrain", videos=8, frames=16, height=64, width=64, seed=2, labelled=True,
                         first_video=9)
     return root
+
+
+def test_labelled_frames_keep_their_noise_at_the_models_input_size(tmp_path, monkeypatch):
+    """The demo renders 426-px-wide frames for a 96-px model: per-pixel noise would lose two thirds of its std in that
+    resize (measured 0.184 -> 0.061); grains sized to the frame keep 0.125."""
+    [noisy] = write_sample_frames(tmp_path / "noisy", videos=1, frames=1, height=240, width=426, labelled=True)
+    monkeypatch.setattr(synthetic, "SENSOR_NOISE", 0.0)
+    [clean] = write_sample_frames(tmp_path / "clean", videos=1, frames=1, height=240, width=426, labelled=True)
+
+    def noise_std(size):
+        pixels = [np.asarray(Image.open(path).resize(size, Image.BILINEAR), dtype=float) for path in (noisy, clean)]
+        return (pixels[0] - pixels[1]).std() / 255
+
+    assert noise_std((426, 240)) > 0.15
+    assert noise_std((170, 96)) > 0.6 * noise_std((426, 240))
 
 
 def test_forward_features_equals_timm_vision_transformer():
@@ -296,40 +309,6 @@ def test_probe_frames_too_big_for_the_device_are_refused_naming_the_frame_step(l
     assert not decoded, "refused before decoding"
     probe = build_probe(dataclasses.replace(settings, frame_step=4), (32, 32), MEAN, STD, Accelerator(cpu=True))
     assert probe.pixels.shape == (32, 3, 32, 32) and probe.pixels.numel() <= 100_000
-
-
-@pytest.fixture()
-def one_thread():
-    """200 training steps amplify float-summation order: one thread makes the run the same on every CPU count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_pretrained_encoder_beats_random_init_on_knn(labelled, one_thread):
-    """200 MAE steps (4-block tiny ViT, 64 px) on other labelled videos. Measured: tool k-NN mAP (mean-pooled
-    features) 0.535 at random init, 0.640 after pretraining with one thread (0.593 with two: the margin asserted,
-    0.04, holds for both)."""
-    accelerator = Accelerator(cpu=True)
-    settings = ProbeSettings(data=str(labelled / "probe" / "frames"), label_format="cholec80_tool")
-    probe = build_probe(settings, (64, 64), MEAN, STD, accelerator)
-    pixels = decode_frames(load_frames(labelled / "pretrain" / "frames"), (64, 64))
-    torch.manual_seed(0)
-    mae = create_mae("mae_vit_tiny_patch16", img_size=64, depth=4)
-    before = probe.evaluate(mae)["probe/knn_avg_map"]
-    params = [{"params": [p for p in mae.parameters() if p.requires_grad], "weight_decay": 0.05}]
-    optimizer = build_optimizer(params, 1.5e-3, True, accelerator.device)
-    generator = torch.Generator().manual_seed(0)
-    mae.train()
-    for _ in range(200):
-        images = normalize(pixels[torch.randint(0, len(pixels), (16,), generator=generator)], MEAN, STD)
-        images = images.flip(-1) if torch.rand(1, generator=generator) < 0.5 else images
-        noise = torch.rand(16, mae.num_patches, generator=generator)
-        train_step(accelerator, mae, optimizer, images, noise, 0.75, None)
-    after = probe.evaluate(mae)["probe/knn_avg_map"]
-    assert before == pytest.approx(0.535, abs=0.02)
-    assert after > before + 0.04, (before, after)
 
 
 def test_load_encoder_refuses_another_architecture(tmp_path):

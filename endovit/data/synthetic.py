@@ -8,7 +8,10 @@ With ``labelled=True`` the frames carry what Cholec80's annotations describe, an
 in Cholec80's format: each video runs through the seven surgical phases in order (segments of random length),
 the phase shows in the scene (an organ whose colour and size change per phase) and decides which instruments
 are in use; each of the seven instrument kinds has its own colour and thickness and is drawn only while present.
-Labelled frames also carry sensor noise (Gaussian, ``SENSOR_NOISE``): content a model must learn to see past.
+Labelled frames also carry sensor noise (Gaussian, ``SENSOR_NOISE``): content a model must learn to see past. Its
+grains are a fixed fraction of the frame (``NOISE_GRAINS_ACROSS``), like every other size here, so a model sees the
+same noise whatever size the frames were rendered at: per-pixel noise on a 426-px frame would mostly average away
+in the resize to a 96-px model input.
 """
 from __future__ import annotations
 
@@ -21,10 +24,16 @@ from PIL import Image
 from endovit.data.cholec80 import PHASES, TOOLS
 from endovit.io import atomic_write_text
 
-__all__ = ["synth_frame", "write_sample_frames"]
+__all__ = ["DEMO_FRAMES", "synth_frame", "write_demo_frames", "write_sample_frames"]
 
 SHAFT_TINT = np.array([0.85, 0.87, 0.9])
-SENSOR_NOISE = 0.25  # std of the per-pixel noise of labelled frames, in [0, 1] units
+SENSOR_NOISE = 0.25  # std of the noise of labelled frames, in [0, 1] units
+NOISE_GRAINS_ACROSS = 128  # noise grains across a labelled frame's width (one per pixel in narrower frames)
+# the demo's labelled frames: folder -> (videos, frames per video, first video). The probe's 64 held-out videos
+# follow Cholec80's split (9-40 fit the probe, 41-72 score it): 256 scored frames keep the mAP of one encoder steady
+# enough to compare encoders (on 128, two probe sets put the same encoder 18 points apart).
+DEMO_FRAMES = {"train": (4, 60, 1), "val": (1, 24, 5), "probe": (64, 8, 9)}
+DEMO_SIZE = (240, 426)
 # instrument kind (TOOLS order) -> (tint, thickness as a fraction of the width)
 TOOL_LOOKS = [((0.85, 0.87, 0.9), 0.05), ((0.35, 0.45, 0.95), 0.04), ((0.55, 0.55, 0.55), 0.06),
               ((0.95, 0.8, 0.35), 0.05), ((0.9, 0.9, 0.9), 0.09), ((0.98, 0.98, 0.98), 0.03),
@@ -116,8 +125,12 @@ class _Surgery:
         self.height, self.width = height, width
 
     def noisy(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``pixels`` (uint8) plus Gaussian sensor noise."""
-        noise = rng.normal(0.0, SENSOR_NOISE * 255, pixels.shape)
+        """``pixels`` (uint8) plus Gaussian sensor noise, constant over each grain."""
+        height, width, _ = pixels.shape
+        across = min(width, NOISE_GRAINS_ACROSS)
+        down = max(1, round(height * across / width))
+        grains = rng.normal(0.0, SENSOR_NOISE * 255, (down, across, 3))
+        noise = grains[np.arange(height) * down // height][:, np.arange(width) * across // width]
         return np.clip(pixels + noise, 0, 255).astype(np.uint8)
 
     def overlay(self, t: int) -> tuple[list, tuple]:
@@ -170,3 +183,10 @@ def write_sample_frames(out_dir: str | os.PathLike, videos: int = 4, frames: int
         if surgery:
             surgery.write_annotations(Path(out_dir), f"video{video:02d}")
     return written
+
+
+def write_demo_frames(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, list[Path]]:
+    """The demo's labelled frames (``DEMO_FRAMES`` at ``DEMO_SIZE``): ``out_dir/train``, ``val`` and ``probe``."""
+    height, width = DEMO_SIZE
+    return {name: write_sample_frames(Path(out_dir) / name, videos, frames, height, width, seed, first, labelled=True)
+            for name, (videos, frames, first) in DEMO_FRAMES.items()}
