@@ -50,8 +50,7 @@ TIMM_FLOOR = $(shell sed -n 's/^ *timm>=\([0-9.]*\).*/\1/p' setup.cfg)
 	$(BIN)/python -m pip download $(WHEEL_FLAGS) -d .whl-local $(DEVICE_WHEELS) timm==$(TIMM_FLOOR)
 	touch $@
 
-# Two workers (the suite's subprocesses run on one thread each); a file stays on one worker, so its module fixtures
-# run once.
+# Two workers, one per core of the 2-core CI machine; a file stays on one worker, so its module fixtures run once.
 test: $(STAMP) .whl-local/.complete
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
