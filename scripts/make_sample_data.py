@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import time
 
+from endovit.cli import OneLineParser
 from endovit.data.synthetic import DEMO_FRAMES, DEMO_SIZE, write_demo_frames, write_sample_frames
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     parser.add_argument("--out", required=True, help="folder to write frames/videoNN/*.png into")
     parser.add_argument("--videos", type=int, default=4, help="number of videos")
     parser.add_argument("--frames", type=int, default=50, help="frames per video")
@@ -29,8 +31,11 @@ def main() -> None:
                         help="the demo's labelled frames under --out: " + ", ".join(
                             f"{name}/ ({videos} videos x {frames} from video {first})"
                             for name, (videos, frames, first) in DEMO_FRAMES.items())
-                        + f" at {DEMO_SIZE[0]}x{DEMO_SIZE[1]}; ignores the layout flags")
+                        + f" at {DEMO_SIZE[0]}x{DEMO_SIZE[1]}")
     args = parser.parse_args()
+    layout = ["videos", "frames", "first_video", "height", "width", "labels"]
+    if args.demo and (given := [f"--{name}" for name in layout if getattr(args, name) != parser.get_default(name)]):
+        parser.error(f"--demo sets the frames' layout itself; drop {' '.join(given)}")
     if min(args.videos, args.frames, args.height, args.width) <= 0:
         parser.error("--videos, --frames, --height and --width must be positive")
     start = time.perf_counter()

@@ -53,3 +53,9 @@ def test_the_demo_probes_while_pretraining_and_keeps_the_best(demo):
     assert [int(step) for step, _ in probed] == [0, 105, 210]
     best_step = json.loads((out / "best_probe" / "endovit_config.json").read_text())["step"]
     assert best_step == int(max(probed, key=lambda row: float(row[1]))[0])
+
+
+def test_the_demos_frames_come_in_its_own_layout_only(tmp_path):
+    result = run_script("scripts/make_sample_data.py", "--demo", "--out", str(tmp_path), "--videos", "3", check=False)
+    assert (result.returncode, result.stderr) == (2, "error: --demo sets the frames' layout itself; drop --videos\n")
+    assert not any(tmp_path.iterdir())

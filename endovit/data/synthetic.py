@@ -24,7 +24,7 @@ from PIL import Image
 from endovit.data.cholec80 import PHASES, TOOLS
 from endovit.io import atomic_write_text
 
-__all__ = ["DEMO_FRAMES", "synth_frame", "write_demo_frames", "write_sample_frames"]
+__all__ = ["DEMO_FRAMES", "DEMO_SIZE", "synth_frame", "write_demo_frames", "write_sample_frames"]
 
 SHAFT_TINT = np.array([0.85, 0.87, 0.9])
 SENSOR_NOISE = 0.25  # std of the noise of labelled frames, in [0, 1] units
