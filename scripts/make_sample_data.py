@@ -40,8 +40,8 @@ def main() -> None:
         parser.error("--videos, --frames, --height and --width must be positive")
     start = time.perf_counter()
     if args.demo:
-        written = write_demo_frames(args.out, args.seed)
-        counts = ", ".join(f"{len(paths)} to {args.out}/{name}" for name, paths in written.items())
+        folders = write_demo_frames(args.out, args.seed)
+        counts = ", ".join(f"{len(paths)} to {args.out}/{name}" for name, paths in folders.items())
         print(f"wrote the demo's labelled frames: {counts}, in {time.perf_counter() - start:.1f}s")
         return
     written = write_sample_frames(args.out, args.videos, args.frames, args.height, args.width, args.seed,
