@@ -131,7 +131,7 @@ def record(run, monkeypatch) -> dict:
     average = run.swa_model.update_parameters
 
     def update_parameters(model):
-        seen["swa"].append(run.saver.progress.step)
+        seen["swa"].append(run.progress.step)
         average(model)
 
     run.swa_model.update_parameters = update_parameters
