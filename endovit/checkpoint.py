@@ -121,10 +121,12 @@ class TrainProgress:
         self.step = 0
         self.best_val_loss = float("inf")
         self.best_probe = float("-inf")  # the best value so far of the recipe's probe_best_metric
+        self.best_swa_val_loss = float("inf")  # the lowest validation loss of the SWA average that counts (best_swa/)
 
     def save(self, folder: Path) -> None:
         state = {"step": self.step, "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
-                 "best_probe": self.best_probe if math.isfinite(self.best_probe) else None}
+                 "best_probe": self.best_probe if math.isfinite(self.best_probe) else None,
+                 "best_swa_val_loss": self.best_swa_val_loss if math.isfinite(self.best_swa_val_loss) else None}
         atomic_write_text(folder / self.FILE, json.dumps(state) + "\n")
 
     def load(self, folder: Path) -> None:
@@ -134,6 +136,8 @@ class TrainProgress:
             self.best_val_loss = float("inf") if state["best_val_loss"] is None else float(state["best_val_loss"])
             best_probe = state.get("best_probe")  # absent from checkpoints written before best_probe/ existed
             self.best_probe = float("-inf") if best_probe is None else float(best_probe)
+            best_swa = state.get("best_swa_val_loss")  # absent from checkpoints written before best_swa/ existed
+            self.best_swa_val_loss = float("inf") if best_swa is None else float(best_swa)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{folder / self.FILE}: unreadable training progress ({err}); resume from "
                                   "another checkpoint") from None

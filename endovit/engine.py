@@ -255,9 +255,12 @@ def _train_steps(run, stop: StopRequest) -> int:
         batches = (accelerator.skip_first_batches(run.train_loader, done_in_epoch) if done_in_epoch
                    else run.train_loader)
         for batch in window.timed(batches):
+            # EndoViT's SWA order: the weights before this step's update enter the average
+            if micro_steps == 0 and run.swa_model is not None and schedule.swa_average_before(step):
+                run.swa_model.update_parameters(run.mae)
             # micro-step: lr for this step, masks from (seed, step, micro-step, process), forward and backward
             with accelerator.accumulate(run.model):
-                set_lr(run.optimizer, schedule.lr_at(step))
+                set_lr(run.optimizer, lambda scale: schedule.lr_at(step, scale))
                 noise_generator.manual_seed(sample_seed(recipe.seed, step, micro_steps, accelerator.process_index))
                 images = normalize(batch["pixels"], run.mean, run.std)
                 noise = torch.rand(images.shape[0], run.mae.num_patches, generator=noise_generator,
@@ -276,17 +279,17 @@ def _train_steps(run, stop: StopRequest) -> int:
             if step == first_step and accelerator.is_main_process:
                 bar.write(f"first step done {time.perf_counter() - run.started:.1f}s after start-up began "
                           f"(compiling took {run.compile_seconds:.1f}s)")
-            if run.swa_model is not None and schedule.swa_update_due(step):
+            if run.swa_model is not None and schedule.swa_average_after(step):
                 run.swa_model.update_parameters(run.mae)
             # log: one collective for the loss window
             log_due = step % recipe.log_every_steps == 0 or step == schedule.total_steps
             if log_due:
                 _log_train(run, window, step, bar)
-            # validate (best/ follows the validation loss)
-            if run.val_loader is not None and (step % recipe.val_every_steps == 0 or step == schedule.total_steps):
-                val_loss = validate_run(run, step, bar.write)
+            # validate (best/ follows the validation loss, best_swa/ the SWA average's from best_swa_from_epoch on)
+            if run.val_loader is not None and schedule.val_due(step):
+                val_loss, swa_val_loss = validate_run(run, step, bar.write)
                 run.latest["val/loss"] = val_loss
-                saver.after_validation(step, val_loss)
+                saver.after_validation(step, val_loss, swa_val_loss if schedule.best_swa_counts(step) else None)
             # probe the encoder on labelled frames (every process takes part)
             if run.probe is not None and (step % recipe.probe_every_steps == 0 or step == schedule.total_steps):
                 _log_probe(run, step, bar)
@@ -333,9 +336,9 @@ def _log_probe(run, step: int, bar) -> None:
                                              if "_ap/" not in k))
 
 
-def validate_run(run, step: int, write) -> float:
+def validate_run(run, step: int, write) -> tuple[float, float | None]:
     """Validation loss of the model (and of the SWA average once it has weights): logged, one ``step=`` line;
-    returns the model's loss."""
+    returns both losses (None for SWA's while it has no weights)."""
     recipe, accelerator = run.recipe, run.accelerator
     fixed = dict(loader=run.val_loader, accelerator=accelerator, mean=run.mean, std=run.std,
                  mask_ratio=recipe.mask_ratio, seed=recipe.seed)
@@ -347,4 +350,4 @@ def validate_run(run, step: int, write) -> float:
     accelerator.log(metrics, step=step)
     if accelerator.is_main_process:
         write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.5f}" for k, v in metrics.items()))
-    return val_loss
+    return val_loss, metrics.get("val/loss_swa")

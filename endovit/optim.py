@@ -9,9 +9,12 @@ by layer_decay ** (num_layers - id).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+
+from endovit.swa import averaging_calls, endovit_swa_lr
 
 __all__ = ["NO_WEIGHT_DECAY", "layer_id", "param_groups", "build_optimizer", "lr_at_step", "set_lr"]
 
@@ -60,30 +63,41 @@ def build_optimizer(param_groups: list[dict], lr: float, fused: bool, device: to
     return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.95), **options)
 
 
-def lr_at_step(step: int, steps_per_epoch: int, lr: float, min_lr: float, epochs: int, warmup_epochs: float,
-               swa: bool = False, swa_start_epoch: int = 0, swa_lr: float = 0.0) -> float:
-    """Base lr before optimizer step ``step`` (0-based): linear warmup, then half-cycle cosine to ``min_lr``.
+def lr_at_step(*, step: int, steps_per_epoch: int, lr: float, min_lr: float, epochs: int, warmup_epochs: float,
+               swa: bool = False, swa_start_epoch: int = 0, swa_lr: float = 0.0, swa_every_steps: int = 1,
+               swa_schedule: str = "smooth", lr_scale: float = 1.0) -> float:
+    """The lr of a group with ``lr_scale`` before optimizer step ``step`` (0-based): linear warmup, then half-cycle
+    cosine to ``min_lr``, times ``lr_scale``.
 
     Computed from the fractional epoch ``step / steps_per_epoch`` as in MAE/EndoViT. With SWA, from
-    ``swa_start_epoch`` the lr is cosine-annealed from its value there to ``swa_lr`` over one epoch,
-    then held (torch's SWALR rule, applied per step).
+    ``swa_start_epoch`` on: ``smooth`` cosine-anneals the lr from its value there to ``swa_lr`` over one epoch, per
+    step, then holds it (times ``lr_scale``); ``endovit`` is EndoViT's code exactly (``endovit.swa``: the lr changes
+    only at averaging steps, its layer scale compounding while SWALR anneals, then ``swa_lr * lr_scale``).
     """
-    epoch = step / steps_per_epoch
-
-    def base(e: float) -> float:
+    def base(s: int) -> float:
+        e = s / steps_per_epoch
         if e < warmup_epochs:
             return lr * e / warmup_epochs
         progress = (e - warmup_epochs) / (epochs - warmup_epochs)
         return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
-    if swa and epoch >= swa_start_epoch:
-        anneal = min(1.0, epoch - swa_start_epoch)
-        alpha = (1.0 - math.cos(math.pi * anneal)) / 2.0
-        return swa_lr * alpha + base(swa_start_epoch) * (1.0 - alpha)
-    return base(epoch)
+    swa_first_step = swa_start_epoch * steps_per_epoch
+    if not swa or step < swa_first_step:
+        return base(step) * lr_scale
+    if swa_schedule == "endovit":
+        # SWALR starts from the lr the last pre-SWA step set (the optimizer's initial, unscaled lr at epoch 0)
+        held = base(swa_first_step - 1) * lr_scale if swa_first_step else lr
+        calls = averaging_calls(step=step, steps_per_epoch=steps_per_epoch, swa_start_epoch=swa_start_epoch,
+                                swa_every_steps=swa_every_steps)
+        return endovit_swa_lr(held=held, lr_scale=lr_scale, swa_lr=swa_lr, calls=calls,
+                              anneal_epochs=math.ceil(steps_per_epoch / swa_every_steps))
+    anneal = min(1.0, step / steps_per_epoch - swa_start_epoch)
+    alpha = (1.0 - math.cos(math.pi * anneal)) / 2.0
+    return (swa_lr * alpha + base(swa_first_step) * (1.0 - alpha)) * lr_scale
 
 
-def set_lr(optimizer, lr: float) -> None:
-    """Give every group ``lr * lr_scale``."""
+def set_lr(optimizer, lr: float | Callable[[float], float]) -> None:
+    """Give every group ``lr * lr_scale``, or ``lr(lr_scale)`` when ``lr`` is a function of the group's scale."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        scale = group.get("lr_scale", 1.0)
+        group["lr"] = lr(scale) if callable(lr) else lr * scale

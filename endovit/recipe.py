@@ -66,6 +66,8 @@ class Recipe:
     stats_from_data: bool = setting("data", False, "use the training data's stored mean/std "
                                                    "(scripts/compute_stats.py) instead of mean/std")
     fast_decode: bool = setting("data", True, "reduced-scale JPEG decode + uint8 resize; false = PIL as EndoViT")
+    reshuffle_each_epoch: bool = setting("data", True, "a new frame order every epoch; false = epoch 0's order every "
+                                                       "epoch, as EndoViT's sampler (crops still change)")
     model: str = setting("model", "mae_vit_base_patch16", f"architecture: {', '.join(MODEL_ARCHS)}")
     norm_pix_loss: bool = setting("model", False, "loss on per-patch normalised pixels (EndoViT: false)")
     mask_ratio: float = setting("model", 0.75, "fraction of patches masked")
@@ -94,6 +96,11 @@ class Recipe:
     swa_start_epoch: int = setting("swa", 10, "epoch at which averaging (and the SWA lr) starts")
     swa_every_steps: int = setting("swa", 500, "average every this many optimizer steps (and at each epoch's end)")
     swa_lr: float = setting("swa", 4.0e-4, "lr the SWA phase anneals to over one epoch")
+    swa_schedule: str = setting("swa", "smooth", "smooth (per-step cosine to swa_lr, average after the step) | endovit "
+                                                 "(EndoViT's code: lr changed only at averaging steps, layer scale "
+                                                 "compounding while annealing, average before the step)")
+    best_swa_from_epoch: int = setting("swa", 0, "best_swa/ = the SWA average with the lowest validation loss among "
+                                                 "validations from this epoch on (EndoViT's release: 11)")
     probe_data: str = setting("probe", "", "labelled frames to probe on: a folder (Cholec80 layout), a prepared/"
                                            "save_to_disk dataset or parquet; empty = no probe during pretraining")
     probe_label_format: str = setting("probe", "cholec80_phase", "cholec80_phase | cholec80_tool | csv | column")
@@ -118,6 +125,8 @@ class Recipe:
     probe_best_metric: str = setting("probe", "", "export best_probe/ whenever this probe metric peaks, e.g. "
                                      "knn_avg_map (tools) or knn_avg_acc (phases); empty = no such export")
     val_every_steps: int = setting("run", 500, "validate every this many optimizer steps (and at the end)")
+    val_schedule: str = setting("run", "global", "global (val_every_steps counted over the run) | epoch (counted "
+                                                 "within each epoch, plus at every epoch's end: EndoViT's)")
     val_batch_size: int = setting("run", 0, "validation images per process; 0 = the training micro-batch")
     log_every_steps: int = setting("run", 20, "log loss, lr and speed every this many optimizer steps")
     save_every_steps: int = setting("run", 500, "save the training state every this many optimizer steps")
@@ -197,7 +206,7 @@ class Recipe:
             except ValueError:
                 raise bad("num_workers", "give a number of workers or auto") from None
         for key in ("num_recon_images", "blr", "min_lr", "weight_decay", "swa_start_epoch", "swa_lr",
-                    "val_batch_size") + (
+                    "best_swa_from_epoch", "val_batch_size") + (
                 () if self.num_workers == "auto" else ("num_workers",)):
             if getattr(self, key) < 0:
                 raise bad(key, "must not be negative")
@@ -220,6 +229,7 @@ class Recipe:
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise bad("warmup_epochs", f"must be in [0, epochs={self.epochs})")
         for key, choices in (("mixed_precision", ("auto", "no", "fp16", "bf16")),
+                             ("swa_schedule", ("smooth", "endovit")), ("val_schedule", ("global", "epoch")),
                              ("torch_compile", ("auto", "true", "false")), ("ddp_comm_hook", ("none", "bf16", "fp16"))):
             if getattr(self, key) not in choices:
                 raise bad(key, f"choose {', '.join(choices[:-1])} or {choices[-1]}")

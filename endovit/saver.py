@@ -27,7 +27,8 @@ from endovit.weights import export_info, export_model, exported_step
 __all__ = ["Saver"]
 
 SWA_FILE = "swa_model.safetensors"
-BESTS = ("best", "best_probe")  # exports kept beside the checkpoints, by validation loss and by probe metric
+# exports kept beside the checkpoints: by validation loss, by probe metric, the SWA average by validation loss
+BESTS = ("best", "best_probe", "best_swa")
 
 
 class Saver:
@@ -35,9 +36,10 @@ class Saver:
 
     It is handed, once, what it writes: the model and its SWA average, the run's ``TrainProgress`` (owned by the
     Run, saved and restored here with every checkpoint), the fixed picture frames and the trackers in use; it never
-    reaches into the Run. ``best/`` (lowest validation loss) and ``best_probe/`` (highest ``probe_best_metric``) are
-    exported into the checkpoint folder (which SageMaker syncs and restores) and linked into the output folder, so
-    a restarted job gets them back.
+    reaches into the Run. ``best/`` (lowest validation loss), ``best_probe/`` (highest ``probe_best_metric``) and
+    ``best_swa/`` (the SWA average with the lowest validation loss, EndoViT's released weights) are exported into
+    the checkpoint folder (which SageMaker syncs and restores) and linked into the output folder, so a restarted
+    job gets them back.
     """
 
     def __init__(self, *, recipe, accelerator, mae, swa_model, progress: TrainProgress, run_signature: dict,
@@ -106,15 +108,22 @@ class Saver:
 
     # --- exports --------------------------------------------------------------------------------------------
 
-    def after_validation(self, step: int, val_loss: float) -> None:
-        """Picture of this validation; ``best/`` when the loss improved."""
+    def after_validation(self, step: int, val_loss: float, swa_val_loss: float | None = None) -> None:
+        """Picture of this validation; ``best/`` when the loss improved, ``best_swa/`` when ``swa_val_loss`` (given
+        when it counts) improved."""
         self.last_val_loss = val_loss
         if self.accelerator.is_main_process:
             self.save_picture(step)
             if val_loss < self.progress.best_val_loss:
                 export_model(self.mae, self.checkpoints_dir / "best", self._info(self.mae, step, val_loss))
                 self._restore_best("best")
+            if swa_val_loss is not None and swa_val_loss < self.progress.best_swa_val_loss:
+                swa = self.swa_model.module
+                export_model(swa, self.checkpoints_dir / "best_swa", self._info(swa, step, swa_val_loss))
+                self._restore_best("best_swa")
         self.progress.best_val_loss = min(self.progress.best_val_loss, val_loss)
+        if swa_val_loss is not None:
+            self.progress.best_swa_val_loss = min(self.progress.best_swa_val_loss, swa_val_loss)
 
     def after_probe(self, step: int, metrics: dict[str, float]) -> None:
         """``best_probe/`` when the recipe's ``probe_best_metric`` rose (the init, probed at step 0, never counts)."""
@@ -150,8 +159,8 @@ class Saver:
     def finish(self, step: int, *, hparams: dict, metrics: dict[str, float]) -> dict[str, Path | None]:
         """Final weights (and SWA's) into the output folder, the recipe's ``hparams`` beside the newest ``metrics``
         in TensorBoard's HParams tab; returns what exists, by name."""
-        written: dict[str, Path | None] = {"weights": None, "best": None, "best_probe": None, "swa": None,
-                                           "picture": None}
+        written: dict[str, Path | None] = {"weights": None, "best": None, "best_probe": None, "best_swa": None,
+                                           "swa": None, "picture": None}
         if not self.accelerator.is_main_process:
             return written
         mae, swa_model = self.mae, self.swa_model

@@ -40,6 +40,7 @@ from endovit.probes import Probe, ProbeSettings, build_probe, metric_names
 from endovit.probes.metrics import score_names
 from endovit.recipe import Recipe
 from endovit.saver import Saver
+from endovit.swa import best_swa_counts
 from endovit.validation import picture_batch
 from endovit.weights import load_pretrained
 
@@ -61,10 +62,13 @@ class Schedule:
     def last_step(self) -> int:
         return min(self.total_steps, self.recipe.stop_at_step or self.total_steps)
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, lr_scale: float = 1.0) -> float:
+        """The lr of a group with ``lr_scale`` before optimizer step ``step`` (0-based)."""
         r = self.recipe
-        return lr_at_step(step, self.steps_per_epoch, r.peak_lr, r.min_lr, r.epochs, r.warmup_epochs, r.swa,
-                          r.swa_start_epoch, r.swa_lr)
+        return lr_at_step(step=step, steps_per_epoch=self.steps_per_epoch, lr=r.peak_lr, min_lr=r.min_lr,
+                          epochs=r.epochs, warmup_epochs=r.warmup_epochs, swa=r.swa, swa_start_epoch=r.swa_start_epoch,
+                          swa_lr=r.swa_lr, swa_every_steps=r.swa_every_steps, swa_schedule=r.swa_schedule,
+                          lr_scale=lr_scale)
 
     def swa_update_due(self, step: int) -> bool:
         """SWA averages every ``swa_every_steps`` and at each epoch's end, from ``swa_start_epoch`` on."""
@@ -72,6 +76,29 @@ class Schedule:
         epoch_step = step - epoch * self.steps_per_epoch
         return epoch >= self.recipe.swa_start_epoch and (
             epoch_step % self.recipe.swa_every_steps == 0 or epoch_step == self.steps_per_epoch)
+
+    def swa_average_before(self, step: int) -> bool:
+        """Whether the weights after ``step`` steps enter the average before optimizer step ``step`` runs (EndoViT's
+        order: the average never holds the weights of an averaging step itself)."""
+        return self.recipe.swa_schedule == "endovit" and self.swa_update_due(step + 1)
+
+    def swa_average_after(self, step: int) -> bool:
+        """Whether the weights after optimizer step ``step`` enter the average (the smooth schedule's order)."""
+        return self.recipe.swa_schedule != "endovit" and self.swa_update_due(step)
+
+    def val_due(self, step: int) -> bool:
+        """Validate after ``step`` steps: every ``val_every_steps`` of the run (``global``) or of each epoch plus at each
+        epoch's end (``epoch``, EndoViT's); always at the schedule's end."""
+        every = self.recipe.val_every_steps
+        if self.recipe.val_schedule == "epoch":
+            epoch_step = step - (step - 1) // self.steps_per_epoch * self.steps_per_epoch
+            return epoch_step % every == 0 or epoch_step == self.steps_per_epoch
+        return step % every == 0 or step == self.total_steps
+
+    def best_swa_counts(self, step: int) -> bool:
+        """Whether a validation after ``step`` steps may make ``best_swa/`` (``best_swa_from_epoch`` on)."""
+        return best_swa_counts(step=step, steps_per_epoch=self.steps_per_epoch,
+                               best_swa_from_epoch=self.recipe.best_swa_from_epoch)
 
 
 @dataclass
@@ -254,7 +281,8 @@ def build_run(recipe: Recipe) -> Run:
                                 recipe.fused_optimizer, accelerator.device)
     train_loader = build_train_loader(data.train, img_size=recipe.img_size, crop_scale=recipe.crop_scale,
                                       batch_size=micro_batch, seed=recipe.seed, num_workers=settings.num_workers,
-                                      mix=data.mix, fast_decode=recipe.fast_decode)
+                                      mix=data.mix, fast_decode=recipe.fast_decode,
+                                      reshuffle=recipe.reshuffle_each_epoch)
     val_loader = (build_val_loader(data.val, recipe.img_size, recipe.val_batch_size or micro_batch,
                                    settings.num_workers) if data.val is not None else None)
     model, optimizer, train_loader = accelerator.prepare(mae, optimizer, train_loader)

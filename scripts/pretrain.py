@@ -71,6 +71,8 @@ def pretrain(recipe: Recipe) -> int:
                 lines.append(f"  best by probe:  {written['best_probe']} ({recipe.probe_best_metric})")
             if written["swa"]:
                 lines.append(f"  swa average:    {written['swa']}")
+            if written["best_swa"]:
+                lines.append(f"  best swa:       {written['best_swa']} (SWA average, lowest val loss)")
             lines += [f"  checkpoints:    {recipe.checkpoints_path} (resume with --resume auto)",
                       f"  tensorboard:    tensorboard --logdir {recipe.logging_path}",
                       f"  reconstruction: {written['picture'] or 'off (--num_recon_images 0)'}"]

@@ -108,3 +108,16 @@ def test_train_loader_order_is_a_fixed_permutation_per_epoch(frames_dir):
     assert epoch_indices(0) == first and epoch_indices(1) != first
     batch = next(iter(loader))
     assert batch["pixels"].dtype == torch.uint8 and batch["pixels"].shape == (4, 3, 32, 32)
+
+
+def test_without_reshuffling_every_epoch_has_epoch_0s_order_and_new_crops(frames_dir):
+    """EndoViT's sampler never gets set_epoch: one order for the whole run (reshuffle_each_epoch false)."""
+    loader = build_train_loader(load_frames(frames_dir), img_size=[32, 32], crop_scale=[0.6, 1.0], batch_size=4,
+                                seed=1, num_workers=0, reshuffle=False)
+    epochs = []
+    for epoch in (0, 1, 2):
+        loader.sampler.set_epoch(epoch)
+        epochs.append([(i, pixels) for batch in loader for i, pixels in zip(batch["index"].tolist(), batch["pixels"])])
+    orders = [[i for i, _ in epoch] for epoch in epochs]
+    assert orders[0] == orders[1] == orders[2] and sorted(orders[0]) == list(range(16))
+    assert not torch.equal(epochs[0][0][1], epochs[1][0][1])  # the same frame first, cropped anew

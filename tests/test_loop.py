@@ -81,7 +81,8 @@ def test_every_micro_batch_draws_its_own_masks(unbroken):
 
 def test_lr_applied_at_every_step_is_the_schedules(unbroken):
     seen = unbroken["seen"]
-    expected = [lr_at_step(s, 4, 1e-3, 1e-4, 3, 1.0, swa=True, swa_start_epoch=1, swa_lr=5e-4) for s in range(12)]
+    expected = [lr_at_step(step=s, steps_per_epoch=4, lr=1e-3, min_lr=1e-4, epochs=3, warmup_epochs=1.0, swa=True,
+                           swa_start_epoch=1, swa_lr=5e-4) for s in range(12)]
     for (step, group_lrs), lr in zip(seen["lr"], expected, strict=True):
         assert group_lrs == pytest.approx([lr] * len(group_lrs), rel=1e-9, abs=1e-15), f"step {step}"
     # by hand: warmup 0 -> 1e-3 over epoch 0; at epoch 1 (warmup's end, cosine at its peak) the SWA anneal starts

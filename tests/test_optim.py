@@ -48,27 +48,27 @@ def test_no_weight_decay_for_biases_norms_tokens(base_groups):
 
 def test_schedule_warmup_then_half_cycle_cosine():
     kwargs = dict(steps_per_epoch=100, lr=1.5e-3, min_lr=1e-6, epochs=15, warmup_epochs=1.0)
-    assert lr_at_step(0, **kwargs) == 0.0
-    assert lr_at_step(50, **kwargs) == pytest.approx(0.75e-3)
-    assert lr_at_step(100, **kwargs) == pytest.approx(1.5e-3)
+    assert lr_at_step(step=0, **kwargs) == 0.0
+    assert lr_at_step(step=50, **kwargs) == pytest.approx(0.75e-3)
+    assert lr_at_step(step=100, **kwargs) == pytest.approx(1.5e-3)
     midpoint = 100 + 700
-    assert lr_at_step(midpoint, **kwargs) == pytest.approx(1e-6 + (1.5e-3 - 1e-6) * 0.5)
-    assert lr_at_step(1500, **kwargs) == pytest.approx(1e-6)
+    assert lr_at_step(step=midpoint, **kwargs) == pytest.approx(1e-6 + (1.5e-3 - 1e-6) * 0.5)
+    assert lr_at_step(step=1500, **kwargs) == pytest.approx(1e-6)
     step = 937
     progress = (step / 100 - 1.0) / 14.0
     expected = 1e-6 + (1.5e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * progress))
-    assert lr_at_step(step, **kwargs) == pytest.approx(expected)
+    assert lr_at_step(step=step, **kwargs) == pytest.approx(expected)
 
 
 def test_swa_anneals_to_swa_lr_over_one_epoch_then_holds():
     kwargs = dict(steps_per_epoch=100, lr=1.5e-3, min_lr=1e-6, epochs=15, warmup_epochs=1.0,
                   swa=True, swa_start_epoch=10, swa_lr=4e-4)
-    at_start = lr_at_step(1000, **{**kwargs, "swa": False})
-    assert lr_at_step(999, **kwargs) == lr_at_step(999, **{**kwargs, "swa": False})
-    assert lr_at_step(1000, **kwargs) == pytest.approx(at_start)
-    assert lr_at_step(1050, **kwargs) == pytest.approx((at_start + 4e-4) / 2)
-    assert lr_at_step(1100, **kwargs) == pytest.approx(4e-4)
-    assert lr_at_step(1499, **kwargs) == pytest.approx(4e-4)
+    at_start = lr_at_step(step=1000, **{**kwargs, "swa": False})
+    assert lr_at_step(step=999, **kwargs) == lr_at_step(step=999, **{**kwargs, "swa": False})
+    assert lr_at_step(step=1000, **kwargs) == pytest.approx(at_start)
+    assert lr_at_step(step=1050, **kwargs) == pytest.approx((at_start + 4e-4) / 2)
+    assert lr_at_step(step=1100, **kwargs) == pytest.approx(4e-4)
+    assert lr_at_step(step=1499, **kwargs) == pytest.approx(4e-4)
 
 
 def test_set_lr_applies_layer_scale():

@@ -20,6 +20,9 @@ def test_endovit_seg_matches_the_published_pretraining_config():
     assert (recipe.seed, recipe.val_every_steps, recipe.img_size, recipe.crop_scale) == (1665, 500, [224, 224],
                                                                                           [0.6, 1.0])
     assert (recipe.swa, recipe.swa_start_epoch, recipe.swa_every_steps, recipe.swa_lr) == (True, 10, 500, 4e-4)
+    # what EndoViT's code does beyond its config (docs/differences.md)
+    assert (recipe.swa_schedule, recipe.best_swa_from_epoch, recipe.val_schedule, recipe.reshuffle_each_epoch) == (
+        "endovit", 11, "epoch", False)
 
 
 def test_cli_overrides_take_explicit_values():
@@ -81,6 +84,8 @@ def test_recipe_file_by_path_and_unknown_key(tmp_path):
     (["--weight_decay", "inf"], "--weight_decay inf: must be a finite number"),
     (["--std", "a,b,c"], "--std ['a', 'b', 'c']: give numbers"),
     (["--swa_lr", "-1"], "--swa_lr -1.0: must not be negative"),
+    (["--swa_schedule", "exact"], "--swa_schedule 'exact': choose smooth or endovit"),
+    (["--val_schedule", "step"], "--val_schedule 'step': choose global or epoch"),
 ])
 def test_bad_values_name_the_flag(flags, message):
     with pytest.raises(RecipeError) as err:

@@ -83,16 +83,18 @@ def _loader_options(num_workers: int) -> dict:
 
 
 def build_train_loader(frames: datasets.Dataset, *, img_size, crop_scale, batch_size: int, seed: int,
-                       num_workers: int, mix: SourceMix | None = None, fast_decode: bool = False) -> DataLoader:
+                       num_workers: int, mix: SourceMix | None = None, fast_decode: bool = False,
+                       reshuffle: bool = True) -> DataLoader:
     """Shuffled, augmented, ``drop_last`` loader of per-process micro-batches (call ``sampler.set_epoch``).
 
     ``mix`` (from ``combine_sources``) says how the sources are drawn each epoch; without it, ``frames`` is one
     source seen once per epoch. ``fast_decode`` selects the fast decode and resize path (see ``transforms``),
-    otherwise PIL exactly as EndoViT.
+    otherwise PIL exactly as EndoViT. ``reshuffle=False`` keeps epoch 0's order in every epoch (EndoViT's sampler
+    never gets ``set_epoch``); the crops still change with the epoch.
     """
     transform = TrainTransform(tuple(img_size), tuple(crop_scale), fast=fast_decode)
     dataset = TrainFrames(frames, transform, seed)
-    sampler = MixSampler(mix or SourceMix(("frames",), (len(dataset),)), seed)
+    sampler = MixSampler(mix or SourceMix(("frames",), (len(dataset),)), seed, reshuffle=reshuffle)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                       **_loader_options(num_workers))
 

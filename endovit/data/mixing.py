@@ -101,11 +101,13 @@ def combine_sources(sources: Sequence[Source], weights: Sequence[float] | None =
 class MixSampler(Sampler):
     """Yields ``(epoch, index, draw)`` for the draws of one epoch; depends only on (seed, epoch).
 
-    ``draw`` numbers the passes over a source drawn more often than its size, so repeats get new crops."""
+    ``draw`` numbers the passes over a source drawn more often than its size, so repeats get new crops. Without
+    ``reshuffle`` every epoch draws epoch 0's order (and picks), while its keys still carry the epoch (new crops)."""
 
-    def __init__(self, mix: SourceMix, seed: int):
+    def __init__(self, mix: SourceMix, seed: int, reshuffle: bool = True):
         self.mix = mix
         self.seed = seed
+        self.reshuffle = reshuffle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -115,7 +117,7 @@ class MixSampler(Sampler):
         return self.mix.total
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch if self.reshuffle else 0))
         parts, pass_numbers = [], []
         for offset, size, draws in zip(self.mix.offsets, self.mix.sizes, self.mix.draws, strict=True):
             passes, rest = divmod(draws, size)
