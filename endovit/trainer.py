@@ -258,15 +258,17 @@ def build_run(recipe: Recipe) -> Run:
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     mae = accelerator.unwrap_model(model)
+    device = accelerator.device
+    mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
     model, compile_seconds = compile_model(
-        model, compile_trial(accelerator, model, mae.num_patches, micro_batch, recipe.img_size, recipe.mask_ratio),
+        model, compile_trial(accelerator, model, mae.num_patches, micro_batch, recipe.img_size, recipe.mask_ratio,
+                             pixel_stats=(mean, std)),
         settings.torch_compile)
     # schedule, SWA, pictures, saver; then the checkpoint to continue from
     schedule = Schedule(recipe, math.ceil(len(train_loader) / recipe.grad_accum_steps))
-    device = accelerator.device
     run = Run(recipe, accelerator, settings, data, mae, model, optimizer, train_loader, val_loader, schedule,
-              mean=torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1),
-              std=torch.tensor(recipe.std, device=device).view(1, -1, 1, 1),
+              mean=mean, std=std,
               swa_model=AveragedModel(mae) if recipe.swa else None, compile_seconds=compile_seconds, started=started,
               graphs_after_trial=compiled_graphs(), lock=lock)
     run.saver = Saver(run, {"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa,
