@@ -20,6 +20,7 @@ from endovit.hardware import measured_cpu_precision, resolve_mixed_precision
 from endovit.models.attention import sdpa_backend, use_timm045_attention
 from endovit.models.mae import create_mae
 from endovit.prefetch import prefetched
+from endovit.profiling import profile_buckets
 from endovit.optim import build_optimizer, param_groups
 from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
 
@@ -56,6 +57,7 @@ class BenchConfig:
     compile_mode: str | None = None  # torch.compile's mode: None (default), max-autotune-no-cudagraphs, ...
     coordinate_descent: bool = False  # inductor's coordinate-descent kernel tuning
     prefetch: bool = False  # copy the next host batch on a side stream (CUDA; with host batches)
+    profile_steps: int = 0  # then profile this many steps after the timed ones (``endovit.profiling``)
 
 
 EXACT_LEVERS = ("normalize_in_forward", "loss_only", "kept_patch_embed", "gather_unshuffle")
@@ -203,10 +205,12 @@ def _run_benchmark(config: BenchConfig, device: torch.device, batches, peak_tflo
     _synchronize(accelerator.device)
     elapsed = events[0].elapsed_time(events[1]) / 1000 if cuda else time.perf_counter() - start
     host_syncs = None if config.sync_every_step else _host_syncs_per_step(step, next_batch, accelerator.device)
+    profile = profile_buckets(step, next_batch, accelerator.device, config.profile_steps) if config.profile_steps \
+        else None
 
     timings = {"elapsed": elapsed, "data_wait": data_wait, "compile_seconds": compile_seconds,
                "recompiles": compiled_graphs() - graphs_after_trial if model is not mae else None,
-               "host_syncs": host_syncs, "losses": losses}
+               "host_syncs": host_syncs, "losses": losses, "profile": profile}
     peak = peak_tflops if peak_tflops is not None else peak_tflops_of(accelerator.device, precision)
     return _result(config, mae, model, accelerator.device, precision, peak, batches is None, timings)
 
@@ -281,6 +285,7 @@ def _result(config: BenchConfig, mae, model, device: torch.device, precision: st
         "loss_first": round(t["losses"][0].item(), 5),
         "loss_last": round(t["losses"][-1].item(), 5),
         "loss_trace": [round(v, 6) for v in torch.stack(t["losses"]).tolist()],
+        **({"profile": t["profile"]} if t.get("profile") else {}),
     }
 
 
