@@ -34,6 +34,7 @@ class BenchConfig:
 
     name: str = "endovit"
     model: str = "mae_vit_base_patch16"
+    model_overrides: dict = field(default_factory=dict)  # architecture changes, e.g. {"depth": 1} for rehearsals
     img_size: list = field(default_factory=lambda: [224, 224])
     batch_size: int = 8
     mask_ratio: float = 0.75
@@ -139,7 +140,7 @@ def _run_benchmark(config: BenchConfig, device: torch.device, batches, peak_tflo
         precision = "fp16" if device.type == "cuda" else "no"
     accelerator = _fresh_accelerator(precision, device)
     torch.manual_seed(config.seed)
-    mae = create_mae(config.model, img_size=tuple(config.img_size))
+    mae = create_mae(config.model, img_size=tuple(config.img_size), **config.model_overrides)
     mae.kept_patch_embed, mae.gather_unshuffle = config.kept_patch_embed, config.gather_unshuffle
     if config.attention == "timm045":
         use_timm045_attention(mae)

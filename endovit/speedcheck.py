@@ -33,7 +33,8 @@ FULL = {"model": "mae_vit_base_patch16", "img_size": 224, "batch_size": 256, "st
 REHEARSAL = {"model": "mae_vit_tiny_patch16", "img_size": 32, "batch_size": 4, "steps": 3, "ab_steps": 2,
              "warmup": 1, "attention_shapes": [[2, 3, 2, 64], [2, 4, 5, 32]], "sdpa_iters": 2,
              "anchor_model": "vit_tiny_patch16_224", "anchor_classes": 10, "backend": "eager", "precision": "no",
-             "budget_seconds": 120}
+             "budget_seconds": 120, "model_overrides": {"depth": 1, "decoder_depth": 1},
+             "anchor_overrides": {"depth": 1}}
 GPU_BACKENDS = ("flash", "cudnn", "efficient")
 
 
@@ -113,7 +114,8 @@ def timm_vit_anchor(sizes: dict, device: torch.device) -> dict:
 
     torch.manual_seed(0)
     size, batch = sizes["img_size"], sizes["batch_size"]
-    model = timm.create_model(sizes["anchor_model"], img_size=size, num_classes=sizes["anchor_classes"]).to(device)
+    model = timm.create_model(sizes["anchor_model"], img_size=size, num_classes=sizes["anchor_classes"],
+                              **sizes.get("anchor_overrides", {})).to(device)
     with FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, size, size, device=device))
     flops = 3 * counter.get_total_flops()
@@ -146,7 +148,8 @@ def timm_vit_anchor(sizes: dict, device: torch.device) -> dict:
 def _ours(sizes: dict, steps_key: str = "steps", **changes) -> BenchConfig:
     config = BenchConfig(name="endovit", model=sizes["model"], img_size=[sizes["img_size"]] * 2,
                          batch_size=sizes["batch_size"], mixed_precision=sizes["precision"], torch_compile=True,
-                         compile_backend=sizes["backend"], steps=sizes[steps_key], warmup=sizes["warmup"])
+                         compile_backend=sizes["backend"], steps=sizes[steps_key], warmup=sizes["warmup"],
+                         model_overrides=sizes.get("model_overrides", {}))
     return replace(config, **changes)
 
 
