@@ -19,12 +19,13 @@ from endovit.flops import train_flops
 from endovit.hardware import measured_cpu_precision, resolve_mixed_precision
 from endovit.models.attention import sdpa_backend, use_timm045_attention
 from endovit.models.mae import create_mae
+from endovit.optim import build_optimizer, param_groups
 from endovit.prefetch import prefetched
 from endovit.profiling import profile_buckets
-from endovit.optim import build_optimizer, param_groups
 from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
 
-__all__ = ["BenchConfig", "EXACT_LEVERS", "baseline_of", "endovit_as_ran_of", "host_batches", "run_benchmark", "run_probe_benchmark", "endovit_loader", "endovit_batches",
+__all__ = ["BenchConfig", "EXACT_LEVERS", "baseline_of", "endovit_as_ran_of", "host_batches", "run_benchmark",
+           "run_probe_benchmark", "endovit_loader", "endovit_batches",
            "our_batches"]
 
 MEAN, STD = ENDOVIT_MEAN, ENDOVIT_STD

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from endovit.benchmark import (EXACT_LEVERS, BenchConfig, baseline_of, endovit_as_ran_of, endovit_batches, our_batches,
-                               run_benchmark)
+from endovit.benchmark import EXACT_LEVERS, BenchConfig, baseline_of, endovit_as_ran_of, endovit_batches, our_batches
+from endovit.benchmark import run_benchmark
 from endovit.models.attention import SDPA_BACKENDS
 
 COLUMNS = [("name", "config", 28), ("precision", "prec", 5), ("compiled", "compiled", 8),
