@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from endovit.benchmark import EXACT_LEVERS, BenchConfig, baseline_of, endovit_as_ran_of, endovit_batches, our_batches
-from endovit.benchmark import run_benchmark
+from endovit import benchmark as bench
+from endovit.benchmark import BenchConfig, baseline_of, endovit_as_ran_of, endovit_batches, our_batches, run_benchmark
 from endovit.models.attention import SDPA_BACKENDS
 
 COLUMNS = [("name", "config", 28), ("precision", "prec", 5), ("compiled", "compiled", 8),
@@ -37,7 +37,7 @@ def build_configs(names: list[str], base: BenchConfig) -> list[BenchConfig]:
         "endovit_fp32": replace(base, name="endovit_fp32", mixed_precision="no"),
         "endovit_bf16": replace(base, name="endovit_bf16", mixed_precision="bf16"),
         "endovit_compiled": replace(base, name="endovit_compiled", torch_compile=True),
-        "endovit_official": replace(base, name="endovit_official", **dict.fromkeys(EXACT_LEVERS, False)),
+        "endovit_official": replace(base, name="endovit_official", **dict.fromkeys(bench.EXACT_LEVERS, False)),
         "baseline": baseline_of(base),
         "endovit_as_ran": endovit_as_ran_of(base),
     }
