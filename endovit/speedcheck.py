@@ -29,7 +29,7 @@ __all__ = ["FULL", "REHEARSAL", "versions", "sdpa_microbenchmark", "timm_vit_anc
 FULL = {"model": "mae_vit_base_patch16", "img_size": 224, "batch_size": 256, "steps": 100, "ab_steps": 50,
         "warmup": 5, "attention_shapes": [[256, 12, 50, 64], [256, 16, 197, 32]], "sdpa_iters": 20,
         "anchor_model": "vit_base_patch16_224", "anchor_classes": 1000, "backend": "inductor", "precision": "auto",
-        "budget_seconds": 420}
+        "budget_seconds": 300}  # no item starts later: the slowest (a max-autotune compile) then still fits in 8 min
 REHEARSAL = {"model": "mae_vit_tiny_patch16", "img_size": 32, "batch_size": 4, "steps": 3, "ab_steps": 2,
              "warmup": 1, "attention_shapes": [[2, 3, 2, 64], [2, 4, 5, 32]], "sdpa_iters": 2,
              "anchor_model": "vit_tiny_patch16_224", "anchor_classes": 10, "backend": "eager", "precision": "no",
