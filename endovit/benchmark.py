@@ -22,7 +22,8 @@ from endovit.models.mae import create_mae
 from endovit.optim import build_optimizer, param_groups
 from endovit.prefetch import prefetched
 from endovit.profiling import profile_buckets
-from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
+from endovit.recipe import Recipe
+from endovit.recipes import ENDOVIT_MEAN, ENDOVIT_STD
 
 __all__ = ["BenchConfig", "EXACT_LEVERS", "baseline_of", "endovit_as_ran_of", "host_batches", "run_benchmark",
            "run_probe_benchmark", "endovit_loader", "endovit_batches",
@@ -174,7 +175,7 @@ def _run_benchmark(config: BenchConfig, device: torch.device, batches, peak_tflo
     trial = compile_trial(accelerator, model, mae.num_patches, config.batch_size, config.img_size, config.mask_ratio,
                           pixel_stats=stats, loss_only=config.loss_only)
     model, compile_seconds = compile_model(model, trial, config.torch_compile, config.compile_backend,
-                                           config.compile_mode, config.coordinate_descent)
+                                           mode=config.compile_mode, coordinate_descent=config.coordinate_descent)
     graphs_after_trial = compiled_graphs()
     source = None if batches is None else iter(batches)
     if source is not None and config.prefetch:
@@ -325,6 +326,7 @@ def our_batches(frames_dir: str, img_size, batch_size: int, num_workers: int):
     """Our input pipeline (the one pretrain.py uses) over the same frames. Yields uint8 batches."""
     from endovit.data import build_train_loader, load_frames
 
-    loader = build_train_loader(load_frames(frames_dir), img_size, [0.6, 1.0], batch_size, seed=0,
+    loader = build_train_loader(load_frames(frames_dir), img_size=img_size, crop_scale=[0.6, 1.0],
+                                batch_size=batch_size, seed=0,
                                 num_workers=num_workers, fast_decode=Recipe.fast_decode)
     return _cycle(loader, loader.sampler.set_epoch)

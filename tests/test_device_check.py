@@ -12,14 +12,16 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import REPO
+from helpers.scripts import REPO
 
 # What the GPU machine's image has (from the device tool's KINDS.md), as far as endovit touches it; their own
 # requirements come along. It has no datasets, dill or multiprocess: the check brings those as wheels.
 GPU_IMAGE = ["accelerate", "torch", "torchvision", "timm", "safetensors", "tensorboard", "numpy", "pyarrow", "pillow",
              "pyyaml", "tqdm", "psutil", "fsspec", "filelock", "pandas", "xxhash", "packaging", "pip", "setuptools"]
 NOT_IN_IMAGE = {"datasets", "dill", "multiprocess"}
+pytestmark = pytest.mark.wheels  # run by `make test-wheels` (and .ci/run), not by `make test`
 WHEELS = REPO / ".whl-local"
 
 
@@ -83,10 +85,9 @@ def test_speed_check_parts_rehearse_on_the_cpu(tmp_path):
     """Both parts of the step's speed check run end to end on tiny sizes and write every section."""
     from endovit.profiling import BUCKETS
 
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "scripts/device_check.py", "--cpu_rehearsal", "--part", "ab", "--out",
-                             str(tmp_path)], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+                             str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     a = json.loads((tmp_path / "speed_a.json").read_text())
     assert a["versions"]["torch"] == torch.__version__ and set(a["sdpa_choice"]) == {"2x3x2x64", "2x4x5x32"}
