@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 TINY_TRAINING = [
     "--recipe", "demo", "--model", "mae_vit_tiny_patch16", "--img_size", "32", "--num_workers", "0",
