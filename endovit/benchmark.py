@@ -5,7 +5,7 @@ import math
 import resource
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -17,12 +17,16 @@ from endovit.engine import compile_model, compile_trial, compiled_graphs, sdpa_a
 from endovit.flops import peak_tflops as peak_tflops_of
 from endovit.flops import train_flops
 from endovit.hardware import measured_cpu_precision, resolve_mixed_precision
+from endovit.models.attention import sdpa_backend, use_timm045_attention
 from endovit.models.mae import create_mae
 from endovit.optim import build_optimizer, param_groups
+from endovit.prefetch import prefetched
+from endovit.profiling import profile_buckets
 from endovit.recipe import Recipe
 from endovit.recipes import ENDOVIT_MEAN, ENDOVIT_STD
 
-__all__ = ["BenchConfig", "baseline_of", "run_benchmark", "run_probe_benchmark", "endovit_loader", "endovit_batches",
+__all__ = ["BenchConfig", "EXACT_LEVERS", "baseline_of", "endovit_as_ran_of", "host_batches", "run_benchmark",
+           "run_probe_benchmark", "endovit_loader", "endovit_batches",
            "our_batches"]
 
 MEAN, STD = ENDOVIT_MEAN, ENDOVIT_STD
@@ -32,6 +36,7 @@ class BenchConfig:
 
     name: str = "endovit"
     model: str = "mae_vit_base_patch16"
+    model_overrides: dict = field(default_factory=dict)  # architecture changes, e.g. {"depth": 1} for rehearsals
     img_size: list = field(default_factory=lambda: [224, 224])
     batch_size: int = 8
     mask_ratio: float = 0.75
@@ -44,13 +49,35 @@ class BenchConfig:
     steps: int = 10
     warmup: int = 3
     seed: int = 0
+    # exact levers (same loss and gradients to float rounding), on by default
+    normalize_in_forward: bool = True  # uint8 pixels into the (compiled) forward, no eager fp32 pass before it
+    loss_only: bool = True  # the training forward returns the loss alone (nothing for accelerate to convert)
+    kept_patch_embed: bool = True  # embed the kept patches only
+    gather_unshuffle: bool = True  # the decoder unshuffle's backward as a gather
+    # GPU-dependent choices
+    attention: str = "timm"  # "timm045": EndoViT's explicit attention (q @ k^T * scale, softmax, @ v)
+    sdpa_backend: str = "auto"  # auto, flash, cudnn, efficient, math (see endovit.models.attention)
+    compile_mode: str | None = None  # torch.compile's mode: None (default), max-autotune-no-cudagraphs, ...
+    coordinate_descent: bool = False  # inductor's coordinate-descent kernel tuning
+    prefetch: bool = False  # copy the next host batch on a side stream (CUDA; with host batches)
+    profile_steps: int = 0  # then profile this many steps after the timed ones (``endovit.profiling``)
+
+
+EXACT_LEVERS = ("normalize_in_forward", "loss_only", "kept_patch_embed", "gather_unshuffle")
 
 
 def baseline_of(config: BenchConfig) -> BenchConfig:
-    """The same step with every optimisation off, as EndoViT runs it."""
+    """EndoViT's settings on current timm: the same step with every optimisation off (fused SDPA attention stays,
+    as today's timm Block computes it)."""
     return BenchConfig(**{**asdict(config), "name": "baseline (EndoViT settings)", "mixed_precision": "no",
                           "torch_compile": False, "fused_optimizer": False, "grad_scaler_fp16": True,
-                          "sync_every_step": True})
+                          "sync_every_step": True, "compile_mode": None, "coordinate_descent": False,
+                          "sdpa_backend": "auto", "prefetch": False, **dict.fromkeys(EXACT_LEVERS, False)})
+
+
+def endovit_as_ran_of(config: BenchConfig) -> BenchConfig:
+    """EndoViT's code path as it ran (timm 0.4.5, torch 1.13): ``baseline_of`` with explicit attention."""
+    return replace(baseline_of(config), name="EndoViT code as it ran", attention="timm045")
 
 
 def _fresh_accelerator(mixed_precision: str, device: torch.device) -> Accelerator:
@@ -81,20 +108,46 @@ def _host_syncs_per_step(step, next_batch, device: torch.device, steps: int = 2)
     return sum("called a synchronizing" in str(w.message) for w in caught) / steps
 
 
+def host_batches(shape, count: int = 4, seed: int = 0):
+    """Endless uint8 batches in host memory (pinned where CUDA is), cycling through ``count`` of them: the
+    host-to-device copy of every step without a DataLoader's cost."""
+    generator = torch.Generator().manual_seed(seed)
+    pinned = torch.cuda.is_available()
+    pool = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator) for _ in range(count)]
+    pool = [b.pin_memory() for b in pool] if pinned else pool
+    while True:
+        for pixels in pool:
+            yield {"pixels": pixels}
+
+
+def _uses_cudagraphs(config: BenchConfig) -> bool:
+    return config.torch_compile and config.compile_mode in ("max-autotune", "reduce-overhead")
+
+
 def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_tflops: float | None = None) -> dict:
     """Time ``config.steps`` optimizer steps after ``config.warmup`` and return every figure as a dict.
 
-    ``batches`` iterates dicts with uint8 ``pixels`` (normalised on the device, as in pretrain.py) or
-    already normalised float ``images``; by default one random uint8 batch already on the device is
-    reused, so only the step is timed.
+    ``batches`` iterates dicts with uint8 ``pixels`` (normalised on the device, in the forward unless
+    ``normalize_in_forward`` is off) or already normalised float ``images``; by default one random uint8 batch
+    already on the device is reused, so only the step is timed. On CUDA the timed loop is measured with CUDA events.
     """
+    with sdpa_backend(config.sdpa_backend):  # active while compiling: the backend is chosen at trace time
+        return _run_benchmark(config, device, batches, peak_tflops)
+
+
+def _run_benchmark(config: BenchConfig, device: torch.device, batches, peak_tflops: float | None) -> dict:
     precision, _ = resolve_mixed_precision(config.mixed_precision, device, lambda: measured_cpu_precision(
         config.model, config.img_size, config.batch_size))
     if config.grad_scaler_fp16:
         precision = "fp16" if device.type == "cuda" else "no"
     accelerator = _fresh_accelerator(precision, device)
     torch.manual_seed(config.seed)
-    mae = create_mae(config.model, img_size=tuple(config.img_size))
+    mae = create_mae(config.model, img_size=tuple(config.img_size), **config.model_overrides)
+    mae.kept_patch_embed, mae.gather_unshuffle = config.kept_patch_embed, config.gather_unshuffle
+    if config.attention == "timm045":
+        use_timm045_attention(mae)
+    elif config.attention != "timm":
+        raise ValueError(f"attention {config.attention!r}: choose timm or timm045")
     optimizer = build_optimizer(param_groups(mae, 0.05, 0.75), 1e-4, config.fused_optimizer, accelerator.device)
     model, optimizer = accelerator.prepare(mae, optimizer)
     mae = accelerator.unwrap_model(model)
@@ -102,45 +155,65 @@ def run_benchmark(config: BenchConfig, device: torch.device, batches=None, peak_
     shape = (config.batch_size, 3, *config.img_size)
     fixed_batch = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator, device=accelerator.device)
     clip = math.inf if config.sync_every_step else None
+    mean, std = (torch.tensor(v, device=accelerator.device).view(1, -1, 1, 1) for v in (MEAN, STD))
+    stats = (mean, std) if config.normalize_in_forward else None
+    cudagraphs = _uses_cudagraphs(config)
 
-    def step(images: torch.Tensor) -> torch.Tensor:
+    def step(batch: tuple) -> torch.Tensor:
+        images, pixel_stats = batch
         noise = torch.rand(images.shape[0], mae.num_patches, generator=generator, device=accelerator.device)
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with accelerator.accumulate(model):
-            loss = train_step(accelerator, model, optimizer, images, noise, config.mask_ratio, clip)
+            loss = train_step(accelerator, model, optimizer, images, noise, config.mask_ratio, clip,
+                              pixel_stats=pixel_stats, loss_only=config.loss_only)
         if config.sync_every_step:
             loss.item()
             _synchronize(accelerator.device)
-        return loss
+        return loss.clone() if cudagraphs else loss  # a CUDA graph's output is overwritten by its next replay
 
-    trial = compile_trial(accelerator, model, mae.num_patches, config.batch_size, config.img_size, config.mask_ratio)
-    model, compile_seconds = compile_model(model, trial, config.torch_compile, config.compile_backend)
+    trial = compile_trial(accelerator, model, mae.num_patches, config.batch_size, config.img_size, config.mask_ratio,
+                          pixel_stats=stats, loss_only=config.loss_only)
+    model, compile_seconds = compile_model(model, trial, config.torch_compile, config.compile_backend,
+                                           mode=config.compile_mode, coordinate_descent=config.coordinate_descent)
     graphs_after_trial = compiled_graphs()
-    mean, std = (torch.tensor(v, device=accelerator.device).view(1, -1, 1, 1) for v in (MEAN, STD))
+    source = None if batches is None else iter(batches)
+    if source is not None and config.prefetch:
+        source = prefetched(source, accelerator.device)
 
-    def next_batch() -> torch.Tensor:
-        batch = {"pixels": fixed_batch} if batches is None else next(batches)
+    def next_batch() -> tuple:
+        batch = {"pixels": fixed_batch} if source is None else next(source)
         if "images" in batch:
-            return batch["images"].to(accelerator.device, non_blocking=True)
-        return normalize(batch["pixels"].to(accelerator.device, non_blocking=True), mean, std)
+            return batch["images"].to(accelerator.device, non_blocking=True), None
+        pixels = batch["pixels"].to(accelerator.device, non_blocking=True)
+        return (pixels, stats) if stats is not None else (normalize(pixels, mean, std), None)
 
     losses = [step(next_batch()).float() for _ in range(config.warmup)]
     _synchronize(accelerator.device)
-    if accelerator.device.type == "cuda":
+    cuda = accelerator.device.type == "cuda"
+    if cuda:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
     data_wait = 0.0
     start = time.perf_counter()
+    if cuda:
+        events[0].record()
     for _ in range(config.steps):
         waited = time.perf_counter()
         pixels = next_batch()
         data_wait += time.perf_counter() - waited
         losses.append(step(pixels).float())
+    if cuda:
+        events[1].record()
     _synchronize(accelerator.device)
-    elapsed = time.perf_counter() - start
+    elapsed = events[0].elapsed_time(events[1]) / 1000 if cuda else time.perf_counter() - start
     host_syncs = None if config.sync_every_step else _host_syncs_per_step(step, next_batch, accelerator.device)
+    profile = profile_buckets(step, next_batch, accelerator.device, config.profile_steps) if config.profile_steps \
+        else None
 
     timings = {"elapsed": elapsed, "data_wait": data_wait, "compile_seconds": compile_seconds,
                "recompiles": compiled_graphs() - graphs_after_trial if model is not mae else None,
-               "host_syncs": host_syncs, "losses": losses}
+               "host_syncs": host_syncs, "losses": losses, "profile": profile}
     peak = peak_tflops if peak_tflops is not None else peak_tflops_of(accelerator.device, precision)
     return _result(config, mae, model, accelerator.device, precision, peak, batches is None, timings)
 
@@ -214,6 +287,8 @@ def _result(config: BenchConfig, mae, model, device: torch.device, precision: st
                                if device.type == "cuda" else None),
         "loss_first": round(t["losses"][0].item(), 5),
         "loss_last": round(t["losses"][-1].item(), 5),
+        "loss_trace": [round(v, 6) for v in torch.stack(t["losses"]).tolist()],
+        **({"profile": t["profile"]} if t.get("profile") else {}),
     }
 
 

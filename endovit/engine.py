@@ -40,10 +40,12 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def compile_model(model: torch.nn.Module, trial, enabled: bool, backend: str = "inductor"
-                  ) -> tuple[torch.nn.Module, float]:
+def compile_model(model: torch.nn.Module, trial, enabled: bool, backend: str = "inductor", *, mode: str | None = None,
+                  coordinate_descent: bool = False) -> tuple[torch.nn.Module, float]:
     """``torch.compile`` the model and run ``trial(model)`` once to compile it now.
 
+    ``mode`` is torch.compile's (None = default; only the inductor backend takes one); ``coordinate_descent``
+    turns on inductor's coordinate-descent tuning of its kernels while the trial compiles.
     Returns the model to train with and the seconds compiling took. If compiling is unavailable
     or fails, warns and returns the eager model.
     """
@@ -51,33 +53,54 @@ def compile_model(model: torch.nn.Module, trial, enabled: bool, backend: str = "
         return model, 0.0
     start = time.perf_counter()
     try:
-        compiled = torch.compile(model, backend=backend)
-        trial(compiled)
+        compiled = torch.compile(model, backend=backend, **({"mode": mode} if mode and backend == "inductor" else {}))
+        tuning = contextlib.nullcontext()
+        if coordinate_descent and backend == "inductor":
+            import torch._inductor.config as inductor_config
+
+            tuning = inductor_config.patch(coordinate_descent_tuning=True)
+        with tuning:
+            trial(compiled)
     except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
         warnings.warn(f"torch.compile failed, training eagerly instead: {type(err).__name__}: {err}", stacklevel=2)
         return model, 0.0
     return compiled, time.perf_counter() - start
 
 
-def compile_trial(accelerator, model, num_patches: int, batch_size: int, img_size, mask_ratio: float):
+def compile_trial(accelerator, model, num_patches: int, batch_size: int, img_size, mask_ratio: float, *,
+                  pixel_stats: tuple | None = None, loss_only: bool = True):
     """A ``trial(model)`` for ``compile_model``: one forward/backward on blank frames exactly as ``train_step``
-    runs it (same call, autocast state, dtypes and shapes), then the gradients are dropped."""
+    runs it (same call, autocast state, dtypes and shapes), then the gradients are dropped. With ``pixel_stats``
+    the frames are uint8, normalised in the forward as ``train_step(..., pixel_stats=...)`` does."""
     def trial(compiled) -> None:
-        blank = torch.zeros(batch_size, 3, *img_size, device=accelerator.device)
+        dtype = torch.float32 if pixel_stats is None else torch.uint8
+        blank = torch.zeros(batch_size, 3, *img_size, device=accelerator.device, dtype=dtype)
         noise = torch.rand(batch_size, num_patches, generator=torch.Generator().manual_seed(0))
-        loss, _, _ = compiled(blank, mask_ratio, noise.to(accelerator.device))
+        loss = _forward_loss(compiled, blank, noise.to(accelerator.device), mask_ratio, pixel_stats, loss_only)
         accelerator.backward(loss)
         model.zero_grad(set_to_none=True)
 
     return trial
 
 
+def _forward_loss(model, images, noise, mask_ratio: float, pixel_stats, loss_only: bool = True) -> torch.Tensor:
+    """The training forward: the loss alone, normalising inside the forward when ``pixel_stats`` is given
+    (``loss_only=False``: the official call returning (loss, pred, mask), for A/B benchmarks)."""
+    if not loss_only:
+        images = images if pixel_stats is None else normalize(images, *pixel_stats)
+        return model(images, mask_ratio, noise)[0]
+    if pixel_stats is None:
+        return model(images, mask_ratio, noise, loss_only=True)
+    return model(images, mask_ratio, noise, pixel_stats=pixel_stats, loss_only=True)
+
+
 def train_step(accelerator, model, optimizer, images: torch.Tensor, noise: torch.Tensor, mask_ratio: float,
-               clip_grad: float | None) -> torch.Tensor:
-    """One micro-batch of normalised images: forward with the given masks, backward, and (when accelerate
-    says gradients are synchronised) clip and step. Call inside ``accelerator.accumulate``.
-    Returns the detached loss without synchronising with the host."""
-    loss, _, _ = model(images, mask_ratio, noise)
+               clip_grad: float | None, *, pixel_stats: tuple | None = None, loss_only: bool = True) -> torch.Tensor:
+    """One micro-batch: forward with the given masks, backward, and (when accelerate says gradients are
+    synchronised) clip and step. ``images`` are normalised floats, or with ``pixel_stats=(mean, std)`` the raw
+    uint8 pixels (normalised inside the compiled forward: no separate fp32 pass over the batch).
+    Call inside ``accelerator.accumulate``. Returns the detached loss without synchronising with the host."""
+    loss = _forward_loss(model, images, noise, mask_ratio, pixel_stats, loss_only)
     accelerator.backward(loss)
     if accelerator.sync_gradients and clip_grad:
         accelerator.clip_grad_norm_(model.parameters(), clip_grad)
@@ -262,12 +285,12 @@ def _train_steps(run, stop: StopRequest) -> int:
             with accelerator.accumulate(run.model):
                 set_lr(run.optimizer, lambda scale: schedule.lr_at(step, scale))
                 noise_generator.manual_seed(sample_seed(recipe.seed, step, micro_steps, accelerator.process_index))
-                images = normalize(batch["pixels"], run.mean, run.std)
-                noise = torch.rand(images.shape[0], run.mae.num_patches, generator=noise_generator,
+                pixels = batch["pixels"]
+                noise = torch.rand(pixels.shape[0], run.mae.num_patches, generator=noise_generator,
                                    device=accelerator.device)
-                loss = train_step(accelerator, run.model, run.optimizer, images, noise, recipe.mask_ratio,
-                                  recipe.clip_grad)
-            window.add(loss, images.shape[0])
+                loss = train_step(accelerator, run.model, run.optimizer, pixels, noise, recipe.mask_ratio,
+                                  recipe.clip_grad, pixel_stats=(run.mean, run.std))
+            window.add(loss, pixels.shape[0])
             micro_steps += 1
             if not accelerator.sync_gradients:
                 continue

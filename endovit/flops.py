@@ -4,13 +4,15 @@ FLOPs of one image's forward pass (multiply-adds count 2; norms, softmax, GELU i
 patches, K = int(L * (1 - mask_ratio)) kept, encoder width D and depth B, decoder width d and depth b,
 MLP ratio m, patch p and C channels:
 
-    patch embedding   2 * L * C p^2 * D                    (every patch is embedded before masking)
+    patch embedding   2 * L * C p^2 * D                    (the official order: every patch, then masking)
     encoder blocks    B * (2 (K+1) D^2 (4 + 2m) + 4 (K+1)^2 D)
     decoder embed     2 * (K+1) * D * d
     decoder blocks    b * (2 (L+1) d^2 (4 + 2m) + 4 (L+1)^2 d)
     prediction head   2 * (L+1) * d * C p^2
 
-A training step costs 3x the forward (the backward pass is twice the forward).
+A training step costs 3x the forward (the backward pass is twice the forward). The count stays the official
+algorithm's when the model embeds the kept patches only (``kept_patch_embed``, 1/4 of that term): MFU figures
+then compare across levers and with earlier runs.
 """
 from __future__ import annotations
 

@@ -289,12 +289,15 @@ def build_run(recipe: Recipe) -> Run:
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     mae = accelerator.unwrap_model(model)
+    device = accelerator.device
+    mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
     model, compile_seconds = compile_model(
-        model, compile_trial(accelerator, model, mae.num_patches, micro_batch, recipe.img_size, recipe.mask_ratio),
+        model, compile_trial(accelerator, model, mae.num_patches, micro_batch, recipe.img_size, recipe.mask_ratio,
+                             pixel_stats=(mean, std)),
         settings.torch_compile)
     # schedule, SWA, pictures, saver; then the checkpoint to continue from
     schedule = Schedule(recipe, math.ceil(len(train_loader) / recipe.grad_accum_steps))
-    device = accelerator.device
     swa_model = AveragedModel(mae) if recipe.swa else None
     progress = TrainProgress()
     pictures = picture_batch(data.val if data.val is not None else data.train, count=recipe.num_recon_images,
@@ -307,8 +310,7 @@ def build_run(recipe: Recipe) -> Run:
                                  "batch_size": recipe.batch_size, "grad_accum_steps": recipe.grad_accum_steps,
                                  "steps_per_epoch": schedule.steps_per_epoch})
     run = Run(recipe, accelerator, settings, data, mae, model, optimizer, train_loader, val_loader, schedule,
-              mean=torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1),
-              std=torch.tensor(recipe.std, device=device).view(1, -1, 1, 1), saver=saver, progress=progress,
+              mean=mean, std=std, saver=saver, progress=progress,
               swa_model=swa_model, compile_seconds=compile_seconds, started=started,
               graphs_after_trial=compiled_graphs(), lock=lock)
     resume_from = saver.resume_from(recipe.resume)

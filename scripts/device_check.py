@@ -15,11 +15,21 @@
 
 Writes ``device_check.json`` and prints a table; exits non-zero when a check fails (a recompile after the
 trial, a host sync in our step, a NaN, or an fp16 loss curve off bf16's).
+
+The speed check of the step (``endovit.speedcheck``), two calls of under 8 minutes each on one H200:
+
+    bash scripts/device_check.sh --part a   # versions, SDPA choice, profile table, SDPA backends
+    bash scripts/device_check.sh --part b   # compile modes + loss traces, side-stream copy, baselines, timm anchor
+    python scripts/device_check.py --cpu_rehearsal --part ab   # both, tiny, on a CPU
+
+They write ``speed_a.json`` / ``speed_b.json``; a part fails on a NaN loss, a recompile after the compile trial
+or a compile mode whose loss trace leaves the default's by more than 2% (relative).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -128,13 +138,46 @@ def step_check(sizes: dict, device: torch.device, rehearsal: bool, report: dict)
     return failures
 
 
+def speed_parts(args) -> int:
+    """``--part a|b|ab``: ``endovit.speedcheck``'s parts; writes speed_<part>.json, returns the exit code."""
+    from endovit import speedcheck
+
+    sizes = speedcheck.REHEARSAL if args.cpu_rehearsal else speedcheck.FULL
+    device = torch.device("cpu" if args.cpu_rehearsal or not torch.cuda.is_available() else "cuda")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for part in args.part:
+        began = time.perf_counter()
+        report = getattr(speedcheck, f"part_{part}")(sizes, device)
+        report["seconds"] = round(time.perf_counter() - began, 1)
+        rows = report.get("runs", []) + report.get("backend_ab", [])
+        failures += [f"{r['name']}: loss {r['loss_last']}" for r in rows
+                     if "loss_last" in r and not math.isfinite(r["loss_last"])]
+        failures += [f"{r['name']}: {r['recompiles_after_trial']} recompile(s) after the trial" for r in rows
+                     if r.get("recompiles_after_trial")]
+        failures += [f"{r['name']}: loss trace off the default's by {r['loss_trace_worst_relative_gap_vs_default']}"
+                     for r in report.get("runs", []) if "mode=" in r["name"]
+                     and not r["loss_trace_worst_relative_gap_vs_default"] <= 0.02]
+        report["failures"] = failures
+        (out / f"speed_{part}.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"part {part}: {report['seconds']}s; results: {out / f'speed_{part}.json'}", flush=True)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu_rehearsal", action="store_true", help="tiny sizes on the CPU: checks the paths only")
     parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/device_check", help="results folder")
     parser.add_argument("--skip_e2e", action="store_true", help="step benchmark only (no datasets needed)")
     parser.add_argument("--skip_step", action="store_true", help="end to end only (a rerun after the step benchmark)")
+    parser.add_argument("--part", default="classic", choices=["classic", "a", "b", "ab"],
+                        help="classic: the checks above; a / b: the step's speed check (see the docstring)")
     args = parser.parse_args(argv)
+    if args.part != "classic":
+        return speed_parts(args)
     sizes = REHEARSAL if args.cpu_rehearsal else FULL
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

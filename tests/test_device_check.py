@@ -13,6 +13,7 @@ import venv
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.scripts import REPO
 
 # What the GPU machine's image has (from the device tool's KINDS.md), as far as endovit touches it; their own
@@ -78,3 +79,32 @@ def test_step_benchmark_needs_no_datasets(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_speed_check_parts_rehearse_on_the_cpu(tmp_path):
+    """Both parts of the step's speed check run end to end on tiny sizes and write every section."""
+    from endovit.profiling import BUCKETS
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "scripts/device_check.py", "--cpu_rehearsal", "--part", "ab", "--out",
+                             str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    a = json.loads((tmp_path / "speed_a.json").read_text())
+    assert a["versions"]["torch"] == torch.__version__ and set(a["sdpa_choice"]) == {"2x3x2x64", "2x4x5x32"}
+    assert set(a["profile"]["ms_per_step"]) == set(BUCKETS) and a["profile"]["ms_per_step"]["gemm"] > 0
+    for row in a["sdpa_microbenchmark"]:
+        assert row["math"]["max_abs_diff_out"] == 0 and row["flash"]["max_abs_diff_out"] < 1e-5
+        assert "error" in row["cudnn"]  # no cuDNN attention on a CPU: recorded, not fatal
+    assert [r["name"] for r in a["backend_ab"]] == ["endovit", "endovit sdpa=flash", "endovit sdpa=math"]
+    b = json.loads((tmp_path / "speed_b.json").read_text())
+    names = [r["name"] for r in b["runs"]]
+    assert names == ["default", "endovit host batches, side-stream copy off",
+                     "endovit host batches, side-stream copy on", "baseline (EndoViT settings)",
+                     "EndoViT code as it ran",
+                     "endovit mode=max-autotune-no-cudagraphs + coordinate descent", "endovit mode=max-autotune"]
+    modes = [r for r in b["runs"] if "mode=" in r["name"]]
+    assert all(r["loss_trace_worst_relative_gap_vs_default"] == 0 for r in modes)  # eager backend: same math
+    assert b["runs"][4]["attention"] == "timm045" and b["timm_anchor"]["images_per_sec"] > 0
+    assert set(b["ratios"]) == {"default / baseline (EndoViT settings)", "default / EndoViT code as it ran",
+                                "default / timm anchor"}
+    assert a["failures"] == [] and b["failures"] == [] and a["skipped"] == b["skipped"] == []

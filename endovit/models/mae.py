@@ -10,10 +10,12 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import PatchEmbed, to_2tuple
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
+from endovit.data.transforms import normalize
 from endovit.models.archs import MODEL_ARCHS, TIMM_ENCODERS, is_decoder_key
 
 __all__ = [
@@ -89,6 +91,9 @@ class MaskedAutoencoderViT(nn.Module):
         }
         self.img_size = img_size
         self.grad_checkpointing = False
+        # exact fast paths (same loss and gradients to float rounding; the official path stays for A/B and tests)
+        self.kept_patch_embed = True  # embed only the kept patches (F.linear with the conv weight)
+        self.gather_unshuffle = True  # the decoder's unshuffle with a gather, not a scatter-add, as its backward
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.norm_pix_loss = norm_pix_loss
@@ -177,27 +182,57 @@ class MaskedAutoencoderViT(nn.Module):
         return x.reshape(x.shape[0], self.in_chans, rows * p, cols * p)
 
     @staticmethod
-    def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor):
+    def masking_ids(noise: torch.Tensor, mask_ratio: float):
+        """(ids_shuffle, ids_restore, mask) for MAE's masking: the int(L*(1-mask_ratio)) patches with the
+        smallest noise are kept (the first ``len_keep`` of ``ids_shuffle``); mask is 1 where removed."""
+        n, length = noise.shape
+        len_keep = int(length * (1 - mask_ratio))
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        mask = torch.ones(n, length, device=noise.device)
+        mask[:, :len_keep] = 0
+        return ids_shuffle, ids_restore, torch.gather(mask, 1, ids_restore)
+
+    @classmethod
+    def random_masking(cls, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor):
         """Keep the int(L*(1-mask_ratio)) patches with the smallest noise.
 
         Returns the kept tokens, the binary mask (1 = removed) in the original patch
         order, and the indices that restore that order.
         """
-        n, length, dim = x.shape
-        len_keep = int(length * (1 - mask_ratio))
-        ids_shuffle = torch.argsort(noise, dim=1)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        ids_keep = ids_shuffle[:, :len_keep]
+        dim = x.shape[-1]
+        ids_shuffle, ids_restore, mask = cls.masking_ids(noise, mask_ratio)
+        ids_keep = ids_shuffle[:, :int(x.shape[1] * (1 - mask_ratio))]
         x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
-        mask = torch.ones(n, length, device=x.device)
-        mask[:, :len_keep] = 0
-        mask = torch.gather(mask, 1, ids_restore)
         return x_kept, mask, ids_restore
 
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor):
-        x = self.patch_embed(imgs)
-        x = x + self.pos_embed[:, 1:, :]
-        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
+    def embed_kept_patches(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """The patch embedding (plus position embedding) of the kept patches only: equals running the conv on every
+        patch and gathering, to float rounding. The conv weight is used as a linear map over (c, p, q)-ordered patch
+        pixels, so the parameter and its name stay."""
+        p = self.patch_size
+        n, c, h, w = imgs.shape
+        if (h, w) != tuple(self.img_size):
+            raise ValueError(f"input is {h}x{w}, the model takes {self.img_size[0]}x{self.img_size[1]}")
+        rows, cols = self.grid_size
+        patches = imgs.reshape(n, c, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5).reshape(n, rows * cols, c * p * p)
+        keep = ids_keep.unsqueeze(-1)
+        kept = torch.gather(patches, 1, keep.expand(-1, -1, patches.shape[-1]))
+        proj = self.patch_embed.proj
+        x = F.linear(kept, proj.weight.reshape(proj.weight.shape[0], -1), proj.bias)
+        pos = self.pos_embed[:, 1:, :].expand(n, -1, -1)
+        return x + torch.gather(pos, 1, keep.expand(-1, -1, pos.shape[-1]))
+
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor, ids=None):
+        """Encoder on the kept patches: (latent, mask, ids_restore). ``ids`` = ``masking_ids(noise, mask_ratio)``
+        when the caller has them already."""
+        if self.kept_patch_embed:
+            ids_shuffle, ids_restore, mask = ids if ids is not None else self.masking_ids(noise, mask_ratio)
+            x = self.embed_kept_patches(imgs, ids_shuffle[:, :int(noise.shape[1] * (1 - mask_ratio))])
+        else:  # the official order: embed every patch, then drop the masked ones
+            x = self.patch_embed(imgs)
+            x = x + self.pos_embed[:, 1:, :]
+            x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
         cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls_tokens, x], dim=1)
         x = self._run_blocks(self.blocks, x)
@@ -213,12 +248,16 @@ class MaskedAutoencoderViT(nn.Module):
         x = torch.cat([cls_tokens, x], dim=1)
         return self.norm(self._run_blocks(self.blocks, x))
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor,
+                        ids_shuffle: torch.Tensor | None = None) -> torch.Tensor:
         x = self.decoder_embed(latent)
         n, visible_plus_cls, dim = x.shape
         mask_tokens = self.mask_token.expand(n, ids_restore.shape[1] + 1 - visible_plus_cls, -1).to(x.dtype)
         patches = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
-        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
+        if self.gather_unshuffle and ids_shuffle is not None:
+            patches = PermutationGather.apply(patches, ids_restore, ids_shuffle)
+        else:
+            patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
         x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed
         x = self._run_blocks(self.decoder_blocks, x)
         x = self.decoder_pred(self.decoder_norm(x))
@@ -240,20 +279,42 @@ class MaskedAutoencoderViT(nn.Module):
             return (loss * mask).sum(dim=1) / mask.sum(dim=1)
         return (loss * mask).sum() / mask.sum()
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
-        """Returns (loss, pred, mask). ``noise`` (N, L) fixes the mask; uniform noise if None."""
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None, *,
+                pixel_stats: tuple | None = None, loss_only: bool = False):
+        """Returns (loss, pred, mask); only the loss with ``loss_only`` (training needs nothing else, and a
+        mixed-precision wrapper would convert ``pred`` to fp32 at every step). ``noise`` (N, L) fixes the mask;
+        uniform noise if None. With ``pixel_stats=(mean, std)``, ``imgs`` are raw (uint8) pixels normalised here,
+        inside the (compiled) forward, with ``endovit.data.transforms.normalize``'s arithmetic."""
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if pixel_stats is not None:
+            imgs = normalize(imgs, *pixel_stats)
         if noise is None:
             noise = torch.rand(imgs.shape[0], self.num_patches, device=imgs.device)
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
-        pred = self.forward_decoder(latent, ids_restore)
+        ids = self.masking_ids(noise, mask_ratio)
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise, ids)
+        pred = self.forward_decoder(latent, ids_restore, ids[0])
         loss = self.forward_loss(imgs, pred, mask)
-        return loss, pred, mask
+        return loss if loss_only else (loss, pred, mask)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights under the names timm's VisionTransformer uses."""
         return {k: v for k, v in self.state_dict().items() if not is_decoder_key(k)}
+
+
+class PermutationGather(torch.autograd.Function):
+    """``gather(x, 1, ids_restore)`` over tokens whose backward is a gather by ``ids_shuffle`` (its inverse
+    permutation) instead of autograd's atomic scatter-add: the same values, since every token is read once."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, ids_restore: torch.Tensor, ids_shuffle: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids_shuffle)
+        return torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids_shuffle,) = ctx.saved_tensors
+        return torch.gather(grad, 1, ids_shuffle.unsqueeze(-1).expand(-1, -1, grad.shape[-1])), None, None
 
 
 def create_mae(name: str, **kwargs) -> MaskedAutoencoderViT:
