@@ -139,8 +139,10 @@ def decode_chunk(path: str | Path, *, fps: float, first: int, end: int, rate: fl
                 break
             back = max(2 * back, 1)  # the seek landed after the chunk's first tick: go further back
         if first_frame is None:
+            errors.append(f"no decodable frame from {float(start_tick):.2f} s on (truncated?)")
             return
-        yield from _sample(_chain(first_frame, frames), fps=fps, step=step, first=first, end=end, rate=rate)
+        yield from _sample(_chain(first_frame, frames), fps=fps, step=step, first=first, end=end, rate=rate,
+                           errors=errors)
 
 
 def _chain(head, rest):
@@ -166,16 +168,25 @@ def _frames_from(container, stream, seconds: Fraction, origin: int, base: Fracti
         errors.append(f"{type(err).__name__}: {err}")
 
 
-def _sample(frames, *, fps: float, step: Fraction, first: int, end: int, rate: float) -> Iterator[DecodedFrame]:
+def _sample(frames, *, fps: float, step: Fraction, first: int, end: int, rate: float,
+            errors: list[str]) -> Iterator[DecodedFrame]:
     def row(time: Fraction, frame) -> DecodedFrame:
         return DecodedFrame(_upright(frame), float(time), round(float(time) * rate))
 
+    def ended_early(stop: Fraction) -> None:  # the frames ran out clearly before the header's length
+        if end * step - stop > Fraction(1, 2):
+            errors.append(f"the video ends at {float(stop):.2f} s, before {float(end * step):.2f} s as its header "
+                          "says (truncated?)")
+
     if not fps:  # every frame whose presentation time falls in this chunk's stretch
-        for time, _, frame in frames:
+        last = first * step
+        for time, duration, frame in frames:
             if time >= end * step:
                 return
             if time >= first * step:
                 yield row(time, frame)
+            last = time + (duration or step)
+        ended_early(last)
         return
     tick, previous = first, None
     for time, duration, frame in frames:
@@ -191,3 +202,4 @@ def _sample(frames, *, fps: float, step: Fraction, first: int, end: int, rate: f
         while tick < end and tick * step < stop:
             yield row(previous[0], previous[2])
             tick += 1
+        ended_early(stop)

@@ -1,0 +1,137 @@
+"""Videos as a prepare source: rows equal FFmpeg's fps filter, variable frame rate samples by time, ugly files
+(rotation, pixel formats, odd sizes, audio, truncation, not a video), chunked resume, and labels that line up."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("av")
+
+from helpers.videos import ffmpeg_fps_frames, noise_frames, set_mp4_rotation, write_video  # noqa: E402
+
+from endovit.data import DataError, PrepareSettings, load_frames, prepare_frames  # noqa: E402
+from endovit.data import prepare as prepare_module  # noqa: E402
+from endovit.data.prepare import encode_rgb  # noqa: E402
+from endovit.data.store import SHARDS_DIR  # noqa: E402
+
+LOSSLESS = PrepareSettings(short_side=0, image_format="png", shard_size=4)
+
+
+def rows(out: Path) -> tuple[list[np.ndarray], dict]:
+    data = load_frames(out)
+    pixels = [np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("RGB")) for item in data["image"]]
+    return pixels, data.select_columns(["video", "frame_index", "time"]).to_dict()
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("count, fps", [(60, 1), (51, 1), (60, 2.5), (30, 0)])
+def test_rows_equal_ffmpegs_fps_filter_frame_for_frame(tmp_path, count, fps):
+    video = write_video(tmp_path / "in" / "videos" / "video01.mp4", noise_frames(count))
+    out = prepare_frames(tmp_path / "in", tmp_path / "out", PrepareSettings(**{**LOSSLESS.__dict__, "fps": fps}),
+                         progress=False, log=lambda _: None).path
+    pixels, meta = rows(out)
+    assert same(pixels, ffmpeg_fps_frames(video, fps)), "the rows are what ffmpeg -vf fps=FPS:round=up extracts"
+    step = 25 / fps if fps else 1
+    assert meta["frame_index"] == [round(i * step) for i in range(len(pixels))]
+    assert meta["time"] == pytest.approx([i * step / 25 for i in range(len(pixels))])
+    assert set(meta["video"]) == {"video01"}
+
+
+def test_resized_jpeg_rows_are_the_frames_resize_of_ffmpegs_frames(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", noise_frames(50, height=40, width=72))
+    settings = PrepareSettings(short_side=24, quality=90)
+    out = prepare_frames(video, tmp_path / "out", settings, progress=False, log=lambda _: None).path
+    stored = [item["bytes"] for item in load_frames(out)["image"]]
+    expected = [encode_rgb(Image.fromarray(f), settings) for f in ffmpeg_fps_frames(video, 1)]
+    assert stored == expected, "same resize and JPEG encode as frame files get"
+
+
+def test_variable_frame_rate_samples_the_frame_on_screen_at_each_second(tmp_path):
+    frames = noise_frames(8)
+    times = [0, 100, 900, 1000, 1500, 2600, 2700, 3900]
+    video = write_video(tmp_path / "in" / "vfr.mkv", frames, times_ms=times)
+    out = prepare_frames(tmp_path / "in", tmp_path / "out", LOSSLESS, progress=False, log=lambda _: None).path
+    pixels, meta = rows(out)
+    assert meta["time"] == pytest.approx([0.0, 1.0, 1.5, 2.7]), "on screen at 0, 1, 2 and 3 s"
+    assert same(pixels, ffmpeg_fps_frames(video, 1))
+    again = prepare_frames(tmp_path / "in", tmp_path / "again", LOSSLESS, progress=False, log=lambda _: None).path
+    assert same(rows(again)[0], pixels), "deterministic"
+
+
+def test_rotation_pixel_formats_odd_sizes_and_audio_decode_faithfully(tmp_path):
+    source = noise_frames(25, height=48, width=64, seed=3)
+    rotated = write_video(tmp_path / "in" / "phone.mp4", source)
+    set_mp4_rotation(rotated, 90)
+    odd = [f[:47, :63] for f in source]
+    write_video(tmp_path / "in" / "deep" / "ten_bit.mkv", odd, codec="ffv1", pix_fmt="yuv444p10le", options={})
+    write_video(tmp_path / "in" / "deep" / "four22.mkv", source, codec="ffv1", pix_fmt="yuv422p", options={})
+    write_video(tmp_path / "in" / "with_audio.mp4", source, audio=True)
+    out = prepare_frames(tmp_path / "in", tmp_path / "out", PrepareSettings(**{**LOSSLESS.__dict__, "fps": 0}),
+                         progress=False, log=lambda _: None).path
+    data = load_frames(out)
+    pixels = {}
+    for item, video in zip(data["image"], data["video"]):
+        pixels.setdefault(video, []).append(np.asarray(Image.open(io.BytesIO(item["bytes"]))))
+    assert sorted(pixels) == ["four22", "phone", "ten_bit", "with_audio"]
+    assert all(len(v) == 25 for v in pixels.values()), "audio stream ignored, every video frame kept"
+    upright = ffmpeg_fps_frames(rotated, 0, "transpose=clock")  # ffmpeg's autorotate for a 90-degree matrix
+    assert pixels["phone"][0].shape == (64, 48, 3) and same(pixels["phone"], upright)
+    assert np.array_equal(pixels["phone"][0], np.rot90(pixels["with_audio"][0], k=-1)), "turned clockwise"
+    assert pixels["ten_bit"][0].shape == (47, 63, 3)
+    for name, reference in (("ten_bit", odd), ("four22", source)):
+        error = np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(pixels[name], reference)])
+        assert error < 6, f"{name} decodes to its source colours (mean error {error:.1f})"
+
+
+def test_truncated_and_non_video_files_are_counted_and_the_rest_kept(tmp_path):
+    whole = write_video(tmp_path / "in" / "whole.mkv", noise_frames(150), codec="ffv1", options={})
+    cut = tmp_path / "in" / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    (tmp_path / "in" / "notes.mp4").write_text("not a video")
+    (tmp_path / "in" / "readme.txt").write_text("ignored")
+    lines = []
+    result = prepare_frames(tmp_path / "in", tmp_path / "out", PrepareSettings(shard_size=2), progress=False,
+                            log=lines.append)
+    manifest = result.manifest
+    assert manifest["videos"]["whole"] == 6 and 1 <= manifest["videos"]["cut"] < 6, "decodable frames are kept"
+    assert {e["path"] for e in manifest["video_errors"]} == {str(cut)}
+    assert [n["path"] for n in manifest["not_videos"]] == [str(tmp_path / "in" / "notes.mp4")]
+    assert "1 damaged (decodable frames kept), 1 not videos skipped; 1 other files ignored" in lines[0]
+    with pytest.raises(DataError, match=r"^damaged video .*cut\.mkv: .*pass --on_error skip"):
+        prepare_frames(cut, tmp_path / "stop", PrepareSettings(on_error="stop"), progress=False)
+
+
+def test_a_killed_video_prepare_resumes_by_chunk_and_ends_byte_identical(tmp_path, monkeypatch):
+    write_video(tmp_path / "in" / "video01.mp4", noise_frames(200))
+    write_video(tmp_path / "in" / "video02.mp4", noise_frames(100, seed=1))
+    settings = PrepareSettings(shard_size=2)
+    whole = prepare_frames(tmp_path / "in", tmp_path / "whole", settings, progress=False, log=lambda _: None)
+    assert len(whole.manifest["shards"]) == 6, "8 s and 4 s at 1 fps, two ticks per shard: chunks of a video"
+
+    real, calls = prepare_module._write_shard, []
+
+    def killed_after_two(job):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(job.index)
+        return real(job)
+
+    monkeypatch.setattr(prepare_module, "_write_shard", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_frames(tmp_path / "in", tmp_path / "resumed", settings, progress=False)
+    monkeypatch.setattr(prepare_module, "_write_shard", real)
+    resumed = prepare_frames(tmp_path / "in", tmp_path / "resumed", settings, progress=False, log=lambda _: None)
+    assert (resumed.written_shards, resumed.reused_shards) == (4, 2), "only the unfinished chunks are redone"
+    for name in sorted(p.name for p in (tmp_path / "whole" / SHARDS_DIR).iterdir()):
+        assert (tmp_path / "whole" / SHARDS_DIR / name).read_bytes() == (
+            tmp_path / "resumed" / SHARDS_DIR / name).read_bytes(), name
+    strip = lambda m: {k: v for k, v in m.items() if k != "id"}  # noqa: E731
+    assert strip(whole.manifest) == strip(json.loads((tmp_path / "resumed" / "endovit_dataset.json").read_text()))
