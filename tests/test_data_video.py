@@ -29,7 +29,7 @@ def rows(out: Path) -> tuple[list[np.ndarray], dict]:
 
 
 def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("count, fps", [(60, 1), (51, 1), (60, 2.5), (30, 0)])
@@ -78,7 +78,7 @@ def test_rotation_pixel_formats_odd_sizes_and_audio_decode_faithfully(tmp_path):
                          progress=False, log=lambda _: None).path
     data = load_frames(out)
     pixels = {}
-    for item, video in zip(data["image"], data["video"]):
+    for item, video in zip(data["image"], data["video"], strict=True):
         pixels.setdefault(video, []).append(np.asarray(Image.open(io.BytesIO(item["bytes"]))))
     assert sorted(pixels) == ["four22", "phone", "ten_bit", "with_audio"]
     assert all(len(v) == 25 for v in pixels.values()), "audio stream ignored, every video frame kept"
@@ -87,7 +87,7 @@ def test_rotation_pixel_formats_odd_sizes_and_audio_decode_faithfully(tmp_path):
     assert np.array_equal(pixels["phone"][0], np.rot90(pixels["with_audio"][0], k=-1)), "turned clockwise"
     assert pixels["ten_bit"][0].shape == (47, 63, 3)
     for name, reference in (("ten_bit", odd), ("four22", source)):
-        error = np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(pixels[name], reference)])
+        error = np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(pixels[name], reference, strict=True)])
         assert error < 6, f"{name} decodes to its source colours (mean error {error:.1f})"
 
 
@@ -135,3 +135,40 @@ def test_a_killed_video_prepare_resumes_by_chunk_and_ends_byte_identical(tmp_pat
             tmp_path / "resumed" / SHARDS_DIR / name).read_bytes(), name
     strip = lambda m: {k: v for k, v in m.items() if k != "id"}  # noqa: E731
     assert strip(whole.manifest) == strip(json.loads((tmp_path / "resumed" / "endovit_dataset.json").read_text()))
+
+
+def _phase_videos(root: Path, shift_seconds: int = 0) -> None:
+    """Cholec80 as downloaded: videos/videoNN.mp4 at 25 fps whose colour is their phase (a random phase each
+    second) and phase_annotations/videoNN-phase.txt, one row per video frame (shifted: misaligned labels)."""
+    from endovit.data.cholec80 import PHASES
+
+    colours = np.random.default_rng(7).integers(0, 256, (len(PHASES), 3))
+    for video in range(1, 7):
+        rng = np.random.default_rng(video)
+        phases = rng.integers(0, len(PHASES), 10)
+        frames = [np.clip(colours[phases[k // 25]] + rng.normal(0, 6, (32, 32, 3)), 0, 255).astype(np.uint8)
+                  for k in range(250)]
+        write_video(root / "videos" / f"video{video:02d}.mp4", frames, options={"crf": "10", "g": "25"})
+        rows = [f"{k}\t{PHASES[phases[min(k // 25 + shift_seconds, 9)]]}" for k in range(250)]
+        (root / "phase_annotations").mkdir(exist_ok=True)
+        (root / "phase_annotations" / f"video{video:02d}-phase.txt").write_text("\n".join(["Frame\tPhase", *rows]))
+
+
+@pytest.mark.parametrize("shift, accurate", [(0, True), (1, False)])
+def test_labels_from_cholec80s_own_files_line_up_with_video_rows_without_numbering_flags(tmp_path, shift, accurate):
+    import torch
+    from accelerate import Accelerator
+
+    from endovit.models.mae import create_mae
+    from endovit.probes import ProbeSettings, build_probe
+
+    _phase_videos(tmp_path / "cholec80", shift)
+    prepare_frames(tmp_path / "cholec80", tmp_path / "prepared", PrepareSettings(short_side=32), progress=False,
+                   log=lambda _: None)
+    settings = ProbeSettings(data=str(tmp_path / "prepared"), labels=str(tmp_path / "cholec80"), k=5,
+                             train_videos=[f"video0{i}" for i in range(1, 5)], test_videos=["video05", "video06"])
+    probe = build_probe(settings, (32, 32), [0.5] * 3, [0.25] * 3, Accelerator(cpu=True))
+    assert len(probe.data.frames) == 60, "6 videos x 10 s at 1 fps"
+    torch.manual_seed(0)
+    accuracy = probe.evaluate(create_mae("mae_vit_tiny_patch16", img_size=32, depth=2))["probe/knn_cls_acc"]
+    assert accuracy >= 0.95 if accurate else accuracy <= 0.45, accuracy

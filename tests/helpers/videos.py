@@ -78,7 +78,7 @@ def ffmpeg_fps_frames(path: Path, fps: float, extra: str = "") -> list[np.ndarra
             name, _, args = spec.partition("=")
             chain.append(graph.add(name, args or None))
         chain.append(graph.add("buffersink"))
-        for a, b in zip(chain, chain[1:]):
+        for a, b in zip(chain, chain[1:], strict=False):
             a.link_to(b)
         graph.configure()
 
