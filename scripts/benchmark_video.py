@@ -26,13 +26,14 @@ def _then_none(frames):
 
 
 def _extract_pngs(job: tuple[str, str, float]) -> int:
-    """What ``ffmpeg -i V -vf fps=FPS:round=up frames/V/V_%06d.png`` writes (FFmpeg's fps filter, via PyAV)."""
+    """What ``ffmpeg -i V -vf fps=FPS:round=up frames/V/V_%06d.png`` writes: FFmpeg's fps filter and PNG encoder,
+    run through PyAV (the same libraries as the ffmpeg command line)."""
     import av
 
     video, out, fps = job
     folder = Path(out) / Path(video).stem
     folder.mkdir(parents=True, exist_ok=True)
-    count = 0
+    count, encoder = 0, None
     with av.open(video) as container:
         stream = container.streams.video[0]
         graph = av.filter.Graph()
@@ -48,7 +49,12 @@ def _extract_pngs(job: tuple[str, str, float]) -> int:
                     picked = graph.pull()
                 except (av.BlockingIOError, av.EOFError):
                     break
-                picked.to_image().save(folder / f"{folder.name}_{count:06d}.png")
+                rgb = picked.reformat(format="rgb24")
+                if encoder is None:  # FFmpeg's own PNG encoder, as the ffmpeg command line writes PNGs
+                    encoder = av.CodecContext.create("png", "w")
+                    encoder.width, encoder.height, encoder.pix_fmt = rgb.width, rgb.height, "rgb24"
+                data = b"".join(bytes(packet) for packet in encoder.encode(rgb))
+                (folder / f"{folder.name}_{count:06d}.png").write_bytes(data)
                 count += 1
     return count
 
