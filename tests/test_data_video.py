@@ -172,3 +172,20 @@ def test_labels_from_cholec80s_own_files_line_up_with_video_rows_without_numberi
     torch.manual_seed(0)
     accuracy = probe.evaluate(create_mae("mae_vit_tiny_patch16", img_size=32, depth=2))["probe/knn_cls_acc"]
     assert accuracy >= 0.95 if accurate else accuracy <= 0.45, accuracy
+
+
+def test_synthetic_surgery_videos_come_as_cholec80_is_downloaded(tmp_path):
+    import av
+
+    from endovit.data.synthetic_video import write_sample_videos
+    from endovit.probes.labels import cholec80_labels
+
+    (video,) = write_sample_videos(tmp_path / "cholec80", videos=1, seconds=3, height=48, width=64)
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        assert (stream.average_rate, stream.frames) == (25, 75)
+    prepare_frames(tmp_path / "cholec80", tmp_path / "prepared", PrepareSettings(), progress=False, log=lambda _: None)
+    frames = load_frames(tmp_path / "prepared")
+    assert frames["frame_index"] == [0, 25, 50]
+    tools = cholec80_labels(frames, tmp_path / "cholec80", "tool")  # every 25th frame has a row: no flags needed
+    assert tools.values.shape == (3, 7)
