@@ -37,13 +37,12 @@ from endovit.data.store import (
     MANIFEST,
     PLAN,
     SHARDS_DIR,
-    file_sha256,
     read_manifest,
     shard_name,
 )
 from endovit.data.video import VIDEO_EXTENSIONS, NotAVideo, chunk_ticks, decode_chunk, is_video_file, probe_video
 from endovit.errors import DataError, did_you_mean
-from endovit.io import atomic_path, atomic_write_json, walk_once
+from endovit.io import atomic_path, atomic_write_json, file_sha256, walk_once
 
 __all__ = ["IMAGE_FORMATS", "ON_ERROR", "PrepareSettings", "PrepareResult", "prepare_frames"]
 
