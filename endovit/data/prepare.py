@@ -28,9 +28,10 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
-from endovit.data.frames import FrameError, decode_image, find_image_files, frame_number, video_name
+from endovit.data.frames import FrameError, decode_image, frame_number, video_name
 from endovit.data.parallel import worker_pool
-from endovit.data.splits import check_split_name, split_summary, split_videos, video_number
+from endovit.data.prepare_inputs import find_inputs, select_files
+from endovit.data.splits import check_split_name, split_summary, video_number
 from endovit.data.store import (
     FEATURES,
     FORMAT,
@@ -40,9 +41,9 @@ from endovit.data.store import (
     read_manifest,
     shard_name,
 )
-from endovit.data.video import VIDEO_EXTENSIONS, NotAVideo, chunk_ticks, decode_chunk, is_video_file, probe_video
+from endovit.data.video import NotAVideo, chunk_ticks, decode_chunk, probe_video
 from endovit.errors import DataError, did_you_mean
-from endovit.io import atomic_path, atomic_write_json, file_sha256, walk_once
+from endovit.io import atomic_path, atomic_write_json, file_sha256
 
 __all__ = ["IMAGE_FORMATS", "ON_ERROR", "PrepareSettings", "PrepareResult", "prepare_frames"]
 
@@ -225,41 +226,6 @@ def _write_shard(job: _ShardJob) -> dict:
     return meta
 
 
-def _find_inputs(root: Path) -> tuple[list[Path], list[Path], int]:
-    """Frame files and video files under ``root`` (any nesting, hidden ones skipped; a file: itself), and how
-    many other files were passed over (annotations, notes, ...)."""
-    if root.is_file():
-        return ([], [root], 0) if is_video_file(root) else ([root], [], 0)
-    folders, _ = walk_once(root, keep_folder=lambda name: not name.startswith("."))
-    names = [Path(d, f) for d, files in folders for f in files if not f.startswith(".")]
-    videos = sorted(p for p in names if is_video_file(p))
-    frames = find_image_files(root)
-    return frames, videos, len(names) - len(videos) - len(frames)
-
-
-def _select_files(root: Path, split: str, files: list[Path], videos: list[Path]) -> tuple[list[Path], list[Path]]:
-    if not files and not videos:
-        raise DataError(f"no image or video files found under {root}; expected frames such as "
-                        "frames/videoNN/videoNN_NNNNNN.png (Cholec80), any folder of .png/.jpg files, or video "
-                        f"files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
-    if not split:
-        return files, videos
-    base = root if root.is_dir() else root.parent
-    names = {f: video_name(f, base) for f in files} | {v: v.stem for v in videos}
-    if not any(video_number(v) is not None for v in names.values()):
-        found = sorted(set(names.values()))[:5]
-        raise DataError(f"{root} is not in the Cholec80 layout needed by --split {split}: expected "
-                        f"frames/videoNN/videoNN_NNNNNN.png or videos/videoNN.mp4, found videos {found}")
-    wanted = split_videos(split)
-    chosen = ([f for f in files if video_number(names[f]) in wanted],
-              [v for v in videos if video_number(v.stem) in wanted])
-    if not any(chosen):
-        present = sorted({n for v in names.values() if (n := video_number(v)) is not None})
-        raise DataError(f"Cholec80 split {split} is empty under {root}: it takes videos {sorted(wanted)}, "
-                        f"found videos {present}")
-    return chosen
-
-
 def _plan_videos(base: Path, videos: list[Path], settings: PrepareSettings, first_index: int,
                  out: str) -> tuple[list[_ShardJob], list[dict]]:
     """One job per chunk of each readable video, and the files with a video name that are not videos."""
@@ -291,8 +257,8 @@ def prepare_frames(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
     named = root.parent.name if root.name in ("frames", "videos") else (root.stem if root.is_file() else root.name)
     source = settings.source or settings.split or named
     settings = dataclasses.replace(settings, source=source).validate()
-    found, found_videos, others = _find_inputs(root)
-    files, videos = _select_files(root, settings.split, found, found_videos)
+    found, found_videos, others = find_inputs(root)
+    files, videos = select_files(root, settings.split, found, found_videos)
     if videos and settings.image_format == "keep":
         raise flag_error("image_format", "keep", "videos have no frame files to keep; use jpeg or png")
     relative = [f.relative_to(base).as_posix() for f in files]
@@ -321,6 +287,26 @@ def prepare_frames(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
     shards_dir.mkdir(parents=True, exist_ok=True)
     for stale in shards_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
+    todo = _run(jobs, video_jobs, shards_dir, source=source, num_proc=num_proc, progress=progress)
+    manifest = _finish(out, plan, settings)
+    result = PrepareResult(out, manifest, written_shards=len(todo), reused_shards=len(jobs) - len(todo))
+    line = (f"{out}: {result.frames} frames of {source} in {len(jobs)} shards ({result.written_shards} written, "
+            f"{result.reused_shards} already complete); {len(result.skipped)} corrupt frames skipped")
+    if videos:
+        damaged = sorted({e["path"] for e in manifest.get("video_errors", [])})
+        line += (f"; {manifest.get('video_count', 0)} videos at fps {settings.fps:g}, {len(damaged)} damaged "
+                 f"(decodable frames kept), {len(manifest.get('not_videos', []))} not videos skipped")
+    if others:
+        line += f"; {others} other files ignored"
+    log(line)
+    if any(video_number(v) is not None for v in manifest["videos"]):
+        log(split_summary(manifest["videos"]))
+    return result
+
+
+def _run(jobs: list[_ShardJob], video_jobs: list[_ShardJob], shards_dir: Path, *, source: str, num_proc: int,
+         progress: bool) -> list[_ShardJob]:
+    """Write the shards not yet complete, over ``num_proc`` processes, with a progress bar; returns those jobs."""
     total = sum(job.size for job in jobs)
     chunks_left = Counter(job.files[0] for job in video_jobs)
     todo = [job for job in jobs if not (shards_dir / f"{shard_name(job.index)}.arrow").is_file()]
@@ -350,20 +336,7 @@ def prepare_frames(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 bar.write(f"damaged video {error['path']} (ticks {error['ticks'][0]}..{error['ticks'][1]}): "
                           f"{error['error']}; its decodable frames are kept")
 
-    manifest = _finish(out, plan, settings)
-    result = PrepareResult(out, manifest, written_shards=len(todo), reused_shards=len(jobs) - len(todo))
-    line = (f"{out}: {result.frames} frames of {source} in {len(jobs)} shards ({result.written_shards} written, "
-            f"{result.reused_shards} already complete); {len(result.skipped)} corrupt frames skipped")
-    if videos:
-        damaged = sorted({e["path"] for e in manifest.get("video_errors", [])})
-        line += (f"; {manifest.get('video_count', 0)} videos at fps {settings.fps:g}, {len(damaged)} damaged "
-                 f"(decodable frames kept), {len(manifest.get('not_videos', []))} not videos skipped")
-    if others:
-        line += f"; {others} other files ignored"
-    log(line)
-    if any(video_number(v) is not None for v in manifest["videos"]):
-        log(split_summary(manifest["videos"]))
-    return result
+    return todo
 
 
 def _resume_or_create(out: Path, plan: dict, overwrite: bool) -> dict:
