@@ -169,7 +169,7 @@ def test_remote_rows_without_image_bytes_never_open_local_paths(bucket, tmp_path
     secret = tmp_path / "secret.png"
     Image.new("RGB", (8, 8)).save(secret)
     rows = {"image": [{"bytes": None, "path": str(secret)}], "source": ["x"], "video": ["v"], "frame_index": [0],
-            "orig_height": [8], "orig_width": [8]}
+            "time": [None], "orig_height": [8], "orig_width": [8]}
     data = arrow_stream(datasets.Dataset.from_dict(rows, features=FEATURES))
     fs.pipe_file(f"{prefix}/shards/shard-00000.arrow", data)
     edit_manifest(fs, prefix, lambda m: m["shards"][0].update(frames=1, bytes=len(data),

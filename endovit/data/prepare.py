@@ -1,10 +1,13 @@
-"""A folder of frames -> a prepared dataset (Arrow shards + manifest, see ``store.py``).
+"""A folder of frames and/or videos -> a prepared dataset (Arrow shards + manifest, see ``store.py``).
 
 Every frame is decoded in full once (so a corrupt or truncated file is found here, not mid-training),
 optionally resized so its short side is ``short_side`` and re-encoded (JPEG or PNG), or kept byte for byte.
 Shards are independent jobs spread over ``num_proc`` processes; each shard file is written under a
 temporary name and renamed when complete, so an interrupted run leaves only complete shards and
 re-running with the same arguments writes just the missing ones.
+
+Videos (``video.py``) are sampled at ``fps`` by presentation time; each chunk of ``shard_size`` sampling ticks
+of one video is one shard (one unit of work), so a killed run loses at most a chunk per worker, not a video.
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
-from endovit.data.frames import FrameError, decode_image, find_image_files, frame_number, video_name
+from endovit.data.frames import FrameError, decode_image, frame_number, video_name
 from endovit.data.parallel import worker_pool
-from endovit.data.splits import check_split_name, split_summary, split_videos, video_number
+from endovit.data.prepare_inputs import find_inputs, select_files
+from endovit.data.splits import check_split_name, split_summary, video_number
 from endovit.data.store import (
     FEATURES,
     FORMAT,
@@ -37,6 +41,7 @@ from endovit.data.store import (
     read_manifest,
     shard_name,
 )
+from endovit.data.video import NotAVideo, chunk_ticks, decode_chunk, probe_video
 from endovit.errors import DataError, did_you_mean
 from endovit.io import atomic_path, atomic_write_json, file_sha256
 
@@ -57,6 +62,7 @@ class PrepareSettings:
     quality: int = 95  # JPEG quality
     shard_size: int = 1000  # frames per shard
     on_error: str = "skip"  # skip (report and count corrupt frames) | stop (fail on the first one)
+    fps: float = 1.0  # videos: frames sampled per second of presentation time; 0 = every frame
 
     def validate(self) -> PrepareSettings:
         """Self, or a DataError ``--key 'value': why`` for the first setting that cannot be used."""
@@ -68,6 +74,7 @@ class PrepareSettings:
             ("quality", 1 <= self.quality <= 100, "JPEG quality must be in 1..100"),
             ("shard_size", self.shard_size > 0, "must be a positive number of frames"),
             ("on_error", self.on_error in ON_ERROR, _choose(self.on_error, ON_ERROR)),
+            ("fps", self.fps >= 0, "must be 0 (every frame) or a positive number of frames per second"),
         )
         for key, ok, why in checks:
             if not ok:
@@ -115,6 +122,13 @@ def _encode(path: Path, settings: PrepareSettings) -> tuple[bytes, int, int]:
     width, height = rgb.size
     if settings.image_format == "keep":
         return data, height, width
+    return encode_rgb(rgb, settings), height, width
+
+
+def encode_rgb(rgb: Image.Image, settings: PrepareSettings) -> bytes:
+    """An upright RGB frame resized (down only) to ``short_side`` and encoded as the settings say: the one
+    resize + encode of frames and video frames alike."""
+    width, height = rgb.size
     if settings.short_side and min(width, height) > settings.short_side:
         scale = settings.short_side / min(width, height)
         size = ((settings.short_side, round(height * scale)) if width <= height
@@ -125,7 +139,7 @@ def _encode(path: Path, settings: PrepareSettings) -> tuple[bytes, int, int]:
         rgb.save(buffer, format="JPEG", quality=settings.quality)
     else:
         rgb.save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue(), height, width
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,36 @@ class _ShardJob:
     files: tuple[str, ...]  # paths relative to root
     out: str
     settings: PrepareSettings
+    ticks: tuple[int, int] | None = None  # a video chunk: files is (the video,), these sampling ticks [first, end)
+    rate: float = 0.0  # the video's nominal frame rate
+
+    @property
+    def size(self) -> int:
+        return self.ticks[1] - self.ticks[0] if self.ticks else len(self.files)
+
+
+def _video_rows(job: _ShardJob, rows: dict[str, list], videos: Counter) -> list[dict]:
+    """Decode one video chunk into ``rows``; returns its decode errors (a truncated or damaged file)."""
+    rel = job.files[0]
+    path = Path(job.root, rel)
+    video = Path(rel).stem
+    messages: list[str] = []
+    for decoded in decode_chunk(path, fps=job.settings.fps, first=job.ticks[0], end=job.ticks[1], rate=job.rate,
+                                errors=messages):
+        width, height = decoded.image.size
+        rows["image"].append({"bytes": encode_rgb(decoded.image, job.settings),
+                              "path": f"{rel}#t={decoded.time:.6f}"})
+        rows["source"].append(job.settings.source)
+        rows["video"].append(video)
+        rows["frame_index"].append(decoded.frame_index)
+        rows["time"].append(decoded.time)
+        rows["orig_height"].append(height)
+        rows["orig_width"].append(width)
+        videos[video] += 1
+    if messages and job.settings.on_error == "stop":
+        raise DataError(f"damaged video {path}: {messages[0]} (ticks {job.ticks[0]}..{job.ticks[1]}); replace or "
+                        "remove it, or pass --on_error skip to keep its decodable frames")
+    return [{"path": str(path), "ticks": list(job.ticks), "error": m} for m in messages]
 
 
 def _write_shard(job: _ShardJob) -> dict:
@@ -142,8 +186,9 @@ def _write_shard(job: _ShardJob) -> dict:
     name = shard_name(job.index)
     rows: dict[str, list] = {key: [] for key in FEATURES}
     videos: Counter = Counter()
-    skipped = []
-    for rel in job.files:
+    skipped: list[dict] = []
+    video_errors = _video_rows(job, rows, videos) if job.ticks else []
+    for rel in job.files if not job.ticks else ():
         path = Path(job.root, rel)
         try:
             data, height, width = _encode(path, job.settings)
@@ -158,6 +203,7 @@ def _write_shard(job: _ShardJob) -> dict:
         rows["source"].append(job.settings.source)
         rows["video"].append(video)
         rows["frame_index"].append(frame_number(path))
+        rows["time"].append(None)
         rows["orig_height"].append(height)
         rows["orig_width"].append(width)
         videos[video] += 1
@@ -169,6 +215,8 @@ def _write_shard(job: _ShardJob) -> dict:
     data = sink.getvalue()
     meta = {"name": name, "frames": len(rows["image"]), "videos": dict(videos), "skipped": skipped,
             "bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()}
+    if job.ticks:
+        meta["video_errors"] = video_errors
     atomic_write_json(shards / f"{name}.json", meta)
     with atomic_path(shards / f"{name}.arrow") as tmp:
         with open(tmp, "wb") as out:
@@ -178,72 +226,117 @@ def _write_shard(job: _ShardJob) -> dict:
     return meta
 
 
-def _select_files(root: Path, split: str) -> list[Path]:
-    files = find_image_files(root)
-    if not files:
-        raise DataError(f"no image files found under {root}; expected frames such as "
-                        "frames/videoNN/videoNN_NNNNNN.png (Cholec80) or any folder of .png/.jpg files")
-    if not split:
-        return files
-    videos = {f: video_name(f, root) for f in files}
-    if not any(video_number(v) is not None for v in videos.values()):
-        found = sorted(set(videos.values()))[:5]
-        raise DataError(f"{root} is not in the Cholec80 layout needed by --split {split}: expected "
-                        f"frames/videoNN/videoNN_NNNNNN.png, found folders {found}")
-    wanted = split_videos(split)
-    selected = [f for f in files if video_number(videos[f]) in wanted]
-    if not selected:
-        present = sorted({n for v in videos.values() if (n := video_number(v)) is not None})
-        raise DataError(f"Cholec80 split {split} is empty under {root}: it takes videos {sorted(wanted)}, "
-                        f"found videos {present}")
-    return selected
+def _plan_videos(base: Path, videos: list[Path], settings: PrepareSettings, first_index: int,
+                 out: str) -> tuple[list[_ShardJob], list[dict]]:
+    """One job per chunk of each readable video, and the files with a video name that are not videos."""
+    jobs, not_videos = [], []
+    for path in videos:
+        rel = path.relative_to(base).as_posix()
+        try:
+            info = probe_video(path)
+        except NotAVideo as err:
+            if settings.on_error == "stop":
+                raise DataError(f"{err}; remove it, or pass --on_error skip to skip it") from None
+            not_videos.append({"path": str(path), "error": str(err)})
+            continue
+        for ticks in chunk_ticks(info, settings.fps, settings.shard_size):
+            jobs.append(_ShardJob(first_index + len(jobs), str(base), (rel,), out, settings, ticks, info.rate))
+    return jobs, not_videos
 
 
 def prepare_frames(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    settings: PrepareSettings = PrepareSettings(), num_proc: int = 1, overwrite: bool = False,
                    progress: bool = True, log: Callable[[str], None] = print) -> PrepareResult:
-    """Prepare the frames under ``input_dir`` into ``out_dir``; resumes a matching unfinished run."""
+    """Prepare the frames and videos under ``input_dir`` (a folder, or one video file) into ``out_dir``;
+    resumes a matching unfinished run."""
     root = Path(input_dir)
-    if not root.is_dir():
-        raise DataError(f"--input {root} is not a folder; pass the folder holding the frames (e.g. Cholec80/frames)")
-    source = settings.source or settings.split or (root.parent.name if root.name == "frames" else root.name)
+    if not root.exists():
+        raise DataError(f"--input {root} does not exist; pass the folder holding the frames or videos "
+                        "(e.g. Cholec80/frames or the Cholec80 folder with videos/), or a video file")
+    base = root if root.is_dir() else root.parent
+    named = root.parent.name if root.name in ("frames", "videos") else (root.stem if root.is_file() else root.name)
+    source = settings.source or settings.split or named
     settings = dataclasses.replace(settings, source=source).validate()
-    files = _select_files(root, settings.split)
-    relative = [f.relative_to(root).as_posix() for f in files]
+    found, found_videos, others = find_inputs(root)
+    files, videos = select_files(root, settings.split, found, found_videos)
+    if videos and settings.image_format == "keep":
+        raise flag_error("image_format", "keep", "videos have no frame files to keep; use jpeg or png")
+    relative = [f.relative_to(base).as_posix() for f in files]
     chunks = [tuple(relative[i:i + settings.shard_size]) for i in range(0, len(relative), settings.shard_size)]
+    out = Path(out_dir)
+    jobs = [_ShardJob(i, str(base), chunk, str(out), settings) for i, chunk in enumerate(chunks)]
+    video_jobs, not_videos = _plan_videos(base, videos, settings, len(jobs), str(out))
+    jobs += video_jobs
+    listing = relative + [f"{j.files[0]}@{j.ticks[0]}-{j.ticks[1]}" for j in video_jobs] + [
+        f"not a video: {n['path']}" for n in not_videos]
+    plan_settings = dataclasses.asdict(settings)
+    if not videos:
+        plan_settings.pop("fps")  # frame folders: the plan (and so resuming) is as before videos were read
     plan = {
         "format": FORMAT,
-        "settings": dataclasses.asdict(settings),
+        "settings": plan_settings,
         "frames": len(relative),
-        "shards": len(chunks),
-        "files_sha1": hashlib.sha1("\n".join(relative).encode()).hexdigest(),
+        "shards": len(jobs),
+        "files_sha1": hashlib.sha1("\n".join(listing).encode()).hexdigest(),
     }
-    out = Path(out_dir)
+    if videos:
+        plan |= {"videos": len(videos) - len(not_videos), "not_videos": not_videos}
     plan = _resume_or_create(out, plan, overwrite)
 
     shards_dir = out / SHARDS_DIR
     shards_dir.mkdir(parents=True, exist_ok=True)
     for stale in shards_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
-    jobs = [_ShardJob(i, str(root), chunk, str(out), settings) for i, chunk in enumerate(chunks)
-            if not (shards_dir / f"{shard_name(i)}.arrow").is_file()]
-    done = len(relative) - sum(len(job.files) for job in jobs)
-    with worker_pool(min(num_proc, len(jobs))) as pool, tqdm(
-            total=len(relative), initial=done, unit="frame", desc=f"prepare {source}", disable=not progress) as bar:
-        by_index = {job.index: job for job in jobs}
-        results = pool.imap_unordered(_write_shard, jobs) if pool else map(_write_shard, jobs)
-        for meta in results:
-            bar.update(len(by_index[int(meta["name"].split("-")[1])].files))
-            for skip in meta["skipped"]:
-                bar.write(f"skipped corrupt frame {skip['path']}: {skip['error']}")
-
+    todo = _run(jobs, video_jobs, shards_dir, source=source, num_proc=num_proc, progress=progress)
     manifest = _finish(out, plan, settings)
-    result = PrepareResult(out, manifest, written_shards=len(jobs), reused_shards=len(chunks) - len(jobs))
-    log(f"{out}: {result.frames} frames of {source} in {len(chunks)} shards ({result.written_shards} written, "
-        f"{result.reused_shards} already complete); {len(result.skipped)} corrupt frames skipped")
+    result = PrepareResult(out, manifest, written_shards=len(todo), reused_shards=len(jobs) - len(todo))
+    line = (f"{out}: {result.frames} frames of {source} in {len(jobs)} shards ({result.written_shards} written, "
+            f"{result.reused_shards} already complete); {len(result.skipped)} corrupt frames skipped")
+    if videos:
+        damaged = sorted({e["path"] for e in manifest.get("video_errors", [])})
+        line += (f"; {manifest.get('video_count', 0)} videos at fps {settings.fps:g}, {len(damaged)} damaged "
+                 f"(decodable frames kept), {len(manifest.get('not_videos', []))} not videos skipped")
+    if others:
+        line += f"; {others} other files ignored"
+    log(line)
     if any(video_number(v) is not None for v in manifest["videos"]):
         log(split_summary(manifest["videos"]))
     return result
+
+
+def _run(jobs: list[_ShardJob], video_jobs: list[_ShardJob], shards_dir: Path, *, source: str, num_proc: int,
+         progress: bool) -> list[_ShardJob]:
+    """Write the shards not yet complete, over ``num_proc`` processes, with a progress bar; returns those jobs."""
+    total = sum(job.size for job in jobs)
+    chunks_left = Counter(job.files[0] for job in video_jobs)
+    todo = [job for job in jobs if not (shards_dir / f"{shard_name(job.index)}.arrow").is_file()]
+    waiting = {job.index for job in todo}
+    for job in video_jobs:
+        if job.index not in waiting:
+            chunks_left[job.files[0]] -= 1
+    videos_done = lambda: sum(1 for n in chunks_left.values() if n == 0)  # noqa: E731
+    unit = "frame" if not video_jobs else "tick"  # a video's sampling ticks (its frames but for damaged stretches)
+    with worker_pool(min(num_proc, len(todo))) as pool, tqdm(
+            total=total, initial=total - sum(j.size for j in todo), unit=unit, desc=f"prepare {source}",
+            disable=not progress) as bar:
+        by_index = {job.index: job for job in todo}
+        results = pool.imap_unordered(_write_shard, todo) if pool else map(_write_shard, todo)
+        frames_done = 0
+        for meta in results:
+            job = by_index[int(meta["name"].split("-")[1])]
+            bar.update(job.size)
+            frames_done += meta["frames"]
+            if job.ticks:
+                chunks_left[job.files[0]] -= 1
+                bar.set_postfix_str(f"{frames_done} frames written, videos {videos_done()}/{len(chunks_left)}",
+                                    refresh=False)
+            for skip in meta["skipped"]:
+                bar.write(f"skipped corrupt frame {skip['path']}: {skip['error']}")
+            for error in meta.get("video_errors", []):
+                bar.write(f"damaged video {error['path']} (ticks {error['ticks'][0]}..{error['ticks'][1]}): "
+                          f"{error['error']}; its decodable frames are kept")
+
+    return todo
 
 
 def _resume_or_create(out: Path, plan: dict, overwrite: bool) -> dict:
@@ -271,7 +364,7 @@ def _finish(out: Path, plan: dict, settings: PrepareSettings) -> dict:
     existing = read_manifest(out)
     if existing is not None:
         return existing
-    shards, videos, skipped = [], Counter(), []
+    shards, videos, skipped, video_errors = [], Counter(), [], []
     for i in range(plan["shards"]):
         name = shard_name(i)
         meta = json.loads((out / SHARDS_DIR / f"{name}.json").read_text())
@@ -280,6 +373,7 @@ def _finish(out: Path, plan: dict, settings: PrepareSettings) -> dict:
                        "sha256": meta.get("sha256") or file_sha256(arrow)})  # shards of older runs: hash them now
         videos.update(meta["videos"])
         skipped.extend(meta["skipped"])
+        video_errors.extend(meta.get("video_errors", []))
     manifest = {
         "format": FORMAT,
         "id": plan["id"],
@@ -292,5 +386,7 @@ def _finish(out: Path, plan: dict, settings: PrepareSettings) -> dict:
         "shards": shards,
         "stats": None,
     }
+    if "videos" in plan:  # read from video files: what was read, what was damaged, what was not a video
+        manifest |= {"video_count": plan["videos"], "video_errors": video_errors, "not_videos": plan["not_videos"]}
     atomic_write_json(out / MANIFEST, manifest)
     return manifest

@@ -43,6 +43,7 @@ FEATURES = datasets.Features({
     "source": datasets.Value("string"),
     "video": datasets.Value("string"),
     "frame_index": datasets.Value("int64"),
+    "time": datasets.Value("float64"),  # a video frame's presentation time in seconds; null for frame files
     "orig_height": datasets.Value("int32"),
     "orig_width": datasets.Value("int32"),
 })

@@ -3,7 +3,9 @@
 Cholec80 ships ``phase_annotations/videoNN-phase.txt`` (``Frame<TAB>Phase``, one row per frame at 25 fps)
 and ``tool_annotations/videoNN-tool.txt`` (``Frame<TAB>Grasper<TAB>...``, one row every 25 frames, 0/1).
 A frame file ``videoNN_000042.png`` extracted at ``frame_fps`` maps to annotation frame
-``(42 - first_frame) * annotation_fps / frame_fps``; every frame must find its row.
+``(42 - first_frame) * annotation_fps / frame_fps``; every frame must find its row. A row prepared from a video
+file (it has a ``time``) already carries the video's own frame number, the annotation files' numbering, so it is
+looked up as it is and the three numbering settings do not apply to it.
 """
 from __future__ import annotations
 
@@ -95,10 +97,11 @@ def cholec80_labels(frames: datasets.Dataset, folder: str | Path, task: str, fra
     ``folder/phase_annotations`` or ``folder/tool_annotations``."""
     _require(frames, ("video", "frame_index"), "load frames from the Cholec80 layout frames/videoNN/videoNN_N.png")
     sub, read = {"phase": ("phase_annotations", read_phase_file), "tool": ("tool_annotations", read_tool_file)}[task]
-    columns = frames.select_columns(["video", "frame_index"]).to_dict()
+    columns = frames.select_columns([c for c in ("video", "frame_index", "time") if c in frames.column_names]).to_dict()
+    times = columns.get("time") or [None] * len(columns["video"])
     tables: dict[str, tuple[Path, dict]] = {}
     values = []
-    for row, (video, index) in enumerate(zip(columns["video"], columns["frame_index"], strict=True)):
+    for row, (video, index, time) in enumerate(zip(columns["video"], columns["frame_index"], times, strict=True)):
         if video not in tables:
             if not video:
                 raise DataError(f"frame {_image_path(frames, row)} is not in a video folder: give the folder that "
@@ -111,8 +114,11 @@ def cholec80_labels(frames: datasets.Dataset, folder: str | Path, task: str, fra
                 raise DataError(f"no {task} annotations for video {video!r}: {path} does not exist")
             tables[video] = path, read(path)
         path, table = tables[video]
-        position = (index - first_frame) * annotation_fps / frame_fps
+        position = index if time is not None else (index - first_frame) * annotation_fps / frame_fps
         frame = round(position)
+        if time is not None and frame not in table:
+            raise DataError(f"frame {_image_path(frames, row)} (video frame {index}, {time:.3f} s) has no label in "
+                            f"{path}; a video's rows are numbered as its own frames, as Cholec80's annotations are")
         if abs(position - frame) > 1e-6 or frame not in table:
             raise DataError(f"frame {_image_path(frames, row)} (index {index} -> annotation frame {position:g}) has "
                             f"no label in {path}; check frame_fps {frame_fps:g}, annotation_fps {annotation_fps:g} and "

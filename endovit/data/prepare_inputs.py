@@ -1,0 +1,48 @@
+"""What a prepare reads: the frame files and video files under an input folder (or one file), and a Cholec80
+split's share of them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from endovit.data.frames import find_image_files, video_name
+from endovit.data.splits import split_videos, video_number
+from endovit.data.video import VIDEO_EXTENSIONS, is_video_file
+from endovit.errors import DataError
+from endovit.io import walk_once
+
+__all__ = ["find_inputs", "select_files"]
+
+
+def find_inputs(root: Path) -> tuple[list[Path], list[Path], int]:
+    """Frame files and video files under ``root`` (any nesting, hidden ones skipped; a file: itself), and how
+    many other files were passed over (annotations, notes, ...)."""
+    if root.is_file():
+        return ([], [root], 0) if is_video_file(root) else ([root], [], 0)
+    folders, _ = walk_once(root, keep_folder=lambda name: not name.startswith("."))
+    names = [Path(d, f) for d, files in folders for f in files if not f.startswith(".")]
+    videos = sorted(p for p in names if is_video_file(p))
+    frames = find_image_files(root)
+    return frames, videos, len(names) - len(videos) - len(frames)
+
+
+def select_files(root: Path, split: str, files: list[Path], videos: list[Path]) -> tuple[list[Path], list[Path]]:
+    if not files and not videos:
+        raise DataError(f"no image or video files found under {root}; expected frames such as "
+                        "frames/videoNN/videoNN_NNNNNN.png (Cholec80), any folder of .png/.jpg files, or video "
+                        f"files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+    if not split:
+        return files, videos
+    base = root if root.is_dir() else root.parent
+    names = {f: video_name(f, base) for f in files} | {v: v.stem for v in videos}
+    if not any(video_number(v) is not None for v in names.values()):
+        found = sorted(set(names.values()))[:5]
+        raise DataError(f"{root} is not in the Cholec80 layout needed by --split {split}: expected "
+                        f"frames/videoNN/videoNN_NNNNNN.png or videos/videoNN.mp4, found videos {found}")
+    wanted = split_videos(split)
+    chosen = ([f for f in files if video_number(names[f]) in wanted],
+              [v for v in videos if video_number(v.stem) in wanted])
+    if not any(chosen):
+        present = sorted({n for v in names.values() if (n := video_number(v)) is not None})
+        raise DataError(f"Cholec80 split {split} is empty under {root}: it takes videos {sorted(wanted)}, "
+                        f"found videos {present}")
+    return chosen
