@@ -1,4 +1,5 @@
-"""Frozen-feature probes of MAE encoders on labelled frames: k-NN and linear probe, split by video.
+"""Frozen-feature probes of MAE encoders on labelled frames: k-NN and linear probe, split by video; with
+``--label_format cholecseg8k`` (CholecSeg8k's masks) the linear segmentation probe (mIoU).
 
     accelerate launch --config_file accelerate_configs/cpu.yaml scripts/evaluate.py \
         --weights outputs/demo random --data data/sample/probe --label_format cholec80_phase --kind both
@@ -137,7 +138,7 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             with accelerator.local_main_process_first():  # a URL downloads once per machine
                 load_encoder(mae, path)
         mae.to(accelerator.device).eval()
-        features = features_from_loader(mae, loader, accelerator, mean, std)
+        features = features_from_loader(mae, loader, accelerator, mean, std, dense=data.labels.dense)
         results[redact_url(name)] = {"weights": redact_url(str(path or name)), "step": step, "mean": mean,
                                      "std": std, "metrics": probe_metrics(features, data, settings)}
     return {"model": model, "img_size": img_size, "classes": data.labels.names,
