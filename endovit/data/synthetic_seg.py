@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from endovit.data.synthetic import DEMO_SIZE, TOOL_LOOKS, _smooth_noise, _VideoScene
 from endovit.data.cholecseg8k import CLASSES_13, COLOURS_13, VIDEOS, WATERSHED
+from endovit.data.synthetic import DEMO_SIZE, TOOL_LOOKS, _smooth_noise, _VideoScene
 
 __all__ = ["SEG_DEMO", "write_seg_frames", "write_demo_seg_frames"]
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from endovit.data.frames import decode_image, load_frames
-from endovit.data.splits import video_number
 from endovit.data.loader import build_val_loader
+from endovit.data.splits import video_number
 from endovit.errors import DataError, RecipeError, did_you_mean
 from endovit.probes.classifiers import knn_scores, linear_probe_scores
 from endovit.probes.features import POOLS, features_from_pixels
@@ -24,8 +24,8 @@ from endovit.probes.segmentation import (
     SEG_CLASSES,
     SEG_FORMAT,
     TEST_VIDEOS,
-    class_names,
     cholecseg8k_frames,
+    class_names,
     fit_segmentation_probe,
     predict_masks,
     read_masks,
