@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SAMPLE := data/sample
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test lint clean device-wheels
+.PHONY: demo test test-wheels lint clean device-wheels
 
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,15 +48,19 @@ device-wheels: .whl-local/.complete
 	$(PYTHON) -m pip download $(WHEEL_FLAGS) --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
 		--platform manylinux_2_17_x86_64 -d .whl $(DEVICE_WHEELS) $(shell grep -E '^pyarrow==' constraints.txt)
 
-# Also the oldest timm setup.cfg allows, for tests/test_timm_floor.py.
+# Also the oldest timm setup.cfg allows, for tests/test_timm_floor.py (both: `make test-wheels`).
 TIMM_FLOOR = $(shell sed -n 's/^ *timm>=\([0-9.]*\).*/\1/p' setup.cfg)
 .whl-local/.complete: constraints.txt setup.cfg | $(STAMP)
 	$(BIN)/python -m pip download $(WHEEL_FLAGS) -d .whl-local $(DEVICE_WHEELS) timm==$(TIMM_FLOOR)
 	touch $@
 
 # Two workers, one per core of the 2-core CI machine; a file stays on one worker, so its module fixtures run once.
-test: $(STAMP) .whl-local/.complete
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+# The tests that need downloaded wheels (the GPU check's rehearsal, the timm floor) run in `make test-wheels`.
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not wheels"
+
+test-wheels: $(STAMP) .whl-local/.complete
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m wheels
 
 lint: $(STAMP)
 	$(BIN)/ruff check endovit scripts tests

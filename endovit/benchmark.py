@@ -19,7 +19,8 @@ from endovit.flops import train_flops
 from endovit.hardware import measured_cpu_precision, resolve_mixed_precision
 from endovit.models.mae import create_mae
 from endovit.optim import build_optimizer, param_groups
-from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD, Recipe
+from endovit.recipe import Recipe
+from endovit.recipes import ENDOVIT_MEAN, ENDOVIT_STD
 
 __all__ = ["BenchConfig", "baseline_of", "run_benchmark", "run_probe_benchmark", "endovit_loader", "endovit_batches",
            "our_batches"]
@@ -250,6 +251,7 @@ def our_batches(frames_dir: str, img_size, batch_size: int, num_workers: int):
     """Our input pipeline (the one pretrain.py uses) over the same frames. Yields uint8 batches."""
     from endovit.data import build_train_loader, load_frames
 
-    loader = build_train_loader(load_frames(frames_dir), img_size, [0.6, 1.0], batch_size, seed=0,
+    loader = build_train_loader(load_frames(frames_dir), img_size=img_size, crop_scale=[0.6, 1.0],
+                                batch_size=batch_size, seed=0,
                                 num_workers=num_workers, fast_decode=Recipe.fast_decode)
     return _cycle(loader, loader.sampler.set_epoch)

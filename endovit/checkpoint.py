@@ -13,7 +13,7 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list, gather_object
 from accelerate.utils.other import load as load_weights_only
 
-from endovit.errors import CheckpointError
+from endovit.errors import CheckpointError, first_line
 from endovit.hub import write_guard_config
 from endovit.io import atomic_write_text
 
@@ -139,7 +139,7 @@ class TrainProgress:
                                   "another checkpoint") from None
 
 
-def save_training_state(accelerator, root: str | os.PathLike, step: int, keep: int, run: dict,
+def save_training_state(accelerator, root: str | os.PathLike, step: int, *, keep: int, run: dict,
                         write_extra: Callable[[Path], None] | None = None, storage_shared: bool = True) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename it complete; keep the newest ``keep``.
 
@@ -234,8 +234,7 @@ def load_training_state(accelerator, folder: Path, progress: TrainProgress) -> N
         load_weights_only(Path(folder) / rng_file)
         accelerator.load_state(str(folder))
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot load the training state in {folder}: {first}") from None
+        raise CheckpointError(f"cannot load the training state in {folder}: {first_line(err)}") from None
     progress.load(folder)
 
 

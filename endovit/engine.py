@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from endovit.data.transforms import normalize, sample_seed
 from endovit.errors import DataError, RecipeError
-from endovit.evaluation import validate
 from endovit.flops import peak_tflops, train_flops
 from endovit.optim import set_lr
+from endovit.validation import validate
 
 __all__ = ["sdpa_active", "compile_model", "compile_trial", "compiled_graphs", "train_step", "LogWindow",
            "StopRequest", "train", "validate_run"]
@@ -198,7 +198,7 @@ def _signal_when_the_launcher_dies() -> None:
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
-    try:
+    try:  # why /proc: the parent's command line is the only portable sign of which launcher started us
         args = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return
@@ -234,11 +234,11 @@ def train(run, stop: StopRequest | None = None) -> int:
 
 
 def _train_steps(run, stop: StopRequest) -> int:
-    recipe, accelerator, schedule, saver = run.recipe, run.accelerator, run.schedule, run.saver
+    recipe, accelerator, schedule, saver, progress = run.recipe, run.accelerator, run.schedule, run.saver, run.progress
     noise_generator = torch.Generator(device=accelerator.device)
     window = LogWindow(accelerator.device, train_flops(run.mae, recipe.mask_ratio),
                        peak_tflops(accelerator.device, accelerator.mixed_precision))
-    step, micro_steps, stopped = saver.progress.step, 0, False
+    step, micro_steps, stopped = progress.step, 0, False
     first_step = step + 1
     # the bar only on a terminal (disable=None): in a pipe, a log file or CloudWatch its redraws would run into the
     # step= lines, which say the same
@@ -271,7 +271,7 @@ def _train_steps(run, stop: StopRequest) -> int:
             # optimizer step done (fp16 skips a step whose gradients overflowed): count it, average for SWA
             window.skipped += accelerator.optimizer_step_was_skipped
             step, micro_steps = step + 1, 0
-            saver.progress.step = step
+            progress.step = step
             bar.update(1)
             if step == first_step and accelerator.is_main_process:
                 bar.write(f"first step done {time.perf_counter() - run.started:.1f}s after start-up began "
@@ -284,7 +284,9 @@ def _train_steps(run, stop: StopRequest) -> int:
                 _log_train(run, window, step, bar)
             # validate (best/ follows the validation loss)
             if run.val_loader is not None and (step % recipe.val_every_steps == 0 or step == schedule.total_steps):
-                saver.after_validation(step, validate_run(run, step, bar.write))
+                val_loss = validate_run(run, step, bar.write)
+                run.latest["val/loss"] = val_loss
+                saver.after_validation(step, val_loss)
             # probe the encoder on labelled frames (every process takes part)
             if run.probe is not None and (step % recipe.probe_every_steps == 0 or step == schedule.total_steps):
                 _log_probe(run, step, bar)
@@ -308,7 +310,7 @@ def _log_train(run, window: LogWindow, step: int, bar) -> None:
                                  "--clip_grad 1.0, and resume from the last checkpoint")
     metrics["train/lr"] = max(g["lr"] for g in run.optimizer.param_groups)
     accelerator.log(metrics, step=step)
-    run.saver.latest.update(metrics)
+    run.latest.update(metrics)
     if accelerator.is_main_process:
         shown = ("train/data_wait", "train/mfu", "train/max_memory_gb", "train/skipped_steps")
         extra = "".join(f" {key[6:]}={metrics[key]:.3g}" for key in shown if key in metrics)
@@ -328,8 +330,12 @@ def _log_probe(run, step: int, bar) -> None:
     if swa_model is not None and swa_model.n_averaged.item() > 0:
         metrics |= {k.replace("probe/", "probe_swa/", 1): v for k, v in run.probe.evaluate(swa_model.module).items()}
     run.accelerator.log(metrics, step=step)
+<<<<<<< HEAD
     per_class = ("_ap/", "_iou/")  # per-class APs and IoUs: to the trackers only
     run.saver.latest.update({k: v for k, v in metrics.items() if not any(p in k for p in per_class)})
+=======
+    run.latest.update({k: v for k, v in metrics.items() if "_ap/" not in k})
+>>>>>>> main
     if run.accelerator.is_main_process:
         bar.write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.4f}" for k, v in metrics.items()
                                              if not any(p in k for p in per_class)))
@@ -339,13 +345,13 @@ def validate_run(run, step: int, write) -> float:
     """Validation loss of the model (and of the SWA average once it has weights): logged, one ``step=`` line;
     returns the model's loss."""
     recipe, accelerator = run.recipe, run.accelerator
-    val_loss = validate(run.mae, run.mae, run.val_loader, accelerator, run.mean, run.std, recipe.mask_ratio,
-                        recipe.seed)
+    fixed = dict(loader=run.val_loader, accelerator=accelerator, mean=run.mean, std=run.std,
+                 mask_ratio=recipe.mask_ratio, seed=recipe.seed)
+    val_loss = validate(run.mae, mae=run.mae, **fixed)
     metrics = {"val/loss": val_loss}
     swa_model = run.swa_model
     if swa_model is not None and swa_model.n_averaged.item() > 0:
-        metrics["val/loss_swa"] = validate(swa_model, swa_model.module, run.val_loader, accelerator, run.mean,
-                                           run.std, recipe.mask_ratio, recipe.seed)
+        metrics["val/loss_swa"] = validate(swa_model, mae=swa_model.module, **fixed)
     accelerator.log(metrics, step=step)
     if accelerator.is_main_process:
         write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.5f}" for k, v in metrics.items()))

@@ -9,7 +9,8 @@ import difflib
 import re
 from collections.abc import Iterable
 
-__all__ = ["EndovitError", "RecipeError", "DataError", "CheckpointError", "LaunchError", "did_you_mean", "error_line"]
+__all__ = ["EndovitError", "RecipeError", "DataError", "CheckpointError", "LaunchError", "did_you_mean", "error_line",
+           "first_line"]
 
 
 class EndovitError(ValueError):
@@ -37,6 +38,13 @@ def error_line(err: BaseException) -> str:
     re-raised from a DataLoader worker carries after the worker's whole traceback."""
     lines = [line for line in str(err).splitlines() if line.strip()]
     return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else type(err).__name__
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of ``err``'s message (a library's multi-line error inside one of ours), else its
+    type's name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 
 from endovit.errors import CheckpointError
+from endovit.io import link_or_copy
+from endovit.models.archs import is_decoder_key
 
 __all__ = [
     "TIMM_DIR",
@@ -49,7 +50,6 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 NOT_A_MODEL = "NOT-A-MODEL-FOLDER"
-DECODER_PREFIXES = ("decoder_", "mask_token")
 
 # One transformer block: our (timm) names -> transformers' ViT names (the layout the Hub's ViT-MAE
 # checkpoints use; transformers 5 renames them to its own module names when it loads them).
@@ -109,14 +109,6 @@ def timm_data_config(info: dict) -> dict:
     }
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to ``target`` (the same bytes twice cost nothing), else copy it."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
 def write_timm_folder(folder: str | os.PathLike, encoder_state: dict[str, torch.Tensor], info: dict,
                       weights_file: str | os.PathLike | None = None) -> Path:
     """Write timm's Hub layout (``config.json`` + ``model.safetensors``) into ``folder``.
@@ -165,7 +157,7 @@ def write_timm_folder(folder: str | os.PathLike, encoder_state: dict[str, torch.
                              f"transformers' ViT-MAE folder is ../{TRANSFORMERS_DIR}")
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     if weights_file is not None:
-        _link_or_copy(Path(weights_file), folder / WEIGHTS_NAME)
+        link_or_copy(Path(weights_file), folder / WEIGHTS_NAME)
     else:
         save_file({k: v.detach().cpu().contiguous() for k, v in encoder_state.items()}, str(folder / WEIGHTS_NAME),
                   metadata={"format": "pt"})
@@ -237,7 +229,7 @@ def write_transformers_folder(folder: str | os.PathLike, state: dict[str, torch.
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    has_decoder = any(k.startswith(DECODER_PREFIXES) for k in state)
+    has_decoder = any(is_decoder_key(k) for k in state)
     tensors = {k: v.detach().cpu().contiguous() for k, v in to_transformers_state_dict(state).items()}
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     config = transformers_config({**info, "has_decoder": has_decoder})
@@ -278,6 +270,7 @@ def guard_config(what: str = "an EndoViT training-state folder",
     ``Unknown model (NOT-A-MODEL-FOLDER: ...)``.
     """
     message = f"{NOT_A_MODEL}: {what}; {hint}"
+    # why these keys: each is the first one its loader validates, so the message is what a user reads
     return {"model_type": "vit_mae", "architecture": message, "hidden_size": message,
             "transformers_weights": f"{NOT_A_MODEL}.safetensors", "endovit": message}
 

@@ -1,20 +1,78 @@
-"""Atomic writes: a uniquely named temporary sibling, then a rename, so no reader ever sees half a file
-and a failed write leaves nothing behind."""
+"""Files and locations, one definition each: atomic writes (a uniquely named temporary sibling, then a rename, so
+no reader ever sees half a file and a failed write leaves nothing behind), hashing, hard links, and URLs (which are
+downloaded, which are remote storage, how they are shown without their secrets)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "temporary_sibling", "readable_mode",
-           "is_plain_name", "walk_once", "SHA256_PIN", "remove_temporaries"]
+           "is_plain_name", "walk_once", "SHA256_PIN", "remove_temporaries", "file_sha256", "link_or_copy",
+           "is_url", "is_remote", "redact_url"]
 
 SHA256_PIN = re.compile(r"sha256=([0-9A-Fa-f]{64})")  # a URL's #fragment that pins its file (pip's convention)
+_DOWNLOAD_URL = re.compile(r"^(https?|file)://", re.IGNORECASE)
+_ANY_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def is_url(source: str | os.PathLike) -> bool:
+    """Whether weights at ``source`` are downloaded (an http, https or file URL) rather than opened as a path."""
+    return bool(_DOWNLOAD_URL.match(str(source)))
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for storage URLs such as ``s3://bucket/key`` (``file://`` and plain paths are local)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with every URL's credentials (``user:password@``), query string and fragment removed.
+
+    ``https://user:tok@host/path/w.pth?X-Amz-Signature=...`` becomes ``https://host/path/w.pth``; use it wherever
+    a source location is printed, logged or stored.
+    """
+    def clean(match: re.Match) -> str:
+        url = match.group(0)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname or ""
+            if parts.port is not None:
+                host = f"{host}:{parts.port}"
+        except ValueError:
+            return url.split("?", 1)[0].split("#", 1)[0]
+        if "@" in parts.netloc and not host:
+            host = parts.netloc.rsplit("@", 1)[1]
+        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+    return _ANY_URL.sub(clean, str(text))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Hard-link ``source`` to ``target`` (the same bytes twice cost no disk), else copy it."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 
 
 def is_plain_name(name) -> bool:

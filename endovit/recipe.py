@@ -1,8 +1,9 @@
 """Every training setting in one dataclass: YAML recipes plus ``--key value`` overrides.
 
 One name per concept: a recipe key is also the CLI flag and the SageMaker hyperparameter, and its one line
-of documentation here is its ``--help``. Inside a SageMaker training job the job's folders and data channels
-are the defaults (``endovit.sagemaker.job``).
+of documentation here is its ``--help``. Deployment code hands in its own defaults from outside
+(inside a SageMaker training job: the job's folders and data channels, ``endovit.sagemaker.job.job_defaults``); this
+module imports none of it.
 """
 from __future__ import annotations
 
@@ -21,14 +22,11 @@ from endovit.cli import OneLineParser, converter, parse_bool
 from endovit.data.splits import check_split_name
 from endovit.errors import DataError, RecipeError, did_you_mean
 from endovit.models.archs import MODEL_ARCHS
-from endovit.sagemaker.job import job_defaults
+from endovit.recipes import ENDOVIT_MEAN, ENDOVIT_STD, RECIPES_DIR, shipped_recipe_names
 
 __all__ = ["Recipe", "RecipeError", "parse_bool", "RECIPES_DIR", "load_recipe", "build_parser", "recipe_from_args",
            "parse_recipe", "ACCELERATE_PRECISIONS"]
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
-ENDOVIT_MEAN = [0.3464, 0.2280, 0.2228]
-ENDOVIT_STD = [0.2520, 0.2128, 0.2093]
 GROUPS = {"data": "data", "model": "model", "optim": "optimisation", "speed": "speed and devices",
           "swa": "stochastic weight averaging", "probe": "downstream probe", "run": "validation, logging, checkpoints"}
 # accelerate's mixed precision that counts as chosen (its configs write "no" when nobody chose anything)
@@ -340,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="MAE pretraining on endoscopic frames (run under `accelerate launch`). "
                                        "Every flag is also a recipe YAML key; defaults shown are the built-in "
                                        "ones, which --recipe (default endovit_seg) overrides.", allow_abbrev=False)
-    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    names = ", ".join(shipped_recipe_names())
     parser.add_argument("--recipe", default="endovit_seg", help=f"recipe name ({names}) or path to a YAML file")
     hints = _field_types()
     groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
@@ -358,7 +356,7 @@ def load_recipe(name_or_path: str) -> dict:
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        names = ", ".join(shipped_recipe_names())
         raise RecipeError(f"recipe {name_or_path!r} not found: give a YAML path or one of {names}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -380,12 +378,13 @@ def load_recipe(name_or_path: str) -> dict:
     return data
 
 
-def recipe_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Recipe:
-    """Recipe file values, then SageMaker job defaults (only inside a job), then an explicit accelerate mixed
-    precision (``accelerate launch --mixed_precision`` or its config), then CLI flags; validated. ``origin``
-    records where each value that is not a built-in default came from."""
+def recipe_from_args(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None,
+                     job_defaults: Mapping[str, object] | None = None) -> Recipe:
+    """Recipe file values, then ``job_defaults`` (what the deployment sets: a SageMaker job's folders and channels),
+    then an explicit accelerate mixed precision (``accelerate launch --mixed_precision`` or its config), then CLI
+    flags; validated. ``origin`` records where each value that is not a built-in default came from."""
     environ = os.environ if environ is None else environ
-    layers = [(f"recipe {args.recipe}", load_recipe(args.recipe)), ("SageMaker job", job_defaults(environ))]
+    layers = [(f"recipe {args.recipe}", load_recipe(args.recipe)), ("SageMaker job", dict(job_defaults or {}))]
     accelerate_precision = environ.get("ACCELERATE_MIXED_PRECISION", "")
     if accelerate_precision in ACCELERATE_PRECISIONS:
         layers.append(("accelerate's mixed_precision", {"mixed_precision": accelerate_precision}))
@@ -397,5 +396,5 @@ def recipe_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     return Recipe(**values, origin=origin).validate()
 
 
-def parse_recipe(argv: list[str] | None = None) -> Recipe:
-    return recipe_from_args(build_parser().parse_args(argv))
+def parse_recipe(argv: list[str] | None = None, *, job_defaults: Mapping[str, object] | None = None) -> Recipe:
+    return recipe_from_args(build_parser().parse_args(argv), job_defaults=job_defaults)

@@ -2,7 +2,6 @@
 ``best_probe/``, ``swa/``, the final export and the reconstruction picture."""
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -21,8 +20,8 @@ from endovit.checkpoint import (
     resolve_resume,
     save_training_state,
 )
-from endovit.evaluation import reconstruction_grid
-from endovit.io import atomic_path, remove_temporaries
+from endovit.io import atomic_path, link_or_copy, remove_temporaries
+from endovit.validation import reconstruction_grid
 from endovit.weights import export_info, export_model, exported_step
 
 __all__ = ["Saver"]
@@ -32,31 +31,38 @@ BESTS = ("best", "best_probe")  # exports kept beside the checkpoints, by valida
 
 
 class Saver:
-    """Decides and writes everything a run leaves behind; holds the counters a checkpoint carries.
+    """Decides and writes everything a run leaves behind.
 
-    ``best/`` (lowest validation loss) and ``best_probe/`` (highest ``probe_best_metric``) are exported into the
-    checkpoint folder (which SageMaker syncs and restores) and linked into the output folder, so a restarted job
-    gets them back.
+    It is handed, once, what it writes: the model and its SWA average, the run's ``TrainProgress`` (owned by the
+    Run, saved and restored here with every checkpoint), the fixed picture frames and the trackers in use; it never
+    reaches into the Run. ``best/`` (lowest validation loss) and ``best_probe/`` (highest ``probe_best_metric``) are
+    exported into the checkpoint folder (which SageMaker syncs and restores) and linked into the output folder, so
+    a restarted job gets them back.
     """
 
-    def __init__(self, run, run_signature: dict):
-        self.run = run
-        self.recipe = run.recipe
-        self.accelerator = run.accelerator
+    def __init__(self, *, recipe, accelerator, mae, swa_model, progress: TrainProgress, run_signature: dict,
+                 pictures: tuple | None = None, trackers: list[str] | tuple[str, ...] = ()):
+        self.recipe = recipe
+        self.accelerator = accelerator
+        self.mae = mae
+        self.swa_model = swa_model
+        self.progress = progress
+        self.pictures = pictures
+        self.trackers = trackers
         self.out_dir = Path(self.recipe.output_dir)
         self.checkpoints_dir = self.recipe.checkpoints_path
         self.run_signature = run_signature
         self.storage_shared = not self.accelerator.project_configuration.save_on_each_node
         self.manifest = node_manifest(self.accelerator, self.storage_shared)
-        self.progress = TrainProgress()
         self.last_val_loss: float | None = None
-        self.latest: dict[str, float] = {}  # newest value of every logged metric, for TensorBoard's HParams tab
-        self.hparams: dict = {}
         self.picture_step: int | None = None
         if self.accelerator.is_main_process:  # what a run killed while writing left behind (one run per folder)
             for folder in (self.out_dir, self.out_dir / "swa", *(root / name for root in (self.out_dir,
                            self.checkpoints_dir) for name in BESTS)):
                 remove_temporaries(folder)
+
+    def _info(self, mae, step: int, val_loss: float | None) -> dict:
+        return export_info(self.recipe.to_dict(), mae, step=step, val_loss=val_loss)
 
     # --- training state -------------------------------------------------------------------------------------
 
@@ -74,9 +80,8 @@ class Saver:
         """Load a checkpoint folder: accelerate's state, our counters, the SWA weights; put the bests back."""
         check_resumable(folder, self.run_signature, self.manifest)
         load_training_state(self.accelerator, folder, self.progress)
-        swa_model = self.run.swa_model
-        if swa_model is not None:
-            swa_model.load_state_dict(load_file(folder / SWA_FILE))
+        if self.swa_model is not None:
+            self.swa_model.load_state_dict(load_file(folder / SWA_FILE))
         if self.accelerator.is_main_process:
             for name in BESTS:
                 self._restore_best(name)
@@ -84,8 +89,9 @@ class Saver:
     def save_training_state(self, step: int) -> Path:
         """A complete checkpoint of ``step`` (every process takes part); logs how long saving took."""
         start = time.perf_counter()
-        folder = save_training_state(self.accelerator, self.checkpoints_dir, step, self.recipe.keep_checkpoints,
-                                     self.run_signature, self._write_extra, self.storage_shared)
+        folder = save_training_state(self.accelerator, self.checkpoints_dir, step, keep=self.recipe.keep_checkpoints,
+                                     run=self.run_signature, write_extra=self._write_extra,
+                                     storage_shared=self.storage_shared)
         seconds = time.perf_counter() - start
         self.accelerator.log({"train/checkpoint_seconds": seconds}, step=step)
         if self.accelerator.is_main_process:
@@ -94,8 +100,8 @@ class Saver:
 
     def _write_extra(self, folder: Path) -> None:
         self.progress.save(folder)
-        if self.run.swa_model is not None:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.run.swa_model.state_dict().items()}
+        if self.swa_model is not None:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.swa_model.state_dict().items()}
             save_file(state, str(folder / SWA_FILE))
 
     # --- exports --------------------------------------------------------------------------------------------
@@ -103,12 +109,10 @@ class Saver:
     def after_validation(self, step: int, val_loss: float) -> None:
         """Picture of this validation; ``best/`` when the loss improved."""
         self.last_val_loss = val_loss
-        self.latest["val/loss"] = val_loss
         if self.accelerator.is_main_process:
             self.save_picture(step)
             if val_loss < self.progress.best_val_loss:
-                export_model(self.run.mae, self.checkpoints_dir / "best",
-                             export_info(self.recipe, self.run.mae, step, val_loss))
+                export_model(self.mae, self.checkpoints_dir / "best", self._info(self.mae, step, val_loss))
                 self._restore_best("best")
         self.progress.best_val_loss = min(self.progress.best_val_loss, val_loss)
 
@@ -119,8 +123,8 @@ class Saver:
             return
         value = metrics[f"probe/{name}"]
         if value > self.progress.best_probe and self.accelerator.is_main_process:
-            info = export_info(self.recipe, self.run.mae, step, self.last_val_loss) | {f"probe_{name}": value}
-            export_model(self.run.mae, self.checkpoints_dir / "best_probe", info)
+            info = self._info(self.mae, step, self.last_val_loss) | {f"probe_{name}": value}
+            export_model(self.mae, self.checkpoints_dir / "best_probe", info)
             self._restore_best("best_probe")
         self.progress.best_probe = max(self.progress.best_probe, value)
 
@@ -130,58 +134,59 @@ class Saver:
         if not kept.is_dir() or kept.resolve() == (self.out_dir / name).resolve():
             return
         with atomic_path(self.out_dir / name) as tmp:
-            shutil.copytree(kept, tmp, copy_function=_link_or_copy)
+            shutil.copytree(kept, tmp, copy_function=link_or_copy)
 
     def exported(self, step: int) -> bool:
         """Whether the final export of ``step`` is complete (the model's and, once it averaged, SWA's), on every
         process: a stop after the last checkpoint but during the export leaves it missing or mixed."""
         if self.accelerator.is_main_process:
-            swa_model = self.run.swa_model
-            averaged = swa_model is not None and swa_model.n_averaged.item() > 0
+            averaged = self.swa_model is not None and self.swa_model.n_averaged.item() > 0
             folders = [self.out_dir, self.out_dir / "swa"] if averaged else [self.out_dir]
             complete = all(exported_step(folder) == step for folder in folders)
         else:
             complete = None
         return broadcast_object_list([complete])[0] if self.accelerator.num_processes > 1 else complete
 
-    def finish(self, step: int, val_loss: float | None) -> dict[str, Path | None]:
-        """Final weights (and SWA's) into the output folder; returns what exists, by name."""
+    def finish(self, step: int, *, hparams: dict, metrics: dict[str, float]) -> dict[str, Path | None]:
+        """Final weights (and SWA's) into the output folder, the recipe's ``hparams`` beside the newest ``metrics``
+        in TensorBoard's HParams tab; returns what exists, by name."""
         written: dict[str, Path | None] = {"weights": None, "best": None, "best_probe": None, "swa": None,
                                            "picture": None}
         if not self.accelerator.is_main_process:
             return written
-        mae, swa_model = self.run.mae, self.run.swa_model
-        written["weights"] = export_model(mae, self.out_dir, export_info(self.recipe, mae, step, val_loss))
+        mae, swa_model = self.mae, self.swa_model
+        written["weights"] = export_model(mae, self.out_dir, self._info(mae, step, self.last_val_loss))
         if swa_model is not None and swa_model.n_averaged.item() > 0:
             written["swa"] = export_model(swa_model.module, self.out_dir / "swa",
-                                          export_info(self.recipe, swa_model.module, step, None))
+                                          self._info(swa_model.module, step, None))
         for name in BESTS:
             if (self.out_dir / name / "model.safetensors").is_file():
                 written[name] = self.out_dir / name
         written["picture"] = self.save_picture(step)
-        if "tensorboard" in self.run.settings.trackers and self.hparams:
+        if "tensorboard" in self.trackers and hparams:
             self.accelerator.get_tracker("tensorboard", unwrap=True).add_hparams(
-                self.hparams, {f"hparams/{k.replace('/', '_')}": v for k, v in self.latest.items()},
+                hparams, {f"hparams/{k.replace('/', '_')}": v for k, v in metrics.items()},
                 run_name=".", global_step=step)
         return written
 
     def save_picture(self, step: int) -> Path | None:
         """Reconstruction grid of the fixed picture frames: to TensorBoard and ``reconstruction.png`` (once per
         step: the end of a run that validated at its last step draws no second picture)."""
-        run = self.run
-        if run.pictures is None:
+        if self.pictures is None:
             return None
         if step == self.picture_step:
             return self.out_dir / "reconstruction.png"
         self.picture_step = step
-        grid = reconstruction_grid(run.mae, *run.pictures, self.recipe.mean, self.recipe.std, self.recipe.mask_ratio)
-        if "tensorboard" in run.settings.trackers:
+        grid = reconstruction_grid(self.mae, *self.pictures, mean=self.recipe.mean, std=self.recipe.std,
+                                   mask_ratio=self.recipe.mask_ratio)
+        if "tensorboard" in self.trackers:
             self.accelerator.get_tracker("tensorboard", unwrap=True).add_image("val/reconstruction", grid, step,
                                                                              dataformats="HWC")
         path = self.out_dir / "reconstruction.png"
         with atomic_path(path) as tmp:
             Image.fromarray(grid).save(tmp, format="PNG")
         return path
+<<<<<<< HEAD
 
 
     def save_probe_picture(self, step: int, picture) -> Path | None:
@@ -204,3 +209,5 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+=======
+>>>>>>> main

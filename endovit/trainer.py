@@ -27,21 +27,21 @@ from accelerate.utils import (
 from filelock import FileLock, Timeout
 from torch.optim.swa_utils import AveragedModel
 
-from endovit.checkpoint import checkpoint_storage_shared, latest_checkpoint
+from endovit.checkpoint import TrainProgress, checkpoint_storage_shared, latest_checkpoint
 from endovit.data import build_train_loader, build_val_loader
 from endovit.data.sources import RunData, load_run_data
 from endovit.engine import compile_model, compile_trial, compiled_graphs, sdpa_active
 from endovit.errors import DataError, RecipeError
-from endovit.evaluation import picture_batch
 from endovit.hardware import Resolved, apply_tf32, compile_threads, measured_cpu_precision, resolve_settings
-from endovit.io import atomic_write_text
+from endovit.io import atomic_write_text, redact_url
 from endovit.models.mae import MaskedAutoencoderViT, create_mae
 from endovit.optim import build_optimizer, lr_at_step, param_groups
 from endovit.probes import Probe, ProbeSettings, build_probe, metric_names
 from endovit.probes.metrics import score_names
 from endovit.recipe import Recipe
 from endovit.saver import Saver
-from endovit.weights import load_pretrained, redact_url
+from endovit.validation import picture_batch
+from endovit.weights import load_pretrained
 
 __all__ = ["Schedule", "Run", "load_data", "process_state", "build_run", "start_logging"]
 
@@ -90,14 +90,16 @@ class Run:
     schedule: Schedule
     mean: torch.Tensor  # (1, 3, 1, 1) on the device, built once
     std: torch.Tensor
+    saver: Saver  # writes what the run leaves behind; handed the model, progress and pictures it writes
+    progress: TrainProgress  # the optimizer steps done and the bests so far: the Run's, saved by the saver
     swa_model: AveragedModel | None = None
-    pictures: tuple | None = None
     compile_seconds: float = 0.0
-    saver: Saver | None = None
     probe: Probe | None = None  # frozen-feature probe on labelled frames, when the recipe has probe_data
     started: float = dataclasses.field(default_factory=time.perf_counter)  # when build_run began
     graphs_after_trial: int = 0  # torch.compile graphs built by the compile trial; more later = recompiles
     lock: FileLock | None = None  # held on the output folder for the run's lifetime (main process)
+    latest: dict[str, float] = dataclasses.field(default_factory=dict)  # newest logged metrics, for HParams
+    hparams: dict = dataclasses.field(default_factory=dict)  # the recipe as TensorBoard's HParams show it
 
     def close(self) -> None:
         """End the trackers and free the output folder for another run."""
@@ -250,8 +252,9 @@ def build_run(recipe: Recipe) -> Run:
     mae = _model(recipe, accelerator)
     optimizer = build_optimizer(param_groups(mae, recipe.weight_decay, recipe.layer_decay), recipe.peak_lr,
                                 recipe.fused_optimizer, accelerator.device)
-    train_loader = build_train_loader(data.train, recipe.img_size, recipe.crop_scale, micro_batch, recipe.seed,
-                                      settings.num_workers, data.mix, recipe.fast_decode)
+    train_loader = build_train_loader(data.train, img_size=recipe.img_size, crop_scale=recipe.crop_scale,
+                                      batch_size=micro_batch, seed=recipe.seed, num_workers=settings.num_workers,
+                                      mix=data.mix, fast_decode=recipe.fast_decode)
     val_loader = (build_val_loader(data.val, recipe.img_size, recipe.val_batch_size or micro_batch,
                                    settings.num_workers) if data.val is not None else None)
     model, optimizer, train_loader = accelerator.prepare(mae, optimizer, train_loader)
@@ -264,19 +267,26 @@ def build_run(recipe: Recipe) -> Run:
     # schedule, SWA, pictures, saver; then the checkpoint to continue from
     schedule = Schedule(recipe, math.ceil(len(train_loader) / recipe.grad_accum_steps))
     device = accelerator.device
+    swa_model = AveragedModel(mae) if recipe.swa else None
+    progress = TrainProgress()
+    pictures = picture_batch(data.val if data.val is not None else data.train, count=recipe.num_recon_images,
+                             img_size=recipe.img_size, mean=recipe.mean, std=recipe.std, seed=recipe.seed,
+                             num_patches=mae.num_patches, device=device)
+    saver = Saver(recipe=recipe, accelerator=accelerator, mae=mae, swa_model=swa_model, progress=progress,
+                  pictures=pictures, trackers=settings.trackers,
+                  run_signature={"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa,
+                                 "seed": recipe.seed, "processes": accelerator.num_processes,
+                                 "batch_size": recipe.batch_size, "grad_accum_steps": recipe.grad_accum_steps,
+                                 "steps_per_epoch": schedule.steps_per_epoch})
     run = Run(recipe, accelerator, settings, data, mae, model, optimizer, train_loader, val_loader, schedule,
               mean=torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1),
-              std=torch.tensor(recipe.std, device=device).view(1, -1, 1, 1),
-              swa_model=AveragedModel(mae) if recipe.swa else None, compile_seconds=compile_seconds, started=started,
+              std=torch.tensor(recipe.std, device=device).view(1, -1, 1, 1), saver=saver, progress=progress,
+              swa_model=swa_model, compile_seconds=compile_seconds, started=started,
               graphs_after_trial=compiled_graphs(), lock=lock)
-    run.saver = Saver(run, {"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa,
-                            "seed": recipe.seed, "processes": accelerator.num_processes,
-                            "batch_size": recipe.batch_size, "grad_accum_steps": recipe.grad_accum_steps,
-                            "steps_per_epoch": schedule.steps_per_epoch})
-    resume_from = run.saver.resume_from(recipe.resume)
+    resume_from = saver.resume_from(recipe.resume)
     if resume_from is not None:
-        run.saver.resume(resume_from)
-        accelerator.print(f"resumed from {resume_from} at step {run.saver.progress.step}")
+        saver.resume(resume_from)
+        accelerator.print(f"resumed from {resume_from} at step {progress.step}")
     if recipe.probe_data:
         run.probe = build_probe(ProbeSettings.from_recipe(recipe), recipe.img_size, recipe.mean, recipe.std,
                                 accelerator, settings.num_workers, _local_processes(accelerator.state))
@@ -286,8 +296,6 @@ def build_run(recipe: Recipe) -> Run:
             scored = score_names(multilabel)
             raise RecipeError(f"--probe_best_metric {recipe.probe_best_metric}: these labels are scored by "
                               f"{' and '.join(scored)}, e.g. knn_avg_{scored[0]}")
-    run.pictures = picture_batch(data.val if data.val is not None else data.train, recipe.num_recon_images,
-                                 recipe.img_size, recipe.mean, recipe.std, recipe.seed, mae.num_patches, device)
     return run
 
 
@@ -316,14 +324,14 @@ def start_logging(run: Run) -> None:
     recipe, accelerator = run.recipe, run.accelerator
     settings = {k: redact_url(v) if isinstance(v, str) else v for k, v in recipe.to_dict().items()}
     if accelerator.is_main_process:
-        _keep_earlier_config(recipe.output_path / "config.yaml", settings, run.saver.progress.step)
+        _keep_earlier_config(recipe.output_path / "config.yaml", settings, run.progress.step)
         atomic_write_text(recipe.output_path / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
-    run.saver.hparams = {k: str(v) if isinstance(v, (list, type(None))) else v for k, v in settings.items()}
+    run.hparams = {k: str(v) if isinstance(v, (list, type(None))) else v for k, v in settings.items()}
     if run.settings.trackers:
         # a resumed run drops what the stopped one logged after its checkpoint, so no step is there twice
-        step = run.saver.progress.step
+        step = run.progress.step
         accelerator.init_trackers(recipe.logging_path.name,
                                   init_kwargs={"tensorboard": {"purge_step": step + 1}} if step else {})
         for tracker in accelerator.trackers:
             if tracker.name != "tensorboard":
-                tracker.store_init_configuration(run.saver.hparams)
+                tracker.store_init_configuration(run.hparams)

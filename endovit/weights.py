@@ -14,7 +14,8 @@ import re
 import shutil
 import urllib.parse
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,13 +24,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from endovit import hub
-from endovit.errors import CheckpointError
-from endovit.io import SHA256_PIN, atomic_path, readable_mode
-from endovit.models.archs import MODEL_ARCHS
+from endovit.errors import CheckpointError, first_line
+from endovit.io import SHA256_PIN, atomic_path, file_sha256, is_url, readable_mode, redact_url
+from endovit.models.archs import MODEL_ARCHS, is_decoder_key
 
 __all__ = [
-    "is_url",
-    "read_state_dict",
+    "WeightFile",
     "load_pretrained",
     "fit_state_dict",
     "fit_report",
@@ -39,7 +39,6 @@ __all__ = [
     "export_model",
     "export_state_dict",
     "export_info",
-    "redact_url",
     "EXPORT_FILES",
     "HUB_FILES",
 ]
@@ -47,49 +46,11 @@ __all__ = [
 EXPORT_FILES = ("model.safetensors", "encoder.safetensors", "endovit_config.json")
 HUB_FILES = (hub.CONFIG_NAME, hub.PREPROCESSOR_NAME, hub.TIMM_DIR, hub.TRANSFORMERS_DIR)
 FIXED_POS_EMBEDS = ("pos_embed", "decoder_pos_embed")
-DECODER_PREFIXES = hub.DECODER_PREFIXES
-_URL = re.compile(r"^(https?|file)://", re.IGNORECASE)
-_ANY_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def is_url(source: str | os.PathLike) -> bool:
-    """Whether ``read_state_dict`` downloads ``source`` (an http, https or file URL) rather than opening a path."""
-    return bool(_URL.match(str(source)))
-
-
-def redact_url(text: str) -> str:
-    """``text`` with every URL's credentials (``user:password@``), query string and fragment removed.
-
-    ``https://user:tok@host/path/w.pth?X-Amz-Signature=...`` becomes ``https://host/path/w.pth``; use it wherever
-    a source location is printed, logged or stored.
-    """
-    def clean(match: re.Match) -> str:
-        url = match.group(0)
-        try:
-            parts = urllib.parse.urlsplit(url)
-            host = parts.hostname or ""
-            if parts.port is not None:
-                host = f"{host}:{parts.port}"
-        except ValueError:
-            return url.split("?", 1)[0].split("#", 1)[0]
-        if "@" in parts.netloc and not host:
-            host = parts.netloc.rsplit("@", 1)[1]
-        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-    return _ANY_URL.sub(clean, str(text))
 
 
 def _cache_dir() -> Path:
     """Downloaded weights live beside torch.hub's (``$TORCH_HOME/hub/endovit``)."""
     return Path(torch.hub.get_dir()) / "endovit"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_sha256(sha256: str | None) -> str | None:
@@ -118,21 +79,16 @@ def _fetch(url: str, sha256: str | None = None) -> Path:
         try:
             with atomic_path(target) as tmp:
                 torch.hub.download_url_to_file(url, str(tmp), progress=False)
-                if sha256 and _file_sha256(tmp) != sha256:
-                    raise CheckpointError(f"weights downloaded from {shown} have sha256 {_file_sha256(tmp)}, "
+                if sha256 and file_sha256(tmp) != sha256:
+                    raise CheckpointError(f"weights downloaded from {shown} have sha256 {file_sha256(tmp)}, "
                                           f"not the pinned {sha256}")
         except CheckpointError:
             raise
         except Exception as err:
-            raise CheckpointError(f"cannot download weights from {shown}: {redact_url(_first_line(err))}; download "
+            raise CheckpointError(f"cannot download weights from {shown}: {redact_url(first_line(err))}; download "
                                   "the file where the internet is reachable and pass its local path instead (for "
                                   "pretraining from random weights: --init_from '')") from err
     return target
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _weights_in_folder(folder: Path) -> Path:
@@ -145,33 +101,67 @@ def _weights_in_folder(folder: Path) -> Path:
 
 
 def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, extras) from a weight file; extras holds an official checkpoint's ``args`` as a dict."""
+    """(state dict, an official checkpoint's ``args`` as a dict, else empty) from a weight file."""
     if path.suffix == ".safetensors":
         try:
             return load_file(path), {}
         except Exception as err:
-            raise CheckpointError(f"cannot read weights from {path}: {_first_line(err)}") from err
+            raise CheckpointError(f"cannot read weights from {path}: {first_line(err)}") from err
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"cannot read weights from {path}: {_first_line(err)}") from err
-    extras = {}
+        raise CheckpointError(f"cannot read weights from {path}: {first_line(err)}") from err
+    args = {}
     if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
-        extras["args"] = vars(obj["args"])
+        args = vars(obj["args"])
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state dict (expected tensors, or a dict with key 'model')")
-    return obj, extras
+    return obj, args
 
 
-def _read(source: str | os.PathLike, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+@dataclass(frozen=True)
+class WeightFile:
+    """What a weight file holds: the state dict under our names, the file read, an official checkpoint's
+    ``args`` (its argparse values as a dict, else empty) and ``format`` ("transformers" when names were converted)."""
+
+    state: dict[str, torch.Tensor]
+    path: Path
+    args: dict = field(default_factory=dict)
+    format: str = "endovit"
+
+
+# what torch.compile (``_orig_mod.``) and DistributedDataParallel (``module.``) put before every key of a wrapped model
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def _unwrapped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    unwrapped = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        unwrapped[key] = value
+    return unwrapped
+
+
+def read_weights(source: str | os.PathLike, sha256: str | None = None) -> WeightFile:
+    """Read the weights at a .safetensors or .pth/.pt file, a folder, or a URL (cached), under our names.
+
+    ``.pth`` files are read with ``weights_only=True``; the only non-tensor object allowed is the
+    ``argparse.Namespace`` that official MAE checkpoints keep under ``args``. A top-level ``model`` (MAE) or
+    ``state_dict`` entry is unwrapped, and so are keys of a compiled or DDP-wrapped model. A folder stands for its
+    ``model.safetensors`` (a checkpoint ``step_N``, an export) or ``encoder.safetensors``; transformers ViT-MAE /
+    ViT weights are renamed to ours. ``sha256`` pins the file's hash: checked on every read, also for a cached
+    download; a URL can carry its pin as ``#sha256=<hex>`` (pip's convention), so ``--init_from`` pins without
+    another flag.
+    """
     source = str(source)
     sha256 = _check_sha256(sha256)
-    if _URL.match(source) and "#" in source:
+    if is_url(source) and "#" in source:
         source, fragment = source.split("#", 1)
         pinned = SHA256_PIN.fullmatch(fragment)
         if pinned is None:
@@ -179,7 +169,7 @@ def _read(source: str | os.PathLike, sha256: str | None = None) -> tuple[dict[st
         if sha256 is not None and sha256 != pinned.group(1).lower():
             raise CheckpointError(f"{redact_url(source)}: two different sha256 pins (#sha256= and sha256=)")
         sha256 = pinned.group(1).lower()
-    if _URL.match(source):
+    if is_url(source):
         path = _fetch(source, sha256)
     else:
         path = Path(source)
@@ -188,36 +178,16 @@ def _read(source: str | os.PathLike, sha256: str | None = None) -> tuple[dict[st
         elif not path.is_file():
             raise CheckpointError(f"weights file {path} does not exist")
     if sha256 is not None:
-        actual = _file_sha256(path)
+        actual = file_sha256(path)
         if actual != sha256:
-            where = f" (cached as {path}; delete it to download again)" if _URL.match(source) else ""
+            where = f" (cached as {path}; delete it to download again)" if is_url(source) else ""
             raise CheckpointError(f"weights {redact_url(source)} have sha256 {actual}, not the pinned "
                                   f"{sha256}{where}")
-    state, extras = _read_file(path)
-    extras["path"] = path
+    state, args = _read_file(path)
+    state = _unwrapped(state)
     if hub.is_transformers_state_dict(state):
-        state = hub.from_transformers_state_dict(state)
-        extras["format"] = "transformers"
-    return state, extras
-
-
-def read_weights(source: str | os.PathLike, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """``read_state_dict`` plus what else the file says: ``args`` (an official checkpoint's argparse values as a
-    dict), ``format`` ("transformers" when the names were converted), ``path`` (the file read)."""
-    return _read(source, sha256)
-
-
-def read_state_dict(source: str | os.PathLike, sha256: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a state dict from a .safetensors or .pth/.pt file, a folder, or a URL (cached), under our names.
-
-    ``.pth`` files are read with ``weights_only=True``; the only non-tensor object allowed is the
-    ``argparse.Namespace`` that official MAE checkpoints keep under ``args``. A top-level ``model`` (MAE) or
-    ``state_dict`` entry is unwrapped. A folder stands for its ``model.safetensors`` (a checkpoint ``step_N``, an
-    export) or ``encoder.safetensors``; transformers ViT-MAE / ViT weights are renamed to ours. ``sha256`` pins
-    the file's hash: checked on every read, also for a cached download; a URL can carry its pin as
-    ``#sha256=<hex>`` (pip's convention), so ``--init_from`` pins without another flag.
-    """
-    return _read(source, sha256)[0]
+        return WeightFile(hub.from_transformers_state_dict(state), path, args, "transformers")
+    return WeightFile(state, path, args)
 
 
 def fit_report(state: dict, own: dict) -> tuple[list[str], list[str], list[str]]:
@@ -233,18 +203,23 @@ def fit_report(state: dict, own: dict) -> tuple[list[str], list[str], list[str]]
 
 
 def architecture_of(state: dict[str, torch.Tensor]) -> str | None:
-    """The ``MODEL_ARCHS`` name whose encoder has the patch size, width and depth of ``state``, if one does."""
+    """The ``MODEL_ARCHS`` name whose encoder has the patch size, width and depth of ``state`` (and whose decoder
+    has its decoder's width and depth, when it holds one), if one does."""
     patch_embed = state.get("patch_embed.proj.weight")
     if patch_embed is None or patch_embed.ndim != 4:
         return None
     depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
     shape = (patch_embed.shape[-1], patch_embed.shape[0], depth)
+    decoder = state.get("decoder_embed.weight")
+    decoder_shape = None if decoder is None else (
+        decoder.shape[0], len({key.split(".")[1] for key in state if key.startswith("decoder_blocks.")}))
     return next((name for name, a in MODEL_ARCHS.items()
-                 if (a["patch_size"], a["embed_dim"], a["depth"]) == shape), None)
+                 if (a["patch_size"], a["embed_dim"], a["depth"]) == shape and decoder_shape in (
+                     None, (a["decoder_embed_dim"], a["decoder_depth"]))), None)
 
 
 def describe_misfit(state: dict[str, torch.Tensor], missing: list[str], unexpected: list[str],
-                    mismatched: list[str], shown: int = 4) -> str:
+                    mismatched: list[str], *, shown: int = 4) -> str:
     """One line for a "do not fit" error: the first ``shown`` keys of each kind, how many more, and the
     architecture ``state`` has when it is one of ``MODEL_ARCHS``."""
     def first(items: list[str], sep: str) -> str:
@@ -268,23 +243,24 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike, sha256: str | N
     initialisation: the returned note says so (also passed to ``log``; ``None`` for a full load). Anything else
     that does not fit exactly is refused.
     """
-    return fit_state_dict(model, read_state_dict(source, sha256=sha256), redact_url(str(source)), log=log)
+    return fit_state_dict(model, read_weights(source, sha256=sha256).state, redact_url(str(source)), log=log)
 
 
-def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str,
-                   log: Callable[[str], object] | None = print) -> str | None:
-    """``load_pretrained`` for a state dict already read; ``label`` names its source in messages."""
+def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str, *,
+                   log: Callable[[str], object] | None = print, hint: str = "") -> str | None:
+    """``load_pretrained`` for a state dict already read; ``label`` names its source in messages, ``hint`` ends
+    the refusal (e.g. which flag to check)."""
     state = dict(state)
     own = model.state_dict()
     for key in FIXED_POS_EMBEDS:
         if key in state and key in own and state[key].shape != own[key].shape:
             state[key] = own[key]
     missing, unexpected, mismatched = fit_report(state, own)
-    decoder_keys = sorted(k for k in own if k.startswith(DECODER_PREFIXES))
+    decoder_keys = sorted(k for k in own if is_decoder_key(k))
     encoder_only = bool(missing) and missing == decoder_keys and not unexpected and not mismatched
     if (missing and not encoder_only) or unexpected or mismatched:
         raise CheckpointError(f"weights in {label} do not fit the model "
-                              f"({describe_misfit(state, missing, unexpected, mismatched)})")
+                              f"({describe_misfit(state, missing, unexpected, mismatched)}){hint}")
     if not encoder_only:
         model.load_state_dict(state, strict=True)
         return None
@@ -315,8 +291,8 @@ def export_state_dict(state: dict[str, torch.Tensor], out_dir: str | os.PathLike
     file is staged first and renamed into place at the end, so no failure leaves a mixed set; files are 0644.
     """
     out_dir = Path(out_dir)
-    has_decoder = any(k.startswith(DECODER_PREFIXES) for k in state)
-    encoder = {k: v for k, v in state.items() if not k.startswith(DECODER_PREFIXES)}
+    has_decoder = any(is_decoder_key(k) for k in state)
+    encoder = {k: v for k, v in state.items() if not is_decoder_key(k)}
     info = {**info, "has_decoder": has_decoder}
     metadata = {"format": "pt", "endovit": json.dumps({"model": info.get("model", ""), "step": info.get("step")})}
     names = [n for n in EXPORT_FILES if has_decoder or n != "model.safetensors"]
@@ -325,6 +301,8 @@ def export_state_dict(state: dict[str, torch.Tensor], out_dir: str | os.PathLike
         names += list(HUB_FILES)
     else:
         stale += [out_dir / name for name in HUB_FILES]  # would hold older weights than the files beside them
+    # why the order matters: the ExitStack renames the staged files in reverse, so model.safetensors (first in
+    # ``names``) lands last and its step marks a complete folder (``exported_step``); do not reorder EXPORT_FILES
     with contextlib.ExitStack() as stack:
         staged = {name: stack.enter_context(atomic_path(out_dir / name)) for name in names}
         if has_decoder:
@@ -370,19 +348,21 @@ def export_model(model: nn.Module, out_dir: str | os.PathLike, info: dict, hub_f
     return export_state_dict(model.state_dict(), out_dir, info, hub_folders=hub_folders)
 
 
-def export_info(recipe, mae, step: int, val_loss: float | None) -> dict:
-    """What ``endovit_config.json`` records beside exported weights: model, timm name, sizes, mean/std, recipe."""
+def export_info(settings: Mapping, mae, *, step: int | None, val_loss: float | None) -> dict:
+    """What ``endovit_config.json`` records beside exported weights: model, timm name, sizes, mean/std, and the
+    settings (a recipe's ``to_dict()``: ``model``, ``img_size``, ``mean``, ``std`` and the rest) with URLs
+    redacted."""
     from endovit.models.mae import TIMM_ENCODERS
 
     return {
-        "model": recipe.model,
-        "timm_model": TIMM_ENCODERS[recipe.model],
+        "model": settings["model"],
+        "timm_model": TIMM_ENCODERS[settings["model"]],
         "architecture": mae.config,
-        "img_size": recipe.img_size,
+        "img_size": settings["img_size"],
         "patch_size": mae.patch_size,
-        "mean": recipe.mean,
-        "std": recipe.std,
+        "mean": settings["mean"],
+        "std": settings["std"],
         "step": step,
         "val_loss": val_loss,
-        "recipe": {k: redact_url(v) if isinstance(v, str) else v for k, v in recipe.to_dict().items()},
+        "recipe": {k: redact_url(v) if isinstance(v, str) else v for k, v in settings.items()},
     }

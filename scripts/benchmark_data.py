@@ -32,7 +32,7 @@ from endovit.benchmark import endovit_loader
 from endovit.data import PrepareSettings, build_train_loader, load_frames, normalize, prepare_frames
 from endovit.data.store import repeat_prepared
 from endovit.data.synthetic import write_sample_frames
-from endovit.recipe import ENDOVIT_MEAN, ENDOVIT_STD
+from endovit.recipes import ENDOVIT_MEAN, ENDOVIT_STD
 
 RSS_BATCHES = 40
 
@@ -90,7 +90,8 @@ class PeakMemory:
 
 def our_loader(prepared: Path, img_size: int, batch_size: int, workers: int) -> DataLoader:
     frames = load_frames(prepared)
-    return build_train_loader(frames, [img_size, img_size], [0.6, 1.0], batch_size, seed=0, num_workers=workers,
+    return build_train_loader(frames, img_size=[img_size, img_size], crop_scale=[0.6, 1.0],
+                              batch_size=batch_size, seed=0, num_workers=workers,
                               fast_decode=True)
 
 

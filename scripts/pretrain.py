@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from endovit.errors import EndovitError, error_line
 from endovit.models.archs import TIMM_ENCODERS
 from endovit.recipe import Recipe, parse_recipe
+from endovit.sagemaker.job import job_defaults
 
 
 def pretrain(recipe: Recipe) -> int:
@@ -30,13 +31,13 @@ def pretrain(recipe: Recipe) -> int:
     with stop.installed():
         run = build_run(recipe)
         recipe, accelerator, schedule = run.recipe, run.accelerator, run.schedule
-        if run.saver.progress.step >= schedule.last_step:
-            if run.saver.exported(run.saver.progress.step):
+        if run.progress.step >= schedule.last_step:
+            if run.saver.exported(run.progress.step):
                 accelerator.print(f"nothing to do: {recipe.checkpoints_path} is already at step "
-                                  f"{run.saver.progress.step}; the weights are in {recipe.output_dir}")
+                                  f"{run.progress.step}; the weights are in {recipe.output_dir}")
                 run.close()
                 return 0
-            accelerator.print(f"{recipe.checkpoints_path} is at step {run.saver.progress.step}, the last, but the "
+            accelerator.print(f"{recipe.checkpoints_path} is at step {run.progress.step}, the last, but the "
                               "export of its weights is missing or incomplete (a stop while it was written): "
                               "exporting it now")
         if recipe.swa and recipe.swa_start_epoch >= recipe.epochs:
@@ -54,7 +55,7 @@ def pretrain(recipe: Recipe) -> int:
             accelerator.print(f"torch.compile: {compiled_graphs() - run.graphs_after_trial} recompile(s) after "
                               "the trial")
         accelerator.wait_for_everyone()
-        written = run.saver.finish(step, run.saver.last_val_loss)
+        written = run.saver.finish(step, hparams=run.hparams, metrics=run.latest)
         if accelerator.is_main_process:
             out = recipe.output_path
             lines = [f"interrupted at step {step}/{schedule.total_steps}: checkpoint "
@@ -80,7 +81,7 @@ def pretrain(recipe: Recipe) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return pretrain(parse_recipe(argv))
+        return pretrain(parse_recipe(argv, job_defaults=job_defaults()))
     except (EndovitError, FloatingPointError) as err:
         tqdm.write(f"error: {error_line(err)}", file=sys.stderr)
         return 2

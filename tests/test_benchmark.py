@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import run_script
+from helpers.scripts import run_script
 from torch.utils.flop_counter import FlopCounterMode
 
 from endovit.benchmark import BenchConfig, baseline_of, run_benchmark

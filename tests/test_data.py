@@ -96,7 +96,8 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(frames_dir):
 
 
 def test_train_loader_order_is_a_fixed_permutation_per_epoch(frames_dir):
-    loader = build_train_loader(load_frames(frames_dir), [32, 32], [0.6, 1.0], batch_size=4, seed=1, num_workers=0)
+    loader = build_train_loader(load_frames(frames_dir), img_size=[32, 32], crop_scale=[0.6, 1.0],
+                                batch_size=4, seed=1, num_workers=0)
 
     def epoch_indices(epoch):
         loader.sampler.set_epoch(epoch)

@@ -12,9 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import s3fs  # noqa: F401 - the s3:// filesystem these tests need: missing, the suite fails (never skips)
-from conftest import moto_server_url
+from helpers.scripts import moto_server_url, rows_of
 from PIL import Image
-from test_data_scale import rows_of
 
 from endovit.data import DataError, PrepareSettings, load_frames, prepare_frames, resolve_sources
 from endovit.data.store import FEATURES, MANIFEST

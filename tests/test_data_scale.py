@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.scripts import rows_of
 from PIL import Image
 
 from endovit.data import (
@@ -38,12 +39,6 @@ from endovit.recipe import Recipe, RecipeError, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = PrepareSettings(short_side=32, shard_size=5)
-
-
-def rows_of(frames) -> dict[tuple[str, int], bytes]:
-    """(video, frame_index) -> stored image bytes, for comparing datasets."""
-    table = frames.select_columns(["video", "frame_index", "image"])
-    return {(r["video"], r["frame_index"]): r["image"]["bytes"] for r in table}
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +285,8 @@ def test_weighted_sampler_is_deterministic_per_epoch_with_fixed_length_and_count
 
 def test_weighted_loader_batches_follow_the_sampler(endo_root):
     frames, mix = combine_sources(resolve_sources(str(endo_root), ["Cholec80_for_Segmentation", "HeiCo"]), [1, 3])
-    loader = build_train_loader(frames, [16, 16], [0.6, 1.0], batch_size=4, seed=0, num_workers=0, mix=mix)
+    loader = build_train_loader(frames, img_size=[16, 16], crop_scale=[0.6, 1.0],
+                                batch_size=4, seed=0, num_workers=0, mix=mix)
     assert isinstance(loader.sampler, MixSampler) and len(loader) == 5
     loader.sampler.set_epoch(3)
     batches = list(loader)
@@ -350,7 +346,8 @@ def test_fast_decode_gives_the_endovit_crops_up_to_rounding(cholec, tmp_path):
     assert exact_pixels.dtype == fast_pixels.dtype == torch.uint8 and exact_pixels.shape == fast_pixels.shape
     difference = (exact_pixels.int() - fast_pixels.int()).abs()
     assert difference.max() <= 2 and (difference > 0).float().mean() < 0.01
-    loader = build_train_loader(frames, [32, 32], [0.6, 1.0], 4, seed=3, num_workers=0, fast_decode=True)
+    loader = build_train_loader(frames, img_size=[32, 32], crop_scale=[0.6, 1.0],
+                                batch_size=4, seed=3, num_workers=0, fast_decode=True)
     assert loader.dataset.transform.fast
 
 

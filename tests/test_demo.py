@@ -7,7 +7,7 @@ import re
 import shlex
 
 import pytest
-from conftest import REPO, accelerate_launch, run_script
+from helpers.scripts import REPO, accelerate_launch, run_script
 
 from endovit.data.synthetic import write_demo_frames
 from endovit.data.synthetic_seg import write_demo_seg_frames

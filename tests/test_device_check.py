@@ -12,13 +12,15 @@ import sys
 import venv
 from pathlib import Path
 
-from conftest import REPO
+import pytest
+from helpers.scripts import REPO
 
 # What the GPU machine's image has (from the device tool's KINDS.md), as far as endovit touches it; their own
 # requirements come along. It has no datasets, dill or multiprocess: the check brings those as wheels.
 GPU_IMAGE = ["accelerate", "torch", "torchvision", "timm", "safetensors", "tensorboard", "numpy", "pyarrow", "pillow",
              "pyyaml", "tqdm", "psutil", "fsspec", "filelock", "pandas", "xxhash", "packaging", "pip", "setuptools"]
 NOT_IN_IMAGE = {"datasets", "dill", "multiprocess"}
+pytestmark = pytest.mark.wheels  # run by `make test-wheels` (and .ci/run), not by `make test`
 WHEELS = REPO / ".whl-local"
 
 

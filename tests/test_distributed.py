@@ -11,17 +11,17 @@ import socket
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import TINY_TRAINING, accelerate_launch, run_script
+from helpers.scripts import TINY_TRAINING, accelerate_launch, run_script
 from safetensors.torch import load_file
 
 from endovit.data import build_val_loader, load_frames
 from endovit.engine import train
-from endovit.evaluation import validate
 from endovit.models.mae import create_mae
 from endovit.probes.features import features_from_loader, features_from_pixels
 from endovit.probes.probe import decode_frames
 from endovit.recipe import parse_recipe
 from endovit.trainer import build_run
+from endovit.validation import validate
 
 
 def free_port() -> int:
@@ -91,7 +91,8 @@ def test_two_process_validation_loss_equals_the_one_process_value(two):
     loader = build_val_loader(load_frames(val_frames_dir), val["img_size"], 5, num_workers=0)
     mean = torch.tensor(val["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(val["std"]).view(1, -1, 1, 1)
-    one_process = validate(mae, mae, loader, Accelerator(cpu=True), mean, std, val["mask_ratio"], val["seed"])
+    one_process = validate(mae, mae=mae, loader=loader, accelerator=Accelerator(cpu=True), mean=mean, std=std,
+                           mask_ratio=val["mask_ratio"], seed=val["seed"])
     assert seen["val_loss"] == pytest.approx(one_process, rel=1e-6)
 
 

@@ -16,7 +16,7 @@ import pytest
 import timm
 import torch
 import transformers  # the dev extra: missing, the suite fails (never skips)
-from conftest import REPO, TINY_TRAINING, run_script
+from helpers.scripts import REPO, TINY_TRAINING, run_script
 from safetensors.torch import load_file
 
 from endovit import hub
@@ -65,7 +65,7 @@ def written_export(tmp_path, img_size, norm_pix_loss=False, seed=0):
                            "--norm_pix_loss", str(norm_pix_loss).lower()])
     mae = create_mae(TINY, img_size=tuple(recipe.img_size), norm_pix_loss=norm_pix_loss).eval()
     out = tmp_path / f"export_{img_size[0]}x{img_size[1]}"
-    export_model(mae, out, export_info(recipe, mae, 7, None))
+    export_model(mae, out, export_info(recipe.to_dict(), mae, step=7, val_loss=None))
     return out, mae, recipe
 
 

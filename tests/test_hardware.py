@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from conftest import run_script
+from helpers.scripts import run_script
 
 from endovit import hardware
 from endovit.engine import compile_model, compile_trial, compiled_graphs, train_step

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import moto_server_url
+from helpers.scripts import moto_server_url
 from test_sagemaker_job import REPO, TINY, job_folders, run_job, toolkit_argv
 from test_sagemaker_launch import BUCKET, REGION, aws_env, write_config
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_TRAINING
+from helpers.scripts import TINY_TRAINING
 
 from endovit.engine import train
 from endovit.optim import lr_at_step
@@ -32,13 +32,13 @@ def record(run) -> dict:
     inner = run.optimizer.optimizer  # accelerate's wrapper steps it only when gradients are synchronised
 
     def before_step(optimizer, args, kwargs):
-        seen["lr"].append((run.saver.progress.step, [g["lr"] / g["lr_scale"] for g in optimizer.param_groups]))
+        seen["lr"].append((run.progress.step, [g["lr"] / g["lr_scale"] for g in optimizer.param_groups]))
 
     inner.register_step_pre_hook(before_step)
     average = run.swa_model.update_parameters
 
     def update_parameters(model):
-        seen["swa"].append(run.saver.progress.step)
+        seen["swa"].append(run.progress.step)
         average(model)
 
     run.swa_model.update_parameters = update_parameters
@@ -104,7 +104,7 @@ def test_resume_mid_epoch_with_accumulation_equals_the_unbroken_run(unbroken, tm
     first = build(frames_dir, out, *LOOP, "--stop_at_step", "6")  # epoch 1, 2 of its 4 steps (4 micro-batches) done
     assert train(first) == 6
     resumed = build(frames_dir, out, *LOOP, "--resume", "auto")
-    assert resumed.saver.progress.step == 6
+    assert resumed.progress.step == 6
     seen = record(resumed)
     assert train(resumed) == 12
     assert [step for step, _ in seen["lr"]] == list(range(6, 12)) and seen["swa"] == [7, 8, 11, 12]

@@ -9,7 +9,7 @@ import torch
 
 from endovit.errors import CheckpointError
 from endovit.models.mae import MODEL_ARCHS, create_mae, sincos_pos_embed_2d
-from endovit.weights import load_pretrained, read_state_dict
+from endovit.weights import load_pretrained, read_weights
 
 
 def reference_sincos(embed_dim: int, grid_h: int, grid_w: int) -> np.ndarray:
@@ -122,7 +122,7 @@ def test_unpickling_anything_but_tensors_and_namespace_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({"model": tiny().state_dict(), "hook": Payload(marker)}, path)
     with pytest.raises(CheckpointError, match="cannot read weights"):
-        read_state_dict(path)
+        read_weights(path)
     assert not marker.exists()
 
 

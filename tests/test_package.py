@@ -10,7 +10,7 @@ import tarfile
 import zipfile
 
 import pytest
-from conftest import REPO, TINY_TRAINING
+from helpers.scripts import REPO, TINY_TRAINING
 
 
 @pytest.fixture(scope="module")

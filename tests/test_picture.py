@@ -9,8 +9,8 @@ from PIL import Image
 
 from endovit.data import load_frames
 from endovit.data.transforms import denormalize, normalize
-from endovit.evaluation import picture_batch, reconstruction_grid
 from endovit.models.mae import create_mae
+from endovit.validation import picture_batch, reconstruction_grid
 
 MEAN, STD = [0.6, 0.3, 0.1], [0.2, 0.25, 0.4]
 
@@ -38,9 +38,10 @@ def test_reconstruction_picture_pixels_equal_a_hand_computed_denormalisation(kno
     pixels, frames = known_frame
     torch.manual_seed(0)
     mae = create_mae("mae_vit_tiny_patch16", img_size=(32, 32))
-    images, noise = picture_batch(frames, 1, [32, 32], MEAN, STD, seed=5, num_patches=mae.num_patches,
+    images, noise = picture_batch(frames, count=1, img_size=[32, 32], mean=MEAN, std=STD, seed=5,
+                                  num_patches=mae.num_patches,
                                   device=torch.device("cpu"))
-    grid = reconstruction_grid(mae, images, noise, MEAN, STD, mask_ratio=0.75)
+    grid = reconstruction_grid(mae, images, noise, mean=MEAN, std=STD, mask_ratio=0.75)
     assert grid.shape == (32, 4 * 32, 3) and grid.dtype == np.uint8
     original, masked, reconstruction, pasted = (grid[:, i * 32:(i + 1) * 32] for i in range(4))
     np.testing.assert_array_equal(original, pixels)  # the frame itself: normalised, then denormalised

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
-from conftest import TINY_TRAINING, accelerate_launch, run_script
+from helpers.scripts import TINY_TRAINING, accelerate_launch, run_script
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from timm.models.vision_transformer import VisionTransformer

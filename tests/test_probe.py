@@ -14,7 +14,7 @@ import pytest
 import timm
 import torch
 from accelerate import Accelerator
-from conftest import REPO, run_script
+from helpers.scripts import REPO, run_script
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score
@@ -28,6 +28,7 @@ from endovit.models.mae import create_mae
 from endovit.probes import PHASES, TOOLS, ProbeSettings, build_probe, metric_names
 from endovit.probes import probe as probe_module
 from endovit.probes.classifiers import knn_scores, linear_probe_scores, standardize
+from endovit.probes.evaluate import weights_source
 from endovit.probes.features import load_encoder
 from endovit.probes.labels import cholec80_labels, column_labels, csv_labels
 from endovit.probes.metrics import average_precision, macro_f1
@@ -384,7 +385,6 @@ def test_evaluate_errors_are_one_line_before_anything_is_written(tmp_path, capsy
 
 
 def test_imagenet_mae_weights_are_the_endovit_recipes_init():
-    weights_source = runpy.run_path(str(REPO / "scripts" / "evaluate.py"))["weights_source"]
     seg = load_recipe("endovit_seg")
     imagenet = {"model": "mae_vit_base_patch16", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert weights_source("imagenet_mae") == (seg["init_from"], imagenet, 0)

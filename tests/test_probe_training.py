@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import TINY_TRAINING, run_script
+from helpers.scripts import TINY_TRAINING, run_script
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

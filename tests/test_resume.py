@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import TINY_TRAINING
+from helpers.scripts import TINY_TRAINING
 
 from endovit.checkpoint import CheckpointError, latest_checkpoint
 from endovit.data.synthetic import write_sample_frames
@@ -42,7 +42,7 @@ def half_the_frames(tmp_path_factory):
 def test_same_recipe_resumes_and_settings_resuming_does_not_depend_on_may_change(stopped, frames_dir):
     run = build(frames_dir, stopped, "--resume", "auto", "--log_every_steps", "3", "--val_every_steps", "7",
                 "--stop_at_step", "3")
-    assert run.saver.progress.step == 1
+    assert run.progress.step == 1
 
 
 @pytest.mark.parametrize("flags, changed", [

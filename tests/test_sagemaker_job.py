@@ -14,6 +14,7 @@ import pytest
 
 from endovit.data.synthetic import write_sample_frames
 from endovit.recipe import build_parser, recipe_from_args
+from endovit.sagemaker.job import job_defaults
 from endovit.sagemaker.source import stage_source_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,8 @@ def test_job_environment_supplies_defaults_and_flags_still_win(tmp_path):
     local = recipe_from_args(build_parser().parse_args(["--train_data", "frames"]), environ={})
     assert (local.output_dir, local.resume, local.checkpoint_dir) == ("outputs/run", "none", "")
 
-    job = recipe_from_args(build_parser().parse_args([]), environ=environ)
+    job = recipe_from_args(build_parser().parse_args([]), environ=environ,
+                           job_defaults=job_defaults(environ))
     assert job.train_data == environ["SM_CHANNEL_TRAIN"] and job.val_data == environ["SM_CHANNEL_VALIDATION"]
     assert job.output_dir == environ["SM_MODEL_DIR"]
     assert job.checkpoints_path == ml / "checkpoints"
@@ -70,7 +72,7 @@ def test_job_environment_supplies_defaults_and_flags_still_win(tmp_path):
     assert job.resume == "auto"
 
     flags = recipe_from_args(build_parser().parse_args(["--output_dir", "elsewhere", "--resume", "none"]),
-                             environ=environ)
+                             environ=environ, job_defaults=job_defaults(environ))
     assert (flags.output_dir, flags.resume) == ("elsewhere", "none")
 
 

@@ -20,6 +20,7 @@ from endovit.data.frames import find_image_files
 from endovit.data.synthetic import write_sample_frames
 from endovit.errors import LaunchError
 from endovit.recipe import build_parser, parse_recipe, recipe_from_args
+from endovit.sagemaker.job import job_defaults
 from endovit.sagemaker.source import plan_upload
 
 BUCKET = "endovit-test"
@@ -248,7 +249,7 @@ def test_dry_run_prints_the_request_sends_nothing_and_round_trips_to_the_local_r
 
     ml = Path("/opt/ml")
     job = recipe_from_args(build_parser().parse_args(toolkit_argv(request["HyperParameters"])),
-                           environ=job_environ(ml))
+                           environ=job_environ(ml), job_defaults=job_defaults(job_environ(ml)))
     local = parse_recipe(script_args)
     assert {k: v for k, v in job.to_dict().items() if k not in JOB_FOLDER_KEYS} == \
            {k: v for k, v in local.to_dict().items() if k not in JOB_FOLDER_KEYS}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import TINY_TRAINING
+from helpers.scripts import TINY_TRAINING
 
 from endovit.data.synthetic import write_sample_frames
 from endovit.recipe import parse_recipe
@@ -42,4 +42,4 @@ def test_best_probe_follows_the_highest_score_after_the_init(tmp_path, frames_di
         if step == 0:
             assert not config.exists(), "the init is the baseline, never best_probe/"
     info = json.loads(config.read_text())
-    assert (info["step"], info["probe_knn_avg_map"], run.saver.progress.best_probe) == (20, 0.5, 0.5)
+    assert (info["step"], info["probe_knn_avg_map"], run.progress.best_probe) == (20, 0.5, 0.5)

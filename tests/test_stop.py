@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_TRAINING, run_script, script_env
 from filelock import FileLock
+from helpers.scripts import REPO, TINY_TRAINING, run_script, script_env
 from safetensors.torch import load_file
 
 from endovit.checkpoint import CHECKPOINT_MANIFEST, checkpoint_dirs, is_complete_checkpoint

@@ -2,7 +2,7 @@
 
 pip keeps a user's installed timm when it is inside our range, and the GPU machine's image came with timm 1.0.29:
 its ``save_config_for_hf`` lacks an argument of 1.0.31's, and the export at the end of a whole run crashed there.
-The floor's wheel (``make test`` downloads it into .whl-local/) is imported straight from the zip in a
+The floor's wheel (``make test-wheels`` downloads it into .whl-local/) is imported straight from the zip in a
 subprocess; its results are compared with this environment's timm."""
 from __future__ import annotations
 
@@ -13,38 +13,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import timm
 import torch
-from conftest import REPO, script_env
+from helpers.scripts import REPO, script_env
+from helpers.timm_floor import train_export_load
 
-from endovit.models.mae import create_mae
-from endovit.recipe import parse_recipe
-from endovit.weights import export_info, export_model
-
+pytestmark = pytest.mark.wheels  # run by `make test-wheels` (and .ci/run), not by `make test`
 FLOOR = re.search(r"^\s*timm>=([\d.]+)", (REPO / "setup.cfg").read_text(), re.M).group(1)
-
-
-def train_export_load(out: Path) -> dict:
-    """A seeded tiny MAE's loss on fixed input and mask, its export, and that export loaded by timm."""
-    recipe = parse_recipe(["--recipe", "demo", "--train_data", str(out), "--model", "mae_vit_tiny_patch16",
-                           "--img_size", "32,48", "--mean", "0.41,0.27,0.2", "--std", "0.26,0.22,0.19"])
-    torch.manual_seed(0)
-    mae = create_mae("mae_vit_tiny_patch16", img_size=(32, 48)).eval()
-    images, noise = torch.randn(2, 3, 32, 48), torch.rand(2, mae.num_patches)
-    with torch.no_grad():
-        loss = mae(images, 0.75, noise)[0]
-    export_model(mae, out, export_info(recipe, mae, 7, None))
-    vit = timm.create_model(f"local-dir:{out}/timm", pretrained=True).eval()
-    with torch.no_grad():
-        features = vit.forward_features(images)
-    return {"version": timm.__version__, "loss": loss, "features": features}
 
 
 def _under_the_floor(wheel: Path, out: Path) -> dict:
     """``train_export_load`` in a subprocess that imports timm from the floor's wheel."""
     env = script_env()
     env["PYTHONPATH"] = os.pathsep.join([str(wheel), str(REPO), str(REPO / "tests")])
-    code = ("import sys, torch; from pathlib import Path; from test_timm_floor import train_export_load; "
+    code = ("import sys, torch; from pathlib import Path; from helpers.timm_floor import train_export_load; "
             "torch.save(train_export_load(Path(sys.argv[1])), sys.argv[2])")
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(out), str(out / "results.pt")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -54,7 +37,7 @@ def _under_the_floor(wheel: Path, out: Path) -> dict:
 
 def test_the_oldest_allowed_timm_trains_and_exports_what_the_pinned_one_does(tmp_path):
     wheel = REPO / ".whl-local" / f"timm-{FLOOR}-py3-none-any.whl"
-    assert wheel.is_file(), f"{wheel} is missing: run make test (it downloads the wheel)"
+    assert wheel.is_file(), f"{wheel} is missing: run make test-wheels (it downloads the wheel)"
     assert timm.__version__ != FLOOR, "the pinned timm is the floor: nothing to compare"
     floor = _under_the_floor(wheel, tmp_path / "floor")
     pinned = train_export_load(tmp_path / "pinned")

@@ -11,8 +11,9 @@ from safetensors.torch import save_file
 
 from endovit import hub
 from endovit.errors import CheckpointError
+from endovit.io import redact_url
 from endovit.models.mae import create_mae
-from endovit.weights import export_model, load_pretrained, read_state_dict, redact_url
+from endovit.weights import export_model, load_pretrained, read_weights
 
 
 def tiny(**kwargs):
@@ -79,7 +80,7 @@ def test_export_folders_and_transformers_checkpoints_work_as_init_from(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CheckpointError, match=f"{empty} holds no weights"):
-        read_state_dict(empty)
+        read_weights(empty)
 
 
 def test_transformers_names_round_trip():
@@ -98,11 +99,11 @@ def test_sha256_pin_is_checked_for_files_and_on_every_load_of_a_cached_url(tmp_p
     path = tmp_path / "weights.safetensors"
     save_file(tiny().state_dict(), path)
     digest = sha256_of(path)
-    assert read_state_dict(path, sha256=digest).keys() == tiny().state_dict().keys()
+    assert read_weights(path, sha256=digest).state.keys() == tiny().state_dict().keys()
     with pytest.raises(CheckpointError, match=f"have sha256 {digest}, not the pinned 0{{63}}"):
-        read_state_dict(path, sha256="0" * 64)
+        read_weights(path, sha256="0" * 64)
     with pytest.raises(CheckpointError, match="is not 64 hex digits"):
-        read_state_dict(path, sha256="abc")
+        read_weights(path, sha256="abc")
 
     url = f"file://{path}"
     load_pretrained(tiny(), url, sha256=digest)
@@ -113,12 +114,12 @@ def test_sha256_pin_is_checked_for_files_and_on_every_load_of_a_cached_url(tmp_p
     load_pretrained(tiny(), url, sha256=digest)  # from the cache, verified again
     load_pretrained(tiny(), f"{url}#sha256={digest}")  # the pin carried by the URL
     with pytest.raises(CheckpointError, match="two different sha256 pins"):
-        read_state_dict(f"{url}#sha256={digest}", sha256="2" * 64)
+        read_weights(f"{url}#sha256={digest}", sha256="2" * 64)
     save_file(tiny(depth=6).state_dict(), cached[0])  # the cached file changed on disk
     with pytest.raises(CheckpointError, match="not the pinned .* delete it to download again"):
-        read_state_dict(url, sha256=digest)
+        read_weights(url, sha256=digest)
     with pytest.raises(CheckpointError, match="not the pinned"):  # a new download that does not match
-        read_state_dict(f"file://{tmp_path / 'keep.safetensors'}", sha256="1" * 64)
+        read_weights(f"file://{tmp_path / 'keep.safetensors'}", sha256="1" * 64)
     assert not list((tmp_path / "torch" / "hub" / "endovit").glob("1111*"))
 
 
@@ -134,9 +135,9 @@ def test_plain_http_warns_and_credentials_never_show(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     with pytest.warns(UserWarning, match=r"plain http \(http://example.org/w.safetensors\)"):
-        read_state_dict("http://user:secret@example.org/w.safetensors?token=abc")
+        read_weights("http://user:secret@example.org/w.safetensors?token=abc")
     with pytest.raises(CheckpointError) as err:
-        read_state_dict("https://user:secret@example.org/missing.pth?X-Amz-Signature=abc")
+        read_weights("https://user:secret@example.org/missing.pth?X-Amz-Signature=abc")
     message = str(err.value)
     assert "secret" not in message and "abc" not in message
     assert "https://example.org/missing.pth" in message

@@ -20,9 +20,9 @@ import datasets
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from endovit.data.store import MANIFEST, filesystem, is_prepared, is_remote, load_prepared, require_image_bytes
+from endovit.data.store import MANIFEST, filesystem, is_prepared, load_prepared, require_image_bytes
 from endovit.errors import DataError, did_you_mean
-from endovit.io import is_plain_name, walk_once
+from endovit.io import is_plain_name, is_remote, walk_once
 
 __all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "load_frames", "decode_image",
            "max_pixels", "find_image_files", "frame_number", "video_name"]

@@ -64,7 +64,7 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-@atexit.register
+@atexit.register  # why at import: must be registered after multiprocessing's hook, so that it runs before it
 def _end_workers_at_exit() -> None:
     """Workers ignore SIGTERM, which is how multiprocessing ends daemon processes at exit: end them here
     (registered after multiprocessing's own exit hook, so it runs first). torch's SIGCHLD handler, which would
@@ -82,7 +82,7 @@ def _loader_options(num_workers: int) -> dict:
     return options
 
 
-def build_train_loader(frames: datasets.Dataset, img_size, crop_scale, batch_size: int, seed: int,
+def build_train_loader(frames: datasets.Dataset, *, img_size, crop_scale, batch_size: int, seed: int,
                        num_workers: int, mix: SourceMix | None = None, fast_decode: bool = False) -> DataLoader:
     """Shuffled, augmented, ``drop_last`` loader of per-process micro-batches (call ``sampler.set_epoch``).
 

@@ -34,12 +34,11 @@ from endovit.data.store import (
     MANIFEST,
     PLAN,
     SHARDS_DIR,
-    file_sha256,
     read_manifest,
     shard_name,
 )
 from endovit.errors import DataError, did_you_mean
-from endovit.io import atomic_path, atomic_write_json
+from endovit.io import atomic_path, atomic_write_json, file_sha256
 
 __all__ = ["IMAGE_FORMATS", "ON_ERROR", "PrepareSettings", "PrepareResult", "prepare_frames"]
 

@@ -22,8 +22,9 @@ from endovit.data.frames import load_frames
 from endovit.data.mixing import Source, SourceMix, combine_sources
 from endovit.data.splits import CHOLEC80_SOURCE, CHOLEC80_SPLITS, select_split, split_videos, video_number
 from endovit.data.stats import pooled_stats
-from endovit.data.store import filesystem, is_prepared, is_remote, load_prepared
+from endovit.data.store import filesystem, is_prepared, load_prepared
 from endovit.errors import DataError
+from endovit.io import is_remote
 
 if TYPE_CHECKING:
     import datasets

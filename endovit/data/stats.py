@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from endovit.data.frames import decode_image, load_frames
 from endovit.data.parallel import worker_pool
-from endovit.data.store import is_remote, load_prepared, read_manifest, write_manifest
+from endovit.data.store import load_prepared, read_manifest, write_manifest
 from endovit.errors import DataError
+from endovit.io import is_remote
 
 if TYPE_CHECKING:
     import datasets
@@ -97,7 +98,7 @@ def stats_record(by_video: Mapping[str, Mapping], frames: int) -> dict:
             "by_video": dict(by_video)}
 
 
-def compute_and_store_stats(path: str | os.PathLike, num_proc: int = 1, progress: bool = True,
+def compute_and_store_stats(path: str | os.PathLike, *, num_proc: int = 1, progress: bool = True,
                             storage_options: dict | None = None,
                             log: Callable[[str], None] = print) -> dict:
     """Compute the stats of the dataset at ``path``; store them in its manifest if it is a prepared dataset.

@@ -26,10 +26,10 @@ import pyarrow.compute as pc
 from filelock import FileLock
 
 from endovit.errors import DataError
-from endovit.io import atomic_path, atomic_write_json
+from endovit.io import atomic_path, atomic_write_json, file_sha256, is_remote
 
-__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "filesystem", "is_remote", "is_prepared", "shard_name",
-           "read_manifest", "write_manifest", "repeat_prepared", "shard_records", "file_sha256", "load_prepared",
+__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "filesystem", "is_prepared", "shard_name",
+           "read_manifest", "write_manifest", "repeat_prepared", "shard_records", "load_prepared",
            "require_image_bytes"]
 
 MANIFEST = "endovit_dataset.json"
@@ -46,12 +46,6 @@ FEATURES = datasets.Features({
     "orig_height": datasets.Value("int32"),
     "orig_width": datasets.Value("int32"),
 })
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """True for URLs such as ``s3://bucket/key`` (``file://`` and plain paths are local)."""
-    text = str(path)
-    return "://" in text and not text.startswith("file://")
 
 
 def shard_name(index: int) -> str:
@@ -152,14 +146,6 @@ def shard_records(manifest: dict, where: str) -> list[dict]:
                 "sha256" in shard and not SHA256.fullmatch(str(shard["sha256"]))):
             raise DataError(f"{where}/{MANIFEST}: shard {name} has invalid frames, bytes or sha256 entries")
     return [s for s in shards if s["frames"] > 0]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stream_rows(path: Path) -> int | None:

@@ -2,7 +2,15 @@
 recipe and ``--help`` need neither torch nor timm)."""
 from __future__ import annotations
 
-__all__ = ["MODEL_ARCHS", "TIMM_ENCODERS"]
+__all__ = ["MODEL_ARCHS", "TIMM_ENCODERS", "DECODER_PREFIXES", "is_decoder_key"]
+
+# the parameter names that belong to the MAE decoder (and its mask token), not to the encoder timm loads
+DECODER_PREFIXES = ("decoder_", "mask_token")
+
+
+def is_decoder_key(name: str) -> bool:
+    """Whether a state-dict key is the decoder's: everything else is the encoder, under timm's names."""
+    return name.startswith(DECODER_PREFIXES)
 
 
 def _arch(patch_size, embed_dim, depth, num_heads, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16):

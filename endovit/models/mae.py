@@ -14,7 +14,7 @@ from timm.layers import PatchEmbed, to_2tuple
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
-from endovit.models.archs import MODEL_ARCHS, TIMM_ENCODERS
+from endovit.models.archs import MODEL_ARCHS, TIMM_ENCODERS, is_decoder_key
 
 __all__ = [
     "MaskedAutoencoderViT",
@@ -253,8 +253,7 @@ class MaskedAutoencoderViT(nn.Module):
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights under the names timm's VisionTransformer uses."""
-        decoder_prefixes = ("decoder_", "mask_token")
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(decoder_prefixes)}
+        return {k: v for k, v in self.state_dict().items() if not is_decoder_key(k)}
 
 
 def create_mae(name: str, **kwargs) -> MaskedAutoencoderViT:

@@ -7,14 +7,13 @@ import os
 import torch
 
 from endovit.data.transforms import normalize
-from endovit.errors import CheckpointError
-from endovit.weights import describe_misfit, fit_report, read_state_dict, redact_url
+from endovit.io import redact_url
+from endovit.models.archs import is_decoder_key
+from endovit.weights import fit_state_dict, read_weights
 
 __all__ = ["POOLS", "load_encoder", "features_from_loader", "features_from_pixels"]
 
 POOLS = ("cls", "avg")
-_DECODER_KEYS = ("decoder_", "mask_token")
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
 def load_encoder(mae, source: str | os.PathLike) -> None:
@@ -23,20 +22,8 @@ def load_encoder(mae, source: str | os.PathLike) -> None:
 
     The fixed sin-cos position embedding is the model's own, so weights of another image size load.
     """
-    state = {}
-    for key, value in read_state_dict(source).items():
-        for prefix in _WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
-        if not key.startswith(_DECODER_KEYS):
-            state[key] = value
-    own = mae.encoder_state_dict()
-    if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
-        state["pos_embed"] = own["pos_embed"]
-    report = fit_report(state, own)
-    if any(report):
-        raise CheckpointError(f"weights in {redact_url(str(source))} do not fit this encoder "
-                              f"({describe_misfit(state, *report)}); check --model")
-    mae.load_state_dict(state, strict=False)
+    encoder = {k: v for k, v in read_weights(source).state.items() if not is_decoder_key(k)}
+    fit_state_dict(mae, encoder, redact_url(str(source)), log=None, hint="; check --model")
 
 
 def _pooled(mae, images: torch.Tensor, accelerator) -> torch.Tensor:

@@ -21,7 +21,7 @@ from sagemaker import image_uris, instance_types_gpu_info
 from sagemaker.debugger import TensorBoardOutputConfig
 from sagemaker.huggingface import HuggingFace
 
-from endovit.errors import LaunchError, did_you_mean
+from endovit.errors import LaunchError, did_you_mean, first_line
 from endovit.sagemaker.job import CHECKPOINT_LOCAL_PATH, TENSORBOARD_LOCAL_PATH
 from endovit.sagemaker.source import endovit_requirements
 
@@ -34,11 +34,6 @@ DEFAULT_DLC = {"transformers_version": "4.56.2", "pytorch_version": "2.8.0", "py
 ACCELERATE_DLC = {"transformers_version": SAGEMAKER_TRANSFORMERS_VERSION, "pytorch_version": SAGEMAKER_PYTORCH_VERSION,
                   "py_version": SAGEMAKER_PYTHON_VERSION}
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-def first_line(err: Exception) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def read_config(path: Path) -> tuple[SageMakerConfig, set[str]]:

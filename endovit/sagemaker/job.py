@@ -8,6 +8,7 @@ continues an earlier job's checkpoints, hence ``resume: auto``) and ``input/data
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,8 +23,10 @@ TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"
 JOB_ENVIRON = {"SM_MODEL_DIR": "/opt/ml/model", "SM_OUTPUT_DIR": "/opt/ml/output"}
 
 
-def job_defaults(environ: Mapping[str, str]) -> dict[str, str]:
-    """Recipe defaults inside a SageMaker training job; empty anywhere else (no ``SM_MODEL_DIR``)."""
+def job_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Recipe defaults inside a SageMaker training job (``environ``: this process's environment); empty anywhere
+    else (no ``SM_MODEL_DIR``)."""
+    environ = os.environ if environ is None else environ
     model_dir = environ.get("SM_MODEL_DIR")
     if not model_dir:
         return {}

@@ -19,6 +19,7 @@ from endovit.sagemaker.job import (
     JOB_ENVIRON,
     JOB_FOLDER_KEYS,
     TENSORBOARD_LOCAL_PATH,
+    job_defaults,
 )
 
 __all__ = ["INIT_CHANNEL", "to_script_args", "script_hyperparameters", "check_hyperparameters", "init_channel"]
@@ -120,7 +121,7 @@ def check_hyperparameters(hyperparameters: dict, channels: Collection[str]) -> R
         raise LaunchError(f"scripts/pretrain.py has no flag {unknown[0]}{did_you_mean(unknown[0], known)}")
     environ = dict(JOB_ENVIRON, **{f"SM_CHANNEL_{c.upper()}": f"{CHANNEL_ROOT}/{c}" for c in channels})
     try:
-        return recipe_from_args(args, environ)
+        return recipe_from_args(args, environ=environ, job_defaults=job_defaults(environ))
     except RecipeError as err:
         raise LaunchError(f"scripts/pretrain.py would reject {err}") from None
 

@@ -11,7 +11,8 @@ from endovit.data import build_train_loader, load_frames
 
 def main(frames_dir: str, out_path: str) -> None:
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())
-    loader = accelerator.prepare(build_train_loader(load_frames(frames_dir), [32, 32], [0.6, 1.0], batch_size=2,
+    loader = accelerator.prepare(build_train_loader(load_frames(frames_dir), img_size=[32, 32], crop_scale=[0.6, 1.0],
+                                                    batch_size=2,
                                                     seed=0, num_workers=1))
     loader.set_epoch(0)
     seen = [i for batch in loader for i in batch["index"].tolist()]

@@ -25,11 +25,11 @@ from endovit.checkpoint import CheckpointError
 from endovit.data import build_val_loader, load_frames
 from endovit.data.loader import TrainFrames
 from endovit.engine import train
-from endovit.evaluation import validate
 from endovit.probes.features import features_from_loader, features_from_pixels
 from endovit.probes.probe import decode_frames
 from endovit.recipe import parse_recipe
 from endovit.trainer import build_run
+from endovit.validation import validate
 
 FETCHED: list[list[int]] = []  # frame indices of each micro-batch this process loaded, in order
 _getitems = TrainFrames.__getitems__
@@ -65,7 +65,7 @@ def resume_check(flags: list[str], work: Path, stop_at_step: int, unbroken: dict
     except Exception as err:  # noqa: BLE001 - reported to the test, which names the bug
         found["error"] = gather_object([f"{type(err).__name__}: {err}"])
         return found
-    found["resumed_from"] = resumed.saver.progress.step
+    found["resumed_from"] = resumed.progress.step
     found["resumed_to"] = train(resumed)
     got = state_of(resumed)
     found["differences"] = gather_object([sorted(k for k in unbroken if k not in got or
@@ -102,8 +102,8 @@ def main(spec_path: str) -> None:
     recipe = run.recipe
     val_loader = accelerator.prepare(build_val_loader(load_frames(spec["val_data"]), recipe.img_size,
                                                       spec["val_batch_size"], num_workers=0))
-    result["val_loss"] = validate(run.model, run.mae, val_loader, accelerator, run.mean, run.std, recipe.mask_ratio,
-                                  recipe.seed)
+    result["val_loss"] = validate(run.model, mae=run.mae, loader=val_loader, accelerator=accelerator, mean=run.mean,
+                                  std=run.std, mask_ratio=recipe.mask_ratio, seed=recipe.seed)
     result["val"] = {"mean": recipe.mean, "std": recipe.std, "mask_ratio": recipe.mask_ratio, "seed": recipe.seed,
                      "batch_size": spec["val_batch_size"], "img_size": recipe.img_size}
     unbroken = state_of(run)

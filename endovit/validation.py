@@ -1,4 +1,5 @@
-"""Validation with fixed masks, and reconstruction pictures."""
+"""Validation loss with fixed masks, and reconstruction pictures (what ``scripts/evaluate.py`` does is probing:
+``endovit.probes``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,7 @@ def fixed_noise(indices, num_patches: int, seed: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate(model, mae, loader, accelerator, mean, std, mask_ratio: float, seed: int) -> float:
+def validate(model, *, mae, loader, accelerator, mean, std, mask_ratio: float, seed: int) -> float:
     """Mean per-image masked-patch loss over the whole validation set, across all processes.
 
     ``model`` is what runs the forward (possibly wrapped); ``mae`` the plain module with
@@ -41,7 +42,7 @@ def validate(model, mae, loader, accelerator, mean, std, mask_ratio: float, seed
     return (total / max(count, 1)).item()
 
 
-def picture_batch(frames, count: int, img_size, mean, std, seed: int, num_patches: int, device):
+def picture_batch(frames, *, count: int, img_size, mean, std, seed: int, num_patches: int, device):
     """``count`` frames spread over ``frames``, normalised on ``device``, with their fixed masking noise
     (the validation rule); None when ``count`` is 0."""
     from endovit.data.frames import decode_image  # needs datasets, which the step alone does not
@@ -56,7 +57,7 @@ def picture_batch(frames, count: int, img_size, mean, std, seed: int, num_patche
 
 
 @torch.no_grad()
-def reconstruction_grid(mae, images: torch.Tensor, noise: torch.Tensor, mean, std, mask_ratio: float) -> np.ndarray:
+def reconstruction_grid(mae, images: torch.Tensor, noise: torch.Tensor, *, mean, std, mask_ratio: float) -> np.ndarray:
     """One row per image: original | masked | reconstruction | reconstruction + visible. HWC uint8."""
     was_training = mae.training
     mae.eval()
