@@ -330,12 +330,8 @@ def _log_probe(run, step: int, bar) -> None:
     if swa_model is not None and swa_model.n_averaged.item() > 0:
         metrics |= {k.replace("probe/", "probe_swa/", 1): v for k, v in run.probe.evaluate(swa_model.module).items()}
     run.accelerator.log(metrics, step=step)
-<<<<<<< HEAD
     per_class = ("_ap/", "_iou/")  # per-class APs and IoUs: to the trackers only
-    run.saver.latest.update({k: v for k, v in metrics.items() if not any(p in k for p in per_class)})
-=======
-    run.latest.update({k: v for k, v in metrics.items() if "_ap/" not in k})
->>>>>>> main
+    run.latest.update({k: v for k, v in metrics.items() if not any(p in k for p in per_class)})
     if run.accelerator.is_main_process:
         bar.write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.4f}" for k, v in metrics.items()
                                              if not any(p in k for p in per_class)))
