@@ -17,7 +17,8 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 
 # Pretraining, validation and probe frames come from one synthetic hospital (phases, instruments, sensor noise), as
 # EndoViT pretrains on the videos its downstream tasks come from; the probe's 64 videos are never trained on.
-$(SAMPLE)/.complete: Makefile scripts/make_sample_data.py endovit/data/synthetic.py endovit/data/cholec80.py | \
+$(SAMPLE)/.complete: Makefile scripts/make_sample_data.py endovit/data/synthetic.py endovit/data/cholec80.py \
+		endovit/data/synthetic_seg.py endovit/data/cholecseg8k.py | \
 		$(STAMP)
 	rm -rf $(SAMPLE)
 	$(BIN)/python scripts/make_sample_data.py --demo --out $(SAMPLE)
@@ -35,6 +36,9 @@ demo: $(STAMP) $(SAMPLE)/.complete
 	$(CPU_LAUNCH) scripts/evaluate.py \
 		--weights $(DEMO_OUT) random random:1 random:2 --data $(SAMPLE)/probe --label_format cholec80_tool --kind both \
 		--output $(DEMO_OUT)/probe.json
+	$(CPU_LAUNCH) scripts/evaluate.py \
+		--weights $(DEMO_OUT) random random:1 random:2 --data $(SAMPLE)/seg --label_format cholecseg8k \
+		--output $(DEMO_OUT)/probe_seg.json
 
 # Wheels the GPU machine's image lacks (its Python is 3.12), carried with the tree to the GPU check; and the same
 # for this interpreter, for the check's CPU rehearsal in tests/test_device_check.py. Versions from constraints.txt.

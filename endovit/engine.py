@@ -346,17 +346,21 @@ def _log_train(run, window: LogWindow, step: int, bar) -> None:
 
 def _log_probe(run, step: int, bar) -> None:
     """Probe the model (and the SWA average once it has weights): metrics to the trackers and as one ``step=``
-    line (per-class APs to the trackers only); ``best_probe/`` follows the chosen metric."""
+    line (per-class APs and IoUs to the trackers only); ``best_probe/`` follows the chosen metric; the segmentation
+    probe's picture to TensorBoard and ``probe_segmentation.png``."""
     metrics = run.probe.evaluate(run.mae)
     run.saver.after_probe(step, metrics)
+    if run.probe.picture is not None:
+        run.saver.save_probe_picture(step, run.probe.picture)
     swa_model = run.swa_model
     if swa_model is not None and swa_model.n_averaged.item() > 0:
         metrics |= {k.replace("probe/", "probe_swa/", 1): v for k, v in run.probe.evaluate(swa_model.module).items()}
     run.accelerator.log(metrics, step=step)
-    run.latest.update({k: v for k, v in metrics.items() if "_ap/" not in k})
+    per_class = ("_ap/", "_iou/")  # per-class APs and IoUs: to the trackers only
+    run.latest.update({k: v for k, v in metrics.items() if not any(p in k for p in per_class)})
     if run.accelerator.is_main_process:
         bar.write(f"step={step} " + " ".join(f"{k.replace('/', '_')}={v:.4f}" for k, v in metrics.items()
-                                             if "_ap/" not in k))
+                                             if not any(p in k for p in per_class)))
 
 
 def validate_run(run, step: int, write) -> tuple[float, float | None]:

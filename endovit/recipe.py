@@ -103,7 +103,8 @@ class Recipe:
                                                  "validations from this epoch on (EndoViT's release: 11)")
     probe_data: str = setting("probe", "", "labelled frames to probe on: a folder (Cholec80 layout), a prepared/"
                                            "save_to_disk dataset or parquet; empty = no probe during pretraining")
-    probe_label_format: str = setting("probe", "cholec80_phase", "cholec80_phase | cholec80_tool | csv | column")
+    probe_label_format: str = setting("probe", "cholec80_phase", "cholec80_phase | cholec80_tool | csv | column | "
+                                      "cholecseg8k (masks: the linear segmentation probe, whatever probe_kind)")
     probe_labels: str = setting("probe", "", "annotation root (holds phase_annotations/), CSV file or column name; "
                                              "empty = the probe data's folder or its parent")
     probe_kind: str = setting("probe", "knn", "knn | linear | both")
@@ -121,9 +122,12 @@ class Recipe:
     probe_annotation_fps: float = setting("probe", 25.0, "rate of Cholec80's annotation frame numbers")
     probe_first_frame: int = setting("probe", 0, "file index of the frame at time 0 (1 for ffmpeg's default "
                                                  "numbering)")
+    probe_seg_classes: int = setting("probe", 8, "cholecseg8k: 8 (EndoViT's merged classes) or 13 (CholecSeg8k's "
+                                                 "own)")
     probe_every_steps: int = setting("probe", 500, "probe every this many optimizer steps (and at the end)")
     probe_best_metric: str = setting("probe", "", "export best_probe/ whenever this probe metric peaks, e.g. "
-                                     "knn_avg_map (tools) or knn_avg_acc (phases); empty = no such export")
+                                     "knn_avg_map (tools), knn_avg_acc (phases) or seg_miou (cholecseg8k); empty = "
+                                     "no such export")
     val_every_steps: int = setting("run", 500, "validate every this many optimizer steps (and at the end)")
     val_schedule: str = setting("run", "global", "global (val_every_steps counted over the run) | epoch (counted "
                                                  "within each epoch, plus at every epoch's end: EndoViT's)")
@@ -278,9 +282,12 @@ class Recipe:
             raise self._bad("probe_best_metric", "needs --probe_data (the labelled frames to probe on)")
         if self.probe_best_metric not in metric_names("both"):
             raise self._bad("probe_best_metric", "name a probe metric: knn|linear, cls|avg, acc|f1|map joined by "
-                                                 "'_', e.g. knn_avg_map")
-        if self.probe_best_metric not in metric_names(self.probe_kind):
-            raise self._bad("probe_best_metric", f"is not measured with --probe_kind {self.probe_kind}")
+                                                 "'_', e.g. knn_avg_map; or seg_miou, seg_acc")
+        dense = self.probe_label_format == "cholecseg8k"
+        if self.probe_best_metric not in metric_names(self.probe_kind, None if not dense else False, dense):
+            raise self._bad("probe_best_metric", "is not measured with --probe_label_format cholecseg8k (seg_miou, "
+                                                 "seg_acc are)" if dense else
+                            f"is not measured with --probe_kind {self.probe_kind}")
 
     def _validate_sources(self) -> None:
         bad = self._bad

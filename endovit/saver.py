@@ -195,3 +195,16 @@ class Saver:
         with atomic_path(path) as tmp:
             Image.fromarray(grid).save(tmp, format="PNG")
         return path
+
+    def save_probe_picture(self, step: int, picture) -> Path | None:
+        """The segmentation probe's held-out frames, truth and prediction: to TensorBoard and
+        ``probe_segmentation.png`` (the latest probe's)."""
+        if not self.accelerator.is_main_process:
+            return None
+        if "tensorboard" in self.trackers:
+            self.accelerator.get_tracker("tensorboard", unwrap=True).add_image("probe/seg_picture", picture, step,
+                                                                             dataformats="HWC")
+        path = self.out_dir / "probe_segmentation.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(picture).save(tmp, format="PNG")
+        return path

@@ -320,8 +320,9 @@ def build_run(recipe: Recipe) -> Run:
     if recipe.probe_data:
         run.probe = build_probe(ProbeSettings.from_recipe(recipe), recipe.img_size, recipe.mean, recipe.std,
                                 accelerator, settings.num_workers, _local_processes(accelerator.state))
-        multilabel = run.probe.data.labels.multilabel
-        if recipe.probe_best_metric and recipe.probe_best_metric not in metric_names(recipe.probe_kind, multilabel):
+        multilabel, dense = run.probe.data.labels.multilabel, run.probe.data.labels.dense
+        if recipe.probe_best_metric and recipe.probe_best_metric not in metric_names(recipe.probe_kind, multilabel,
+                                                                                     dense):
             scored = score_names(multilabel)
             raise RecipeError(f"--probe_best_metric {recipe.probe_best_metric}: these labels are scored by "
                               f"{' and '.join(scored)}, e.g. knn_avg_{scored[0]}")

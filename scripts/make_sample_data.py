@@ -3,9 +3,13 @@
     python scripts/make_sample_data.py --out data/sample --videos 4 --frames 50
     python scripts/make_sample_data.py --out data/sample/probe --videos 8 --frames 16 --labels
     python scripts/make_sample_data.py --out data/sample --demo
+    python scripts/make_sample_data.py --out data/sample/seg --cholecseg8k --frames 6
 
 With ``--labels`` the frames show surgical phases and instruments, and their annotations are written in
-Cholec80's format (``phase_annotations/``, ``tool_annotations/``) for ``scripts/evaluate.py``.
+Cholec80's format (``phase_annotations/``, ``tool_annotations/``) for ``scripts/evaluate.py``. With
+``--cholecseg8k`` the frames and their masks are written in CholecSeg8k's layout and colour coding
+(``videoNN/videoNN_SSSSS/frame_K_endo.png`` + ``_watershed_mask.png``, ``_color_mask.png``, ``_mask.png``) for its
+17 video numbers, for ``scripts/evaluate.py --label_format cholecseg8k``.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 
 from endovit.cli import OneLineParser
 from endovit.data.synthetic import DEMO_FRAMES, DEMO_SIZE, write_demo_frames, write_sample_frames
+from endovit.data.synthetic_seg import SEG_DEMO, write_demo_seg_frames, write_seg_frames
 
 
 def main() -> None:
@@ -31,9 +36,13 @@ def main() -> None:
                         help="the demo's labelled frames under --out: " + ", ".join(
                             f"{name}/ ({videos} videos x {frames} from video {first})"
                             for name, (videos, frames, first) in DEMO_FRAMES.items())
-                        + f" at {DEMO_SIZE[0]}x{DEMO_SIZE[1]}")
+                        + f" at {DEMO_SIZE[0]}x{DEMO_SIZE[1]}; seg/ (CholecSeg8k's layout, "
+                        f"{len(SEG_DEMO['videos'])} videos x {SEG_DEMO['frames']} at "
+                        f"{SEG_DEMO['size'][0]}x{SEG_DEMO['size'][1]})")
+    parser.add_argument("--cholecseg8k", action="store_true",
+                        help="frames with segmentation masks in CholecSeg8k's layout, for its 17 video numbers")
     args = parser.parse_args()
-    layout = ["videos", "frames", "first_video", "height", "width", "labels"]
+    layout = ["videos", "frames", "first_video", "height", "width", "labels", "cholecseg8k"]
     if args.demo and (given := [f"--{name}" for name in layout if getattr(args, name) != parser.get_default(name)]):
         parser.error(f"--demo sets the frames' layout itself; drop {' '.join(given)}")
     if min(args.videos, args.frames, args.height, args.width) <= 0:
@@ -41,8 +50,16 @@ def main() -> None:
     start = time.perf_counter()
     if args.demo:
         folders = write_demo_frames(args.out, args.seed)
+        folders["seg"] = write_demo_seg_frames(f"{args.out}/seg", args.seed)
         counts = ", ".join(f"{len(paths)} to {args.out}/{name}" for name, paths in folders.items())
         print(f"wrote the demo's labelled frames: {counts}, in {time.perf_counter() - start:.1f}s")
+        return
+    if args.cholecseg8k:
+        if args.labels or args.videos != parser.get_default("videos") or args.first_video != 1:
+            parser.error("--cholecseg8k writes CholecSeg8k's 17 videos; drop --labels, --videos and --first_video")
+        written = write_seg_frames(args.out, frames=args.frames, height=args.height, width=args.width, seed=args.seed)
+        print(f"wrote {len(written)} frames with CholecSeg8k masks to {args.out}/videoNN/ in "
+              f"{time.perf_counter() - start:.1f}s")
         return
     written = write_sample_frames(args.out, args.videos, args.frames, args.height, args.width, args.seed,
                                   args.first_video, args.labels)

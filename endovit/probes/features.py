@@ -33,30 +33,42 @@ def _pooled(mae, images: torch.Tensor, accelerator) -> torch.Tensor:
     return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=1).float()
 
 
-def _split_pools(features: torch.Tensor) -> dict[str, torch.Tensor]:
+def _patches(mae, images: torch.Tensor, accelerator) -> torch.Tensor:
+    """(N, h * w * D): the patch tokens after the final norm, flat (``_split_pools`` shapes them), in float32."""
+    with accelerator.autocast():
+        tokens = mae.forward_features(images)
+    return tokens[:, 1:].float().flatten(1)
+
+
+def _split_pools(features: torch.Tensor, grid=None) -> dict[str, torch.Tensor]:
+    """``{"cls", "avg"}`` of pooled features, or ``{"patch": (N, h, w, D)}`` when ``grid`` (h, w) is given."""
+    if grid is not None:
+        return {"patch": features.reshape(features.shape[0], *grid, -1)}
     return dict(zip(POOLS, features.chunk(2, dim=1), strict=True))
 
 
 @torch.no_grad()
-def features_from_loader(mae, loader, accelerator, mean, std) -> dict[str, torch.Tensor]:
+def features_from_loader(mae, loader, accelerator, mean, std, dense: bool = False) -> dict[str, torch.Tensor]:
     """Features of every frame of a prepared loader of ``{"pixels", "index"}`` batches, in index order,
-    gathered across processes (``gather_for_metrics`` drops the samples that pad the last batch)."""
+    gathered across processes (``gather_for_metrics`` drops the samples that pad the last batch); ``dense``: the
+    patch tokens instead of the pooled features."""
+    embed = _patches if dense else _pooled
     features, indices = [], []
     for batch in loader:
-        features.append(accelerator.gather_for_metrics(_pooled(mae, normalize(batch["pixels"], mean, std),
-                                                               accelerator)))
+        features.append(accelerator.gather_for_metrics(embed(mae, normalize(batch["pixels"], mean, std), accelerator)))
         indices.append(accelerator.gather_for_metrics(batch["index"]))
-    return _split_pools(torch.cat(features)[torch.cat(indices).argsort()])
+    return _split_pools(torch.cat(features)[torch.cat(indices).argsort()], mae.grid_size if dense else None)
 
 
 @torch.no_grad()
-def features_from_pixels(mae, pixels: torch.Tensor, accelerator, mean, std, batch_size: int
+def features_from_pixels(mae, pixels: torch.Tensor, accelerator, mean, std, batch_size: int, dense: bool = False
                          ) -> dict[str, torch.Tensor]:
     """Features of every frame of a uint8 (N, 3, H, W) tensor. Each process embeds a contiguous share (the
     last one padded with repeats), gathered across processes, so every process must call this."""
     share = math.ceil(len(pixels) / accelerator.num_processes)
     start = accelerator.process_index * share
     rows = torch.arange(start, start + share).clamp(max=len(pixels) - 1)
-    mine = [_pooled(mae, normalize(pixels[rows[i:i + batch_size]].to(accelerator.device), mean, std), accelerator)
+    embed = _patches if dense else _pooled
+    mine = [embed(mae, normalize(pixels[rows[i:i + batch_size]].to(accelerator.device), mean, std), accelerator)
             for i in range(0, share, batch_size)]
-    return _split_pools(accelerator.gather(torch.cat(mine))[:len(pixels)])
+    return _split_pools(accelerator.gather(torch.cat(mine))[:len(pixels)], mae.grid_size if dense else None)

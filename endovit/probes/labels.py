@@ -23,12 +23,13 @@ from endovit.io import is_plain_name
 __all__ = ["PHASES", "TOOLS", "LABEL_FORMATS", "Labels", "read_phase_file", "read_tool_file", "cholec80_labels",
            "csv_labels", "column_labels", "frame_key"]
 
-LABEL_FORMATS = ("cholec80_phase", "cholec80_tool", "csv", "column")
+LABEL_FORMATS = ("cholec80_phase", "cholec80_tool", "csv", "column", "cholecseg8k")  # the last: segmentation.py
 
 
 @dataclass
 class Labels:
-    """Per-frame targets: class ids (N,) for one class per frame, or 0/1 (N, C) for multi-label."""
+    """Per-frame targets: class ids (N,) for one class per frame, 0/1 (N, C) for multi-label, or a mask of class
+    ids (N, H, W) per frame (``dense``)."""
 
     values: np.ndarray
     names: list[str]
@@ -36,6 +37,10 @@ class Labels:
     @property
     def multilabel(self) -> bool:
         return self.values.ndim == 2
+
+    @property
+    def dense(self) -> bool:
+        return self.values.ndim == 3
 
     def select(self, indices) -> Labels:
         return Labels(self.values[np.asarray(indices, dtype=np.int64)], self.names)

@@ -54,7 +54,7 @@ def score(scores: np.ndarray, target: np.ndarray, names: list[str]) -> dict[str,
 def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     """Rows ``model  probe`` (e.g. ``knn_cls``), one column per metric, in percent."""
     columns = list(dict.fromkeys(m for probes in results.values() for metrics in probes.values() for m in metrics))
-    heads = [c.removeprefix("ap/") for c in columns]
+    heads = [c.removeprefix("ap/").removeprefix("iou/") for c in columns]
     width = max(len(m) for m in [*results, "model"])
     widths = [max(len(h), 5) for h in heads]
     cells = [f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)]

@@ -7,22 +7,40 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import datasets
+import numpy as np
 import psutil
 import torch
+from PIL import Image
 
-from endovit.data.frames import load_frames
+from endovit.data.frames import decode_image, load_frames
 from endovit.data.loader import build_val_loader
+from endovit.data.splits import video_number
 from endovit.errors import DataError, RecipeError, did_you_mean
 from endovit.probes.classifiers import knn_scores, linear_probe_scores
 from endovit.probes.features import POOLS, features_from_pixels
 from endovit.probes.labels import LABEL_FORMATS, Labels, cholec80_labels, column_labels, csv_labels
 from endovit.probes.metrics import score, score_names
+from endovit.probes.segmentation import (
+    SEG_CLASSES,
+    SEG_FORMAT,
+    TEST_VIDEOS,
+    cholecseg8k_frames,
+    class_names,
+    fit_segmentation_probe,
+    predict_masks,
+    read_masks,
+    segmentation_picture,
+    segmentation_scores,
+)
 from endovit.probes.split import split_by_video
 
 __all__ = ["KINDS", "ProbeSettings", "ProbeData", "load_probe_data", "every_nth_of_each_video", "metric_names",
-           "probe_metrics", "flatten", "decode_frames", "check_probe_size", "Probe", "build_probe"]
+           "probe_metrics", "segmentation_probe", "probe_picture", "flatten", "decode_frames", "check_probe_size",
+           "Probe", "build_probe", "SEG_METRICS"]
 
 KINDS = ("knn", "linear", "both")
+SEG_METRICS = ("seg_miou", "seg_acc")  # the segmentation probe's (plus seg_iou/<class>, to the trackers only)
+PICTURE_FRAMES = 4  # held-out frames in the segmentation probe's picture
 
 
 @dataclass
@@ -30,7 +48,7 @@ class ProbeSettings:
     """What to probe with and how. As recipe keys each field is ``probe_<name>``, documented there."""
 
     data: str = ""  # labelled frames: a folder (Cholec80 layout), a prepared / save_to_disk dataset or parquet
-    label_format: str = "cholec80_phase"  # cholec80_phase | cholec80_tool | csv | column
+    label_format: str = "cholec80_phase"  # cholec80_phase | cholec80_tool | csv | column | cholecseg8k
     labels: str = ""  # annotation root (holds phase_annotations/; empty = data or its parent), CSV, or column name
     kind: str = "knn"  # knn | linear | both
     k: int = 20  # k-NN neighbours
@@ -43,6 +61,7 @@ class ProbeSettings:
     frame_fps: float = 1.0  # rate the frames were extracted at (file index / frame_fps = seconds)
     annotation_fps: float = 25.0  # rate of Cholec80's annotation frame numbers
     first_frame: int = 0  # file index of the frame at time 0 (1 for ffmpeg's default numbering)
+    seg_classes: int = 8  # cholecseg8k: 8 (EndoViT's merge) or 13 classes
 
     @classmethod
     def from_recipe(cls, recipe, prefix: str = "probe_") -> ProbeSettings:
@@ -71,6 +90,8 @@ class ProbeSettings:
                 raise bad(key, "must be positive")
         if self.l2 < 0:
             raise bad("l2", "must not be negative")
+        if self.seg_classes not in SEG_CLASSES:
+            raise bad("seg_classes", "choose 8 (EndoViT's merged classes) or 13 (CholecSeg8k's own)")
         return self
 
 
@@ -114,8 +135,27 @@ def _labels(frames: datasets.Dataset, s: ProbeSettings) -> Labels:
     return cholec80_labels(frames, folder, task, s.frame_fps, s.annotation_fps, s.first_frame)
 
 
+def _load_segmentation_data(s: ProbeSettings) -> ProbeData:
+    """CholecSeg8k frames and their masks (read for the kept frames only), split by video: by default EndoViT's
+    test videos score the probe when the data holds them."""
+    frames, paths, masks = cholecseg8k_frames(s.data)
+    videos = frames.select_columns(["video"]).to_dict()["video"]
+    test_videos = s.test_videos
+    if not s.train_videos and not s.test_videos:
+        test_videos = [v for v in sorted(set(videos)) if video_number(v) in TEST_VIDEOS]
+    train, test = (every_nth_of_each_video(rows, videos, s.frame_step)
+                   for rows in split_by_video(videos, s.train_videos, test_videos))
+    rows = train + test
+    labels = Labels(read_masks([paths[i] for i in rows], [masks[i] for i in rows], s.seg_classes),
+                    class_names(s.seg_classes))
+    return ProbeData(frames.select(rows), labels, len(train),
+                     {"train": sorted({videos[i] for i in train}), "test": sorted({videos[i] for i in test})})
+
+
 def load_probe_data(settings: ProbeSettings) -> ProbeData:
     """Frames, labels and the video split; a video never has frames on both sides."""
+    if settings.label_format == SEG_FORMAT:
+        return _load_segmentation_data(settings)
     frames = load_frames(settings.data)
     labels = _labels(frames, settings)
     if "video" not in frames.column_names:
@@ -139,17 +179,35 @@ def every_nth_of_each_video(rows: list[int], videos: list[str], step: int) -> li
     return kept
 
 
-def metric_names(kind: str, multilabel: bool | None = None) -> list[str]:
-    """The metrics a probe of ``kind`` reports (for either label type when ``multilabel`` is None), e.g.
-    ``knn_avg_map``; with the ``probe/`` prefix they are the logged names."""
+def metric_names(kind: str, multilabel: bool | None = None, dense: bool = False) -> list[str]:
+    """The metrics a probe of ``kind`` reports (for any label type when ``multilabel`` is None), e.g.
+    ``knn_avg_map``; for masks (``dense``) ``seg_miou`` and ``seg_acc`` whatever the kind; with the ``probe/``
+    prefix they are the logged names."""
+    if dense:
+        return list(SEG_METRICS)
     classifiers = ("knn", "linear") if kind == "both" else (kind,)
     scores = score_names(multilabel) if multilabel is not None else (*score_names(False), *score_names(True))
-    return [f"{classifier}_{pool}_{name}" for classifier in classifiers for pool in POOLS for name in scores]
+    names = [f"{classifier}_{pool}_{name}" for classifier in classifiers for pool in POOLS for name in scores]
+    return names + list(SEG_METRICS) if multilabel is None else names
+
+
+def segmentation_probe(features: dict[str, torch.Tensor], data: ProbeData, s: ProbeSettings
+                       ) -> tuple[dict[str, float], torch.Tensor]:
+    """The linear segmentation probe fitted on the train frames' patch tokens: scores on the test frames
+    (``miou``, ``acc``, ``iou/<class>``) and its predicted (N_test, H, W) uint8 masks."""
+    n, masks = data.num_train, data.labels.values
+    tokens = features["patch"]
+    probe = fit_segmentation_probe(tokens[:n], torch.as_tensor(masks[:n], device=tokens.device),
+                                   len(data.labels.names), s.l2)
+    pred = predict_masks(probe, tokens[n:], masks.shape[1:])
+    return segmentation_scores(pred.numpy(), masks[n:], data.labels.names), pred
 
 
 def probe_metrics(features: dict[str, torch.Tensor], data: ProbeData, s: ProbeSettings
                   ) -> dict[str, dict[str, float]]:
     """``{"knn_cls": {"acc": ..., "f1": ...}, "linear_avg": {"map": ..., "ap/Grasper": ...}, ...}``."""
+    if data.labels.dense:
+        return {"seg": segmentation_probe(features, data, s)[0]}
     n, names = data.num_train, data.labels.names
     test_target = data.labels.values[n:]
     results = {}
@@ -211,19 +269,41 @@ class Probe:
     def __init__(self, pixels: torch.Tensor, data: ProbeData, settings: ProbeSettings, mean, std, accelerator):
         self.pixels, self.data, self.settings = pixels, data, settings
         self.mean, self.std, self.accelerator = mean, std, accelerator
+        self.picture = None  # segmentation: held-out frames | truth | prediction of the last evaluate, uint8 HWC
 
     @torch.no_grad()
     def evaluate(self, mae) -> dict[str, float]:
-        """Metrics such as ``probe/knn_cls_acc``, ``probe/knn_avg_f1`` (phase), ``probe/knn_cls_map`` (tools)."""
+        """Metrics such as ``probe/knn_cls_acc``, ``probe/knn_avg_f1`` (phase), ``probe/knn_cls_map`` (tools),
+        ``probe/seg_miou`` (masks; then also ``self.picture``)."""
         modes = {module: module.training for module in mae.modules()}
+        dense = self.data.labels.dense
         mae.eval()
         try:
             features = features_from_pixels(mae, self.pixels, self.accelerator, self.mean, self.std,
-                                            self.settings.batch_size)
+                                            self.settings.batch_size, dense=dense)
         finally:
             for module, mode in modes.items():
                 module.training = mode
-        return flatten(probe_metrics(features, self.data, self.settings))
+        if not dense:
+            return flatten(probe_metrics(features, self.data, self.settings))
+        scores, pred = segmentation_probe(features, self.data, self.settings)
+        self.picture = probe_picture(self.data, pred)
+        return flatten({"seg": scores})
+
+
+def probe_picture(data: ProbeData, pred: torch.Tensor, frames: int = PICTURE_FRAMES, height: int = 160
+                  ) -> np.ndarray:
+    """``segmentation_picture`` of the first ``frames`` test frames (evenly spread), each panel ``height`` px."""
+    n = data.num_train
+    picks = np.unique(np.linspace(0, len(pred) - 1, min(frames, len(pred))).round().astype(int))
+    h, w = data.labels.values.shape[1:]
+    size = (max(1, round(w * height / h)), height)
+    images = np.stack([np.asarray(decode_image(data.frames[n + int(i)]["image"]).resize(size, Image.BILINEAR))
+                       for i in picks])
+    small = lambda m: np.asarray(Image.fromarray(m).resize(size, Image.NEAREST))  # noqa: E731
+    truth = np.stack([small(data.labels.values[n + int(i)]) for i in picks])
+    guess = np.stack([small(pred[int(i)].numpy()) for i in picks])
+    return segmentation_picture(images, truth, guess, len(data.labels.names))
 
 
 def build_probe(settings: ProbeSettings, img_size, mean, std, accelerator, num_workers: int = 0,
