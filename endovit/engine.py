@@ -283,7 +283,7 @@ def _train_steps(run, stop: StopRequest) -> int:
                 run.swa_model.update_parameters(run.mae)
             # micro-step: lr for this step, masks from (seed, step, micro-step, process), forward and backward
             with accelerator.accumulate(run.model):
-                set_lr(run.optimizer, lambda scale: schedule.lr_at(step, scale))
+                set_lr(run.optimizer, lambda scale, step=step: schedule.lr_at(step, scale))
                 noise_generator.manual_seed(sample_seed(recipe.seed, step, micro_steps, accelerator.process_index))
                 pixels = batch["pixels"]
                 noise = torch.rand(pixels.shape[0], run.mae.num_patches, generator=noise_generator,

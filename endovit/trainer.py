@@ -87,8 +87,8 @@ class Schedule:
         return self.recipe.swa_schedule != "endovit" and self.swa_update_due(step)
 
     def val_due(self, step: int) -> bool:
-        """Validate after ``step`` steps: every ``val_every_steps`` of the run (``global``) or of each epoch plus at each
-        epoch's end (``epoch``, EndoViT's); always at the schedule's end."""
+        """Validate after ``step`` steps: every ``val_every_steps`` of the run (``global``) or of each epoch plus at
+        each epoch's end (``epoch``, EndoViT's); always at the schedule's end."""
         every = self.recipe.val_every_steps
         if self.recipe.val_schedule == "epoch":
             epoch_step = step - (step - 1) // self.steps_per_epoch * self.steps_per_epoch

@@ -117,7 +117,8 @@ def test_without_reshuffling_every_epoch_has_epoch_0s_order_and_new_crops(frames
     epochs = []
     for epoch in (0, 1, 2):
         loader.sampler.set_epoch(epoch)
-        epochs.append([(i, pixels) for batch in loader for i, pixels in zip(batch["index"].tolist(), batch["pixels"])])
+        epochs.append([(i, pixels) for batch in loader
+                       for i, pixels in zip(batch["index"].tolist(), batch["pixels"], strict=True)])
     orders = [[i for i, _ in epoch] for epoch in epochs]
     assert orders[0] == orders[1] == orders[2] and sorted(orders[0]) == list(range(16))
     assert not torch.equal(epochs[0][0][1], epochs[1][0][1])  # the same frame first, cropped anew
