@@ -30,7 +30,8 @@ EVERY_FLAG = {
     "probe_kind": "both", "probe_train_videos": "[1-4]", "probe_test_videos": "[]", "probe_frame_step": "2",
     "probe_k": "5", "probe_temperature": "0.1", "probe_l2": "0.0", "probe_batch_size": "16", "probe_frame_fps": "0.5",
     "probe_annotation_fps": "30", "probe_first_frame": "1", "probe_every_steps": "3", "probe_best_metric": "",
-    "probe_seg_classes": "13",
+    "probe_seg_classes": "13", "swa_schedule": "endovit", "best_swa_from_epoch": "2", "val_schedule": "epoch",
+    "reshuffle_each_epoch": "false",
 }
 JOB_SET = {"train_data", "val_data", "output_dir", "checkpoint_dir", "logging_dir", "resume"}
 
