@@ -188,23 +188,20 @@ class Saver:
         self.picture_step = step
         grid = reconstruction_grid(self.mae, *self.pictures, mean=self.recipe.mean, std=self.recipe.std,
                                    mask_ratio=self.recipe.mask_ratio)
-        if "tensorboard" in self.trackers:
-            self.accelerator.get_tracker("tensorboard", unwrap=True).add_image("val/reconstruction", grid, step,
-                                                                             dataformats="HWC")
-        path = self.out_dir / "reconstruction.png"
-        with atomic_path(path) as tmp:
-            Image.fromarray(grid).save(tmp, format="PNG")
-        return path
+        return self._write_picture("val/reconstruction", "reconstruction.png", grid, step)
 
     def save_probe_picture(self, step: int, picture) -> Path | None:
         """The segmentation probe's held-out frames, truth and prediction: to TensorBoard and
         ``probe_segmentation.png`` (the latest probe's)."""
         if not self.accelerator.is_main_process:
             return None
+        return self._write_picture("probe/seg_picture", "probe_segmentation.png", picture, step)
+
+    def _write_picture(self, tag: str, name: str, picture, step: int) -> Path:
+        """An HWC uint8 picture to TensorBoard (as ``tag``) and to ``<output_dir>/<name>``."""
         if "tensorboard" in self.trackers:
-            self.accelerator.get_tracker("tensorboard", unwrap=True).add_image("probe/seg_picture", picture, step,
-                                                                             dataformats="HWC")
-        path = self.out_dir / "probe_segmentation.png"
+            self.accelerator.get_tracker("tensorboard", unwrap=True).add_image(tag, picture, step, dataformats="HWC")
+        path = self.out_dir / name
         with atomic_path(path) as tmp:
             Image.fromarray(picture).save(tmp, format="PNG")
         return path
