@@ -171,6 +171,10 @@ class StopRequest:
         self.next_check, self.last_check = 0, None  # (step, time) of the last agreement
 
     def _handle(self, signum: int, _frame) -> None:
+        self.request(signum)
+
+    def request(self, signum: int) -> None:
+        """Ask for a stop as the signal ``signum`` would (the first request counts)."""
         if self.signal is None:
             self.signal = signum
             print(f"{signal.Signals(signum).name}: stopping after this step, then saving", file=sys.stderr,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -32,6 +33,7 @@ from endovit.data import build_train_loader, build_val_loader
 from endovit.data.sources import RunData, load_run_data
 from endovit.engine import compile_model, compile_trial, compiled_graphs, sdpa_active
 from endovit.errors import DataError, RecipeError
+from endovit.export import RUN_LOCK
 from endovit.hardware import Resolved, apply_tf32, compile_threads, measured_cpu_precision, resolve_settings
 from endovit.io import atomic_write_text, redact_url
 from endovit.models.mae import MaskedAutoencoderViT, create_mae
@@ -201,8 +203,16 @@ def _local_processes(process: PartialState) -> int:
     return max(1, min(process.num_processes, torch.accelerator.device_count()))
 
 
-def _lock_output(recipe: Recipe, accelerator: Accelerator) -> FileLock | None:
-    """Hold ``<output_dir>/.endovit.lock`` for the run's lifetime, so a second run on the same folder stops before
+def _lock_path(output_path: Path, lock_dir: Path | None) -> Path:
+    """The run's lock: ``<output_dir>/.endovit.lock``, or one file per output folder in ``lock_dir`` (a SageMaker
+    job's model folder becomes ``model.tar.gz``, and a lock has no business there)."""
+    if lock_dir is None:
+        return output_path / RUN_LOCK
+    return lock_dir / f"{hashlib.sha256(str(output_path.resolve()).encode()).hexdigest()[:16]}.lock"
+
+
+def _lock_output(recipe: Recipe, accelerator: Accelerator, lock_dir: Path | None) -> FileLock | None:
+    """Hold the run's lock (:func:`_lock_path`) for its lifetime, so a second run on the same folder stops before
     it writes anything (the OS releases the lock when the process ends, however it ends)."""
     lock = None
     taken = [True]
@@ -214,27 +224,29 @@ def _lock_output(recipe: Recipe, accelerator: Accelerator) -> FileLock | None:
     problem = broadcast_object_list(problem)[0]
     if problem:  # found before any step is trained, not at the first save
         raise RecipeError(problem)
+    path = _lock_path(recipe.output_path, lock_dir)
     if accelerator.is_main_process:
         if not recipe.output_path.exists():
             atexit.register(_remove_if_unused, recipe.output_path)
         recipe.output_path.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(recipe.output_path / ".endovit.lock"), is_singleton=True)  # re-entrant in one process
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path), is_singleton=True)  # re-entrant in one process
         try:
             lock.acquire(timeout=0)
         except Timeout:
             taken = [False]
     if not broadcast_object_list(taken)[0]:
-        raise RecipeError(f"--output_dir {recipe.output_dir} is in use by another run (it holds "
-                          f"{recipe.output_path / '.endovit.lock'}); wait for it to end or choose another --output_dir")
+        raise RecipeError(f"--output_dir {recipe.output_dir} is in use by another run (it holds {path}); wait for it "
+                          "to end or choose another --output_dir")
     return lock
 
 
 def _remove_if_unused(folder: Path) -> None:
-    """At exit: the output folder this run created still holds only its lock (the run stopped before writing
-    anything, e.g. on a bad --resume), so it goes again and nothing half-made is left behind."""
+    """At exit: the output folder this run created still holds only its lock, or nothing (the run stopped before
+    writing anything, e.g. on a bad --resume), so it goes again and nothing half-made is left behind."""
     with contextlib.suppress(OSError):
-        if [p.name for p in folder.iterdir()] == [".endovit.lock"]:
-            (folder / ".endovit.lock").unlink()
+        if [p.name for p in folder.iterdir()] in ([RUN_LOCK], []):
+            (folder / RUN_LOCK).unlink(missing_ok=True)
             folder.rmdir()
 
 
@@ -257,8 +269,9 @@ def _model(recipe: Recipe, accelerator: Accelerator) -> MaskedAutoencoderViT:
     return mae
 
 
-def build_run(recipe: Recipe) -> Run:
-    """Set up everything for ``engine.train``; resumes from a checkpoint when the recipe says so."""
+def build_run(recipe: Recipe, *, lock_dir: Path | None = None) -> Run:
+    """Set up everything for ``engine.train``; resumes from a checkpoint when the recipe says so. ``lock_dir``: where
+    the run's lock goes instead of its output folder."""
     started = time.perf_counter()
     accelerator, settings = _accelerator(recipe)
     set_seed(recipe.seed)
@@ -271,7 +284,7 @@ def build_run(recipe: Recipe) -> Run:
         raise DataError(f"--train_data {recipe.train_data} has {len(data.train)} frames, fewer than one batch of "
                         f"{recipe.batch_size}; lower --batch_size or add frames")
     # the output folder: ours alone from here on, and no other run's checkpoints in it unless we resume
-    lock = _lock_output(recipe, accelerator)
+    lock = _lock_output(recipe, accelerator, lock_dir)
     if recipe.resume == "none" and latest_checkpoint(recipe.checkpoints_path):
         raise RecipeError(f"--checkpoint_dir {recipe.checkpoints_path} already holds checkpoints; pass --resume auto "
                           "to continue or choose another --output_dir")

@@ -5,7 +5,8 @@
 
 Settings come from a YAML recipe (``--recipe``, default ``endovit_seg``) and ``--key value``
 overrides; the resolved recipe is saved as ``config.yaml`` in ``--output_dir``. SIGTERM or Ctrl-C stop
-after the current step with a checkpoint there (exit 143 / 130); ``--resume auto`` continues.
+after the current step with a checkpoint there (exit 143 / 130; 0 for a SageMaker job's stop, which the launcher's
+entry point passes on); ``--resume auto`` continues.
 """
 from __future__ import annotations
 
@@ -16,20 +17,22 @@ from tqdm.auto import tqdm
 from endovit.errors import EndovitError, error_line
 from endovit.models.archs import TIMM_ENCODERS
 from endovit.recipe import Recipe, parse_recipe
-from endovit.sagemaker.job import job_defaults
+from endovit.sagemaker import entry
+from endovit.sagemaker.job import job_defaults, lock_dir, report_failure
 
 
 def pretrain(recipe: Recipe) -> int:
     """Set the run up, train it to its last step (or until SIGTERM/SIGINT), export the weights and say where
-    everything went; returns the exit code (0, or 143/130 when a signal stopped the run)."""
+    everything went; returns the exit code (0, or 143/130 when a signal stopped the run; 0 when it was a SageMaker
+    job's stop, which is not a failure of the run)."""
     # imported once the recipe is parsed: --help and flag errors answer without loading torch
     from endovit.checkpoint import checkpoint_name
     from endovit.engine import StopRequest, compiled_graphs, train
     from endovit.trainer import build_run, start_logging
 
     stop = StopRequest()
-    with stop.installed():
-        run = build_run(recipe)
+    with stop.installed(), entry.registered(stop.request):
+        run = build_run(recipe, lock_dir=lock_dir())
         recipe, accelerator, schedule = run.recipe, run.accelerator, run.schedule
         if run.progress.step >= schedule.last_step:
             if run.saver.exported(run.progress.step):
@@ -78,14 +81,16 @@ def pretrain(recipe: Recipe) -> int:
                       f"  reconstruction: {written['picture'] or 'off (--num_recon_images 0)'}"]
             print("\n".join(lines), flush=True)
         run.close()
-        return stop.exit_code if stop.signal else 0
+        return stop.exit_code if stop.signal and not entry.stopping() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         return pretrain(parse_recipe(argv, job_defaults=job_defaults()))
     except (EndovitError, FloatingPointError) as err:
-        tqdm.write(f"error: {error_line(err)}", file=sys.stderr)
+        message = f"error: {error_line(err)}"
+        tqdm.write(message, file=sys.stderr)
+        report_failure(message)  # a SageMaker job's FailureReason
         return 2
 
 

@@ -13,6 +13,8 @@ from accelerate.commands.config.config_args import SageMakerConfig
 from accelerate.utils import ComputeEnvironment, SageMakerDistributedType
 from test_sagemaker_job import CONFIGS, REPO
 
+from endovit.sagemaker.entry import DLC_COMMAND, ENTRY_DIR, ENTRY_DIR_ENV
+
 DLC = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/huggingface-pytorch-training:2.8.0-transformers4.56.2-gpu-py312"
 ACCELERATE_DEFAULTS = "transformers_version 4.17.0, pytorch_version 1.10.2, py_version py38"
 
@@ -65,6 +67,9 @@ def test_accelerate_config_file_dry_runs_offline_as_written(tmp_path, instance_t
     if machines > 1:  # torchrun on every instance (for one ml.g5.xlarge too: the SDK's GPU table lacks it)
         assert request["HyperParameters"]["sagemaker_torch_distributed_enabled"] == "true"
     assert request["Environment"]["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    spec = request["AlgorithmSpecification"]  # the entry point that passes a stop on, in front of the DLC's command
+    assert spec["ContainerEntrypoint"][:2] == ["bash", "-c"] and spec["ContainerArguments"] == list(DLC_COMMAND)
+    assert request["Environment"][ENTRY_DIR_ENV] == ENTRY_DIR
     job = request["TrainingJobName"]
     assert job.startswith("accelerate-sagemaker-1-")
     bucket = "s3://sagemaker-eu-west-1-<account-id>"

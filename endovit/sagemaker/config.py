@@ -171,6 +171,8 @@ LAUNCHER_ARGUMENTS = {
     "hyperparameters": "the script's --key value flags", "environment": "mixed_precision and dynamo_config",
     "distribution": "nothing: the launcher runs torchrun", "metric_definitions": "sagemaker_metrics_file",
     "sagemaker_session": "profile and region", "debugger_hook_config": "nothing: the launcher turns it off",
+    "container_entry_point": "nothing: the launcher's entry point passes SageMaker's stop on to the trainers; for an "
+                             "image of your own set container_arguments to its command",
 }
 
 

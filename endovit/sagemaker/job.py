@@ -9,11 +9,13 @@ continues an earlier job's checkpoints, hence ``resume: auto``) and ``input/data
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["CHANNELS", "JOB_FOLDER_KEYS", "CHANNEL_ROOT", "CHECKPOINT_LOCAL_PATH", "TENSORBOARD_LOCAL_PATH",
-           "JOB_ENVIRON", "job_defaults"]
+           "JOB_ENVIRON", "job_defaults",
+           "lock_dir", "report_failure"]
 
 CHANNELS = {"train_data": "train", "val_data": "validation"}  # recipe key -> SageMaker input channel
 JOB_FOLDER_KEYS = ("output_dir", "checkpoint_dir", "logging_dir")  # recipe keys a SageMaker job sets itself
@@ -43,3 +45,28 @@ def job_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         if folder:
             defaults[key] = folder
     return defaults
+
+
+def lock_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where a run keeps its lock inside a training job: the container's temporary folder, not the model folder
+    (``SM_MODEL_DIR`` is uploaded as ``model.tar.gz``, lock included); None anywhere else."""
+    environ = os.environ if environ is None else environ
+    return Path(tempfile.gettempdir()) / "endovit-locks" if environ.get("SM_MODEL_DIR") else None
+
+
+def report_failure(message: str, environ: Mapping[str, str] | None = None) -> Path | None:
+    """Inside a training job, write ``message`` (the one-line error) to ``<SM_OUTPUT_DIR>/failure``, which
+    DescribeTrainingJob shows as FailureReason (its first 1024 characters). The toolkit writes that file only when
+    it does not exist yet, and would write ``ExitCode 2 ErrorMessage ""``: it keeps stderr only from a line that
+    names a Python exception class. The first process to fail writes it; returns the file, or None outside a job."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("SM_MODEL_DIR"):
+        return None
+    path = Path(environ.get("SM_OUTPUT_DIR") or Path(environ["SM_MODEL_DIR"]).parent / "output") / "failure"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "x", encoding="utf-8") as file:  # "x": the first failing process wins
+            file.write(message[:1024])
+    except OSError:  # FileExistsError: another process said it first; anything else: the exit code still tells
+        return None
+    return path

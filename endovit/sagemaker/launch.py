@@ -31,6 +31,7 @@ from sagemaker.utils import name_from_base, sagemaker_timestamp
 from endovit.checkpoint import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX
 from endovit.errors import LaunchError, did_you_mean
 from endovit.sagemaker import config as cfg
+from endovit.sagemaker.entry import container_entry
 from endovit.sagemaker.script import INIT_CHANNEL, check_hyperparameters, init_channel, script_hyperparameters
 from endovit.sagemaker.source import Upload, plan_upload, stage_source_dir
 
@@ -168,6 +169,8 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
     torchrun = config.num_machines > 1 or cfg.gpus_per_instance(config.ec2_instance_type, region) != 1
     extra = cfg.job_storage(extra, job_name, hyperparameters, config_path, checkpoint_job=resume_from_job)
     output_root = extra.get("output_path") or f"s3://sagemaker-{region}-{ACCOUNT_PLACEHOLDER}"
+    # the entry point that passes SageMaker's stop (SIGTERM to PID 1) on to the trainers, before the image's command
+    entry = container_entry(extra.pop("container_arguments", None))
     uploads = {channel: plan_upload(channel, source, f"{output_root}/{job_name}/input/{channel}")
                for channel, source in channels.items() if not source.startswith("s3://")}
     channels.update({channel: upload.uri for channel, upload in uploads.items()})
@@ -180,8 +183,10 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
         "instance_type": config.ec2_instance_type,
         "debugger_hook_config": False,
         "distribution": {"torch_distributed": {"enabled": True}} if torchrun else None,
-        "environment": _environment(config),
+        "environment": {**_environment(config), **entry["environment"]},
         "metric_definitions": metrics or None,
+        "container_entry_point": entry["container_entry_point"],
+        "container_arguments": entry["container_arguments"],
     })
     notes = [dlc_note] if dlc_note and not config.image_uri else []
     if resume_from_job:

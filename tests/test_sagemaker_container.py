@@ -1,0 +1,208 @@
+"""A SageMaker job in a replica of its container (tests/helpers/replica.py), started from the launcher's own request
+against a moto S3/SageMaker server, run by the real toolkits: a plain run, ``docker stop`` at a random step with one
+process and with two under the toolkit's torchrun, a spot-style restart that must end bit-identical to the plain run,
+and a refused run whose one-line error must reach FailureReason."""
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import tarfile
+import threading
+import urllib.request
+from pathlib import Path
+
+import boto3
+import botocore.session
+import pytest
+import torch
+from helpers.replica import STOP_GRACE_SECONDS, Container
+from helpers.scripts import REPO, moto_server_url
+from safetensors.torch import load_file
+
+from endovit.checkpoint import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX
+from endovit.data.synthetic import write_sample_frames
+from endovit.sagemaker.entry import ENTRY_DIR_ENV, container_entry, registered, stopping
+from endovit.sagemaker.launch import plan_job, submit
+
+BUCKET = "endovit-test"
+# 40 tiny steps of 4 frames (10 per epoch), a step line each; checkpoints only when stopped and at the end
+STEPS = 40
+FLAGS = ["--recipe", "demo", "--model", "mae_vit_tiny_patch16", "--img_size", "32", "--batch_size", "4",
+         "--epochs", "4", "--warmup_epochs", "0.5", "--num_workers", "0", "--val_every_steps", "1000",
+         "--log_every_steps", "1", "--save_every_steps", "1000", "--num_recon_images", "0"]
+STEP_LINE = re.compile(r"^step=(\d+) ")
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    with moto_server_url() as url:
+        yield url
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch, tmp_path):
+    """The launcher's AWS (fake credentials, SDK telemetry off) on the moto server; one empty bucket."""
+    for key in [k for k in os.environ if k.startswith(("AWS_", "SAGEMAKER_"))]:
+        monkeypatch.delenv(key)
+    sdk_defaults = tmp_path / "sagemaker_defaults.yaml"
+    sdk_defaults.write_text("SchemaVersion: '1.0'\nSageMaker: {PythonSDK: {Modules: {TelemetryOptOut: true}}}\n")
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(sdk_defaults))
+    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    return moto_server
+
+
+def shipped_config(tmp_path: Path, name: str) -> Path:
+    """A shipped SageMaker config with a real bucket, fp32 (bf16 autocast is slow on these CPUs) and no TSV of
+    S3 channels (the data comes from local folders, uploaded by the launcher)."""
+    text = (REPO / "accelerate_configs" / name).read_text().replace("YOUR-BUCKET", BUCKET)
+    text = text.replace("mixed_precision: bf16", "mixed_precision: 'no'")
+    text = re.sub(r"^sagemaker_inputs_file: .*\n", "", text, flags=re.M)
+    text = text.replace("accelerate_configs/", f"{REPO}/accelerate_configs/")
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def launched_request(tmp_path: Path, config: str, *, train_frames: int = 40, **changes: str) -> dict:
+    """Upload local frames and create the job through the launcher (on moto) with FLAGS, ``changes`` replacing some;
+    returns its CreateTrainingJob request."""
+    flags = list(FLAGS)
+    for key, value in changes.items():
+        flags[flags.index(f"--{key}") + 1] = value
+    data = tmp_path / "data"
+    write_sample_frames(data / "train", videos=2, frames=train_frames // 2, height=40, width=48)
+    write_sample_frames(data / "val", videos=1, frames=4, height=40, width=48, first_video=7)
+    plan = plan_job(shipped_config(tmp_path, config), REPO / "scripts" / "pretrain.py",
+                    [*flags, "--train_data", str(data / "train" / "frames"), "--val_data",
+                     str(data / "val" / "frames")], job_name=f"replica-{random.randrange(10**6)}")
+    return submit(plan).request
+
+
+def last_step_logged(container: Container) -> int:
+    return max(int(m.group(1)) for line in container.lines if (m := STEP_LINE.match(line)))
+
+
+def model_archive_names(ml: Path, tmp_path: Path) -> set[str]:
+    """What SageMaker uploads as model.tar.gz: the model folder as the container left it."""
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(ml / "model", arcname=".")
+    with tarfile.open(archive) as tar:
+        return {Path(name).as_posix().removeprefix("./") for name in tar.getnames()} - {"."}
+
+
+def complete_checkpoints(ml: Path) -> list[int]:
+    manifests = (ml / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*/{CHECKPOINT_MANIFEST}")
+    return sorted(int(p.parent.name.removeprefix(CHECKPOINT_PREFIX)) for p in manifests)
+
+
+def test_the_entry_point_fits_what_create_training_job_accepts():
+    shapes = botocore.session.get_session().get_service_model("sagemaker").shape_for("AlgorithmSpecification")
+    entry = container_entry()
+    for key, field in (("container_entry_point", "ContainerEntrypoint"), ("container_arguments", "ContainerArguments")):
+        limit = shapes.members[field].member.metadata["max"]
+        assert all(0 < len(item) <= limit for item in entry[key]), (field, limit)
+    assert container_entry(["my-start.sh", "train"])["container_arguments"] == ["my-start.sh", "train"]
+
+
+def test_a_trainer_that_starts_after_the_stop_stops_at_once_and_one_before_is_registered(tmp_path):
+    environ = {ENTRY_DIR_ENV: str(tmp_path)}
+    asked = []
+    with registered(asked.append, environ):
+        assert (tmp_path / "trainers" / str(os.getpid())).exists() and asked == []
+    assert not (tmp_path / "trainers" / str(os.getpid())).exists()
+    (tmp_path / "stop").touch()
+    with registered(asked.append, environ):
+        assert asked == [signal.SIGTERM] and stopping(environ)
+    with registered(asked.append, {}):  # outside such a container: nothing
+        assert not stopping({})
+
+
+def test_a_stop_saves_the_step_reached_and_the_export_and_a_spot_restart_ends_as_an_unbroken_run(aws, tmp_path):
+    request = launched_request(tmp_path, "sagemaker.yaml")
+    assert request["AlgorithmSpecification"]["ContainerEntrypoint"][0] == "bash"
+
+    plain = Container(request, tmp_path / "plain", endpoint=aws)
+    assert plain.wait() == 0, plain.output[-4000:]
+    assert f"done at step {STEPS}/{STEPS}" in plain.output
+    assert "pip install -r requirements.txt" in plain.output  # the toolkit's own steps still run
+    assert (plain.ml / "output" / "success").exists() and not (plain.ml / "output" / "failure").exists()
+
+    stopped = Container(request, tmp_path / "stopped", endpoint=aws)
+    stop_after = random.randint(3, STEPS // 2)
+    stopped.wait_for(lambda line: (m := STEP_LINE.match(line)) is not None and int(m.group(1)) >= stop_after)
+    seconds = stopped.docker_stop()
+    logged = last_step_logged(stopped)
+    assert stopped.process.returncode == 0, stopped.output[-4000:]
+    assert seconds < STOP_GRACE_SECONDS / 2, f"the stop took {seconds:.0f} s"
+    reached = complete_checkpoints(stopped.ml)
+    assert reached and reached[-1] >= logged and reached[-1] < STEPS, (reached, logged, stopped.output[-3000:])
+    assert f"interrupted at step {reached[-1]}/{STEPS}" in stopped.output
+    names = model_archive_names(stopped.ml, tmp_path)
+    assert {"model.safetensors", "encoder.safetensors", "config.yaml"} <= names, names
+    assert not any("lock" in name for name in names), names
+    assert not (stopped.ml / "output" / "failure").exists(), (stopped.ml / "output" / "failure").read_text()
+
+    # a spot restart: a new instance, /opt/ml/model empty, /opt/ml/checkpoints restored from S3
+    restarted = Container(request, tmp_path / "restarted", endpoint=aws, checkpoints=stopped.ml / "checkpoints")
+    assert restarted.wait() == 0, restarted.output[-4000:]
+    assert f"resumed from /opt/ml/checkpoints/step_{reached[-1]:08d} at step {reached[-1]}" in restarted.output
+    unbroken, resumed = (load_file(c.ml / "model" / "model.safetensors") for c in (plain, restarted))
+    assert unbroken.keys() == resumed.keys()
+    assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
+
+
+def test_two_processes_under_the_toolkits_torchrun_both_stop_at_the_same_step_and_save(aws, tmp_path):
+    request = launched_request(tmp_path, "sagemaker_multi_gpu.yaml")
+    request["ResourceConfig"]["InstanceCount"] = 1  # one instance of two GPUs (a fake nvidia-smi lists two)
+    container = Container(request, tmp_path / "c", endpoint=aws, gpus=2)
+    container.wait_for(lambda line: "torchrun" in line and "--nproc_per_node 2" in line)
+    stop_after = random.randint(3, STEPS // 2)
+    container.wait_for(lambda line: (m := STEP_LINE.match(line)) is not None and int(m.group(1)) >= stop_after)
+    container.docker_stop()
+    logged = last_step_logged(container)
+    assert container.process.returncode == 0, container.output[-4000:]
+    reached = complete_checkpoints(container.ml)
+    assert reached and reached[-1] >= logged, (reached, logged)
+    assert container.output.count("SIGTERM: stopping after this step") == 2, container.output[-4000:]
+    assert (container.ml / "model" / "model.safetensors").is_file()
+    assert (container.ml / "output" / "success").exists()
+
+
+def test_two_hosts_stop_together_and_the_first_keeps_the_checkpoint_and_the_export(aws, tmp_path):
+    request = launched_request(tmp_path, "sagemaker_multi_gpu.yaml")  # 2 instances, one process each here
+    hosts = [Container(request, tmp_path / host, endpoint=aws, host=host) for host in ("algo-1", "algo-2")]
+    stop_after = random.randint(3, STEPS // 2)
+    hosts[0].wait_for(lambda line: (m := STEP_LINE.match(line)) is not None and int(m.group(1)) >= stop_after)
+    threads = [threading.Thread(target=host.docker_stop) for host in hosts]  # SageMaker stops every instance
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for host in hosts:
+        assert host.process.returncode == 0, host.output[-4000:]
+        assert "--nnodes 2" in host.output and "SIGTERM: stopping after this step" in host.output
+    first = hosts[0]
+    reached = complete_checkpoints(first.ml)
+    assert reached and reached[-1] >= last_step_logged(first), (reached, first.output[-3000:])
+    assert (first.ml / "model" / "model.safetensors").is_file()
+
+
+def test_a_refused_run_puts_its_one_line_error_in_failure_reason(aws, tmp_path):
+    request = launched_request(tmp_path, "sagemaker.yaml", train_frames=8, batch_size="64")
+    container = Container(request, tmp_path / "c", endpoint=aws)
+    assert container.wait() != 0
+    failure = (container.ml / "output" / "failure").read_text()
+    assert failure.startswith("error: --train_data /opt/ml/input/data/train has 8 frames, fewer than one batch of 64")
+    assert "\n" not in failure.strip()
