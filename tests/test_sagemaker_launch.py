@@ -390,6 +390,8 @@ def test_a_sha256_pinned_url_reaches_the_job_as_typed(offline_aws, sent, launche
     ("source_dir", "nothing: endovit travels as code"), ("image_uri", "image_uri"),
     ("hyperparameters", "the script's --key value flags"), ("environment", "mixed_precision and dynamo_config"),
     ("instance_count", "num_machines"), ("distribution", "nothing: the launcher runs torchrun"),
+    ("container_entry_point", "nothing: the launcher's entry point passes SageMaker's stop on to the trainers; for an "
+                              "image of your own set container_arguments to its command"),
 ])
 def test_additional_args_cannot_replace_what_the_launcher_sets(offline_aws, sent, launcher, tmp_path, capsys,
                                                                key, where):
@@ -399,3 +401,17 @@ def test_additional_args_cannot_replace_what_the_launcher_sets(offline_aws, sent
     assert rc == 2 and out == "" and sent == []
     assert err.strip().splitlines() == [
         f"error: {config}: additional_args {key} is set by the launcher; remove it (set {where})"]
+
+
+def test_an_image_of_ones_own_keeps_the_stop_entry_point_in_front_of_its_command(offline_aws, sent, launcher,
+                                                                                  tmp_path, capsys):
+    command = ["/usr/local/bin/my-entry", "train"]
+    config = write_config(tmp_path, "sagemaker.yaml", image_uri=ISOLATED_IMAGE,
+                          additional_args={"container_arguments": command})
+    assert launcher(["--config_file", str(config), "--dry-run", "scripts/pretrain.py", "--recipe", "demo"]) == 0
+    spec = json.loads(capsys.readouterr().out)["AlgorithmSpecification"]
+    assert spec["ContainerEntrypoint"][:2] == ["bash", "-c"] and spec["ContainerArguments"] == command
+
+    config = write_config(tmp_path, "sagemaker.yaml", additional_args={"container_arguments": "my-entry train"})
+    assert launcher(["--config_file", str(config), "--dry-run", "scripts/pretrain.py", "--recipe", "demo"]) == 2
+    assert "additional_args container_arguments must be a list of strings" in capsys.readouterr().err

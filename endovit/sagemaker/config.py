@@ -186,6 +186,11 @@ def check_additional_args(extra: dict, has_image_uri: bool, config_path: Path) -
         if key not in known:  # the SDK would drop it without a word
             raise LaunchError(f"{config_path}: additional_args {key!r} is not a SageMaker estimator argument"
                               f"{did_you_mean(key, known)}")
+    arguments = extra.get("container_arguments")
+    if arguments is not None and (not isinstance(arguments, list) or not arguments
+                                  or not all(isinstance(a, str) and 0 < len(a) <= 256 for a in arguments)):
+        raise LaunchError(f"{config_path}: additional_args container_arguments must be a list of strings of at most "
+                          "256 characters: the image's whole command (its entry point and arguments)")
     if extra.get("use_spot_instances") and int(extra.get("max_wait") or 0) < int(extra.get("max_run") or 86400):
         raise LaunchError(f"{config_path}: use_spot_instances needs additional_args max_wait >= max_run "
                           "(seconds, waiting for spot capacity included)")
