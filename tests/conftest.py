@@ -1,9 +1,17 @@
-"""Shared fixtures: tiny generated frames, a fresh accelerate state per test (helpers live in tests/helpers/)."""
+"""Shared fixtures: tiny generated frames, a fresh accelerate state per test, the SageMaker tests' AWS (helpers live
+in tests/helpers/)."""
 from __future__ import annotations
 
+import json
+import os
+import runpy
 from pathlib import Path
 
+import botocore.client
 import pytest
+import yaml
+from helpers.sagemaker import REGION, validate_each_sdk_config_once
+from helpers.scripts import REPO
 
 from endovit.data.synthetic import write_sample_frames
 
@@ -31,3 +39,53 @@ def val_frames_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("val_frames")
     write_sample_frames(root, videos=1, frames=6, height=48, width=64, seed=4, first_video=9)
     return root / "frames"
+
+
+# ------------------------------------------------------------------------------------------------ SageMaker
+
+@pytest.fixture(scope="module")
+def launcher():
+    return runpy.run_path(str(REPO / "scripts" / "launch_sagemaker.py"), run_name="launch_sagemaker")["main"]
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """Fake credentials and region, no AWS config files, no instance metadata, SDK telemetry off."""
+    for key in list(os.environ):
+        if key.startswith(("AWS_", "SAGEMAKER_")):
+            monkeypatch.delenv(key)
+    sdk_defaults = tmp_path / "sagemaker_defaults.yaml"
+    sdk_defaults.write_text(yaml.safe_dump({"SchemaVersion": "1.0",
+                                            "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}))
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(sdk_defaults))
+    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    validate_each_sdk_config_once(monkeypatch)
+
+
+@pytest.fixture
+def offline_aws(aws_env):
+    """moto without its own fake credentials: a launch that wrongly goes ahead still reaches no real AWS."""
+    from moto import mock_aws
+
+    with mock_aws(config={"core": {"mock_credentials": False}}):
+        yield
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Every AWS API call the code under test makes: (service, operation, params as passed to botocore)."""
+    calls = []
+    make_api_call = botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        calls.append((client.meta.service_model.service_name, operation, json.loads(json.dumps(params, default=str))))
+        return make_api_call(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    return calls

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import SageMakerConfig
 from accelerate.utils import ComputeEnvironment, SageMakerDistributedType
-from test_sagemaker_job import CONFIGS, REPO
+from helpers.sagemaker import CONFIGS, REPO
 
 from endovit.sagemaker.entry import DLC_COMMAND, ENTRY_DIR, ENTRY_DIR_ENV
 

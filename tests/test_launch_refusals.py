@@ -4,11 +4,10 @@ from __future__ import annotations
 import importlib.metadata
 
 import pytest
-from test_sagemaker_launch import BUCKET, ISOLATED_IMAGE, aws_env, launcher, offline_aws, sent, write_config
+from helpers.sagemaker import BUCKET, ISOLATED_IMAGE, write_config
 
 from endovit.sagemaker import source
 
-FIXTURES = (aws_env, launcher, offline_aws, sent)  # used by name
 SPOT = {"use_spot_instances": True, "max_run": 3600, "max_wait": 7200, "checkpoint_s3_uri": f"s3://{BUCKET}/ckpt"}
 
 

@@ -6,13 +6,11 @@ import json
 
 import pytest
 import yaml
-from test_sagemaker_job import toolkit_argv
-from test_sagemaker_launch import BUCKET, ISOLATED_IMAGE, aws_env, launcher, offline_aws, sent, write_config
+from helpers.sagemaker import BUCKET, ISOLATED_IMAGE, toolkit_argv, write_config
 
 from endovit.recipe import settings_fields
 from endovit.sagemaker.script import to_script_args
 
-FIXTURES = (aws_env, launcher, offline_aws, sent)  # used by name
 # every recipe flag a job may take (the job sets the folders; data flags become channels), with a value that is not
 # its default; empty values as a user types them ("" and []) included
 EVERY_FLAG = {

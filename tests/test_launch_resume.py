@@ -8,12 +8,10 @@ from pathlib import Path
 
 import boto3
 import pytest
+from helpers.sagemaker import BUCKET, REGION, REPO, TINY, job_folders, run_job, toolkit_argv, write_config
 from helpers.scripts import moto_server_url
-from test_sagemaker_job import REPO, TINY, job_folders, run_job, toolkit_argv
-from test_sagemaker_launch import BUCKET, REGION, aws_env, write_config
 
 CHECKPOINTS = f"s3://{BUCKET}/endovit/checkpoints"
-FIXTURES = (aws_env,)  # used by name
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import botocore.session
 import pytest
 import torch
 from helpers.replica import STOP_GRACE_SECONDS, Container
+from helpers.sagemaker import BUCKET, REGION, write_config
 from helpers.scripts import REPO, moto_server_url
 from safetensors.torch import load_file
 
@@ -26,7 +27,6 @@ from endovit.data.synthetic import write_sample_frames
 from endovit.sagemaker.entry import ENTRY_DIR_ENV, container_entry, registered, stopping
 from endovit.sagemaker.launch import plan_job, submit
 
-BUCKET = "endovit-test"
 # 40 tiny steps of 4 frames (10 per epoch), a step line each; checkpoints only when stopped and at the end
 STEPS = 40
 FLAGS = ["--recipe", "demo", "--model", "mae_vit_tiny_patch16", "--img_size", "32", "--batch_size", "4",
@@ -42,36 +42,12 @@ def moto_server():
 
 
 @pytest.fixture
-def aws(moto_server, monkeypatch, tmp_path):
-    """The launcher's AWS (fake credentials, SDK telemetry off) on the moto server; one empty bucket."""
-    for key in [k for k in os.environ if k.startswith(("AWS_", "SAGEMAKER_"))]:
-        monkeypatch.delenv(key)
-    sdk_defaults = tmp_path / "sagemaker_defaults.yaml"
-    sdk_defaults.write_text("SchemaVersion: '1.0'\nSageMaker: {PythonSDK: {Modules: {TelemetryOptOut: true}}}\n")
-    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(sdk_defaults))
-    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def aws(moto_server, aws_env, monkeypatch):
+    """The launcher's AWS (fake credentials, SDK telemetry off) on the moto server, with one empty bucket."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
-    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
     return moto_server
-
-
-def shipped_config(tmp_path: Path, name: str) -> Path:
-    """A shipped SageMaker config with a real bucket, fp32 (bf16 autocast is slow on these CPUs) and no TSV of
-    S3 channels (the data comes from local folders, uploaded by the launcher)."""
-    text = (REPO / "accelerate_configs" / name).read_text().replace("YOUR-BUCKET", BUCKET)
-    text = text.replace("mixed_precision: bf16", "mixed_precision: 'no'")
-    text = re.sub(r"^sagemaker_inputs_file: .*\n", "", text, flags=re.M)
-    text = text.replace("accelerate_configs/", f"{REPO}/accelerate_configs/")
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def launched_request(tmp_path: Path, config: str, *, train_frames: int = 40, **changes: str) -> dict:
@@ -83,7 +59,9 @@ def launched_request(tmp_path: Path, config: str, *, train_frames: int = 40, **c
     data = tmp_path / "data"
     write_sample_frames(data / "train", videos=2, frames=train_frames // 2, height=40, width=48)
     write_sample_frames(data / "val", videos=1, frames=4, height=40, width=48, first_video=7)
-    plan = plan_job(shipped_config(tmp_path, config), REPO / "scripts" / "pretrain.py",
+    # fp32 (bf16 autocast is slow on these CPUs); the channels are local folders the launcher uploads
+    config_file = write_config(tmp_path, config, mixed_precision="no", sagemaker_inputs_file=None)
+    plan = plan_job(config_file, REPO / "scripts" / "pretrain.py",
                     [*flags, "--train_data", str(data / "train" / "frames"), "--val_data",
                      str(data / "val" / "frames")], job_name=f"replica-{random.randrange(10**6)}")
     return submit(plan).request
@@ -136,7 +114,7 @@ def test_a_stop_saves_the_step_reached_and_the_export_and_a_spot_restart_ends_as
     plain = Container(request, tmp_path / "plain", endpoint=aws)
     assert plain.wait() == 0, plain.output[-4000:]
     assert f"done at step {STEPS}/{STEPS}" in plain.output
-    assert "pip install -r requirements.txt" in plain.output  # the toolkit's own steps still run
+    assert "Installing dependencies from requirements.txt" in plain.output  # the toolkit's own steps still run
     assert (plain.ml / "output" / "success").exists() and not (plain.ml / "output" / "failure").exists()
 
     stopped = Container(request, tmp_path / "stopped", endpoint=aws)

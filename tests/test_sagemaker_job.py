@@ -11,47 +11,18 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from helpers.sagemaker import REPO, TINY, job_environ, job_folders, metric_definitions, run_job
 
 from endovit.data.synthetic import write_sample_frames
 from endovit.recipe import build_parser, recipe_from_args
 from endovit.sagemaker.job import job_defaults
-from endovit.sagemaker.source import stage_source_dir
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "accelerate_configs"
-TINY = ["--recipe", "demo", "--model", "mae_vit_tiny_patch16", "--img_size", "32", "--batch_size", "4",
-        "--epochs", "2", "--warmup_epochs", "0.5", "--num_workers", "0", "--val_every_steps", "1000"]
-
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def metric_definitions() -> list[dict]:
-    rows = (CONFIGS / "sagemaker_metrics.tsv").read_text().splitlines()[1:]
-    return [dict(zip(("Name", "Regex"), row.split("\t"), strict=True)) for row in rows if row.strip()]
 
 
-def toolkit_argv(hyperparameters: dict[str, str]) -> list[str]:
-    """What the SageMaker training toolkit passes the entry script: JSON-decoded values, str()-ed, sorted,
-    without the SDK's own sagemaker_* entries."""
-    argv = []
-    for key in sorted(hyperparameters):
-        if not key.startswith("sagemaker_"):
-            argv += [f"--{key}", str(json.loads(hyperparameters[key]))]
-    return argv
 
 
-def job_environ(ml: Path) -> dict[str, str]:
-    """The SM_* variables of a one-host job whose /opt/ml is ``ml``."""
-    return {
-        "SM_MODEL_DIR": str(ml / "model"),
-        "SM_OUTPUT_DIR": str(ml / "output"),
-        "SM_OUTPUT_DATA_DIR": str(ml / "output" / "data"),
-        "SM_CHANNEL_TRAIN": str(ml / "input" / "data" / "train"),
-        "SM_CHANNEL_VALIDATION": str(ml / "input" / "data" / "validation"),
-        "SM_HOSTS": '["algo-1"]',
-        "SM_CURRENT_HOST": "algo-1",
-        "SM_NUM_GPUS": "0",
-    }
 
 
 
@@ -76,26 +47,8 @@ def test_job_environment_supplies_defaults_and_flags_still_win(tmp_path):
     assert (flags.output_dir, flags.resume) == ("elsewhere", "none")
 
 
-def run_job(code: Path, env: dict, argv: list[str], processes: int = 1) -> subprocess.CompletedProcess:
-    runner = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-              if processes > 1 else [sys.executable])
-    result = subprocess.run(runner + ["pretrain.py", *argv], cwd=code, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
-def job_folders(ml: Path) -> tuple[Path, dict[str, str]]:
-    """/opt/ml-like folders at ``ml``: channels with frames, the staged source dir as /opt/ml/code; and the job's
-    environment."""
-    environ = job_environ(ml)
-    write_sample_frames(environ["SM_CHANNEL_TRAIN"], videos=1, frames=8, height=48, width=64)
-    write_sample_frames(environ["SM_CHANNEL_VALIDATION"], videos=1, frames=4, height=48, width=64, first_video=2)
-    code = stage_source_dir(REPO / "scripts" / "pretrain.py", ml / "code")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SM_", "ACCELERATE_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
-    env.update(environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return code, env
 
 
 @pytest.fixture

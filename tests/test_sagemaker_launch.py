@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import runpy
 import tarfile
 from pathlib import Path
 
 import boto3
-import botocore.client
 import pytest
-import yaml
+from helpers.sagemaker import (
+    BUCKET,
+    DLC_IMAGE,
+    ISOLATED_IMAGE,
+    REGION,
+    REPO,
+    TINY,
+    job_environ,
+    metric_definitions,
+    toolkit_argv,
+    write_config,
+)
 from moto import mock_aws
-from test_sagemaker_job import CONFIGS, REPO, TINY, job_environ, metric_definitions, toolkit_argv
 
 from endovit.data.frames import find_image_files
 from endovit.data.synthetic import write_sample_frames
@@ -23,74 +30,17 @@ from endovit.recipe import build_parser, parse_recipe, recipe_from_args
 from endovit.sagemaker.job import job_defaults
 from endovit.sagemaker.source import plan_upload
 
-BUCKET = "endovit-test"
-REGION = "us-east-1"
-DLC_IMAGE = ("763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:"
-             "2.8.0-transformers4.56.2-gpu-py312-cu129-ubuntu22.04")
-ISOLATED_IMAGE = "111122223333.dkr.ecr.us-east-1.amazonaws.com/endovit:1"
 JOB_FOLDER_KEYS = {"train_data", "val_data", "output_dir", "checkpoint_dir", "logging_dir", "resume"}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def write_config(tmp_path: Path, name: str, **changes) -> Path:
-    """A shipped config with a real bucket and absolute TSV paths; ``changes`` replace (None: drop) keys."""
-    text = (CONFIGS / name).read_text().replace("YOUR-BUCKET", BUCKET)
-    config = yaml.safe_load(text.replace("accelerate_configs/", f"{CONFIGS}/"))
-    inputs = tmp_path / "inputs.tsv"
-    inputs.write_text((CONFIGS / "sagemaker_inputs.tsv").read_text().replace("YOUR-BUCKET", BUCKET))
-    config["sagemaker_inputs_file"] = str(inputs)
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
-@pytest.fixture(scope="module")
-def launcher():
-    return runpy.run_path(str(REPO / "scripts" / "launch_sagemaker.py"), run_name="launch_sagemaker")["main"]
 
 
-@pytest.fixture
-def aws_env(monkeypatch, tmp_path):
-    """Fake credentials and region, no AWS config files, no instance metadata, SDK telemetry off."""
-    for key in list(os.environ):
-        if key.startswith(("AWS_", "SAGEMAKER_")):
-            monkeypatch.delenv(key)
-    sdk_defaults = tmp_path / "sagemaker_defaults.yaml"
-    sdk_defaults.write_text(yaml.safe_dump({"SchemaVersion": "1.0",
-                                            "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}))
-    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(sdk_defaults))
-    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    validate_each_sdk_config_once(monkeypatch)
 
 
-def validate_each_sdk_config_once(monkeypatch):
-    """The SDK checks its config against its whole JSON schema at every config lookup (about 0.2 s each, twenty-odd
-    per launch); the same config always validates the same way, so tests validate each distinct one once."""
-    import sagemaker.session
-    import sagemaker.utils
-
-    validate, validated = sagemaker.utils.validate_sagemaker_config, set()
-
-    def validate_once(sagemaker_config=None):
-        key = json.dumps(sagemaker_config, sort_keys=True, default=str)
-        if key not in validated:
-            validate(sagemaker_config)
-            validated.add(key)
-
-    for module in (sagemaker.utils, sagemaker.session):
-        monkeypatch.setattr(module, "validate_sagemaker_config", validate_once)
 
 
 @pytest.fixture
@@ -102,25 +52,8 @@ def aws(aws_env):
         yield session
 
 
-@pytest.fixture
-def offline_aws(aws_env):
-    """moto without its own fake credentials: a launch that wrongly goes ahead still reaches no real AWS."""
-    with mock_aws(config={"core": {"mock_credentials": False}}):
-        yield
 
 
-@pytest.fixture
-def sent(monkeypatch):
-    """Every AWS API call the code under test makes: (service, operation, params as passed to botocore)."""
-    calls = []
-    make_api_call = botocore.client.BaseClient._make_api_call
-
-    def record(client, operation, params):
-        calls.append((client.meta.service_model.service_name, operation, json.loads(json.dumps(params, default=str))))
-        return make_api_call(client, operation, params)
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
-    return calls
 
 
 def create_training_job_request(calls) -> dict:
