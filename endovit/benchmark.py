@@ -165,16 +165,17 @@ def _run_benchmark(config: BenchConfig, device: torch.device, batches, peak_tflo
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         with accelerator.accumulate(model):
-            loss = train_step(accelerator, model, optimizer, images, noise, config.mask_ratio, clip,
-                              pixel_stats=pixel_stats, loss_only=config.loss_only)
+            loss = train_step(accelerator, model, optimizer, images, noise, mask_ratio=config.mask_ratio,
+                              clip_grad=clip, pixel_stats=pixel_stats, loss_only=config.loss_only)
         if config.sync_every_step:
             loss.item()
             _synchronize(accelerator.device)
         return loss.clone() if cudagraphs else loss  # a CUDA graph's output is overwritten by its next replay
 
-    trial = compile_trial(accelerator, model, mae.num_patches, config.batch_size, config.img_size, config.mask_ratio,
+    trial = compile_trial(accelerator, model, num_patches=mae.num_patches, batch_size=config.batch_size,
+                          img_size=config.img_size, mask_ratio=config.mask_ratio,
                           pixel_stats=stats, loss_only=config.loss_only)
-    model, compile_seconds = compile_model(model, trial, config.torch_compile, config.compile_backend,
+    model, compile_seconds = compile_model(model, trial, enabled=config.torch_compile, backend=config.compile_backend,
                                            mode=config.compile_mode, coordinate_descent=config.coordinate_descent)
     graphs_after_trial = compiled_graphs()
     source = None if batches is None else iter(batches)
@@ -244,7 +245,7 @@ def run_probe_benchmark(model: str, img_size: int, frames: int, device: torch.de
     seconds = {}
     for _ in range(2):
         start = time.perf_counter()
-        features = features_from_pixels(mae, pixels, accelerator, mean, std, settings.batch_size)
+        features = features_from_pixels(mae, pixels, accelerator, mean=mean, std=std, batch_size=settings.batch_size)
         _synchronize(accelerator.device)
         seconds["features"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -40,7 +40,7 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def compile_model(model: torch.nn.Module, trial, enabled: bool, backend: str = "inductor", *, mode: str | None = None,
+def compile_model(model: torch.nn.Module, trial, *, enabled: bool, backend: str = "inductor", mode: str | None = None,
                   coordinate_descent: bool = False) -> tuple[torch.nn.Module, float]:
     """``torch.compile`` the model and run ``trial(model)`` once to compile it now.
 
@@ -67,7 +67,7 @@ def compile_model(model: torch.nn.Module, trial, enabled: bool, backend: str = "
     return compiled, time.perf_counter() - start
 
 
-def compile_trial(accelerator, model, num_patches: int, batch_size: int, img_size, mask_ratio: float, *,
+def compile_trial(accelerator, model, *, num_patches: int, batch_size: int, img_size, mask_ratio: float,
                   pixel_stats: tuple | None = None, loss_only: bool = True):
     """A ``trial(model)`` for ``compile_model``: one forward/backward on blank frames exactly as ``train_step``
     runs it (same call, autocast state, dtypes and shapes), then the gradients are dropped. With ``pixel_stats``
@@ -94,8 +94,8 @@ def _forward_loss(model, images, noise, mask_ratio: float, pixel_stats, loss_onl
     return model(images, mask_ratio, noise, pixel_stats=pixel_stats, loss_only=True)
 
 
-def train_step(accelerator, model, optimizer, images: torch.Tensor, noise: torch.Tensor, mask_ratio: float,
-               clip_grad: float | None, *, pixel_stats: tuple | None = None, loss_only: bool = True) -> torch.Tensor:
+def train_step(accelerator, model, optimizer, images: torch.Tensor, noise: torch.Tensor, *, mask_ratio: float,
+               clip_grad: float | None, pixel_stats: tuple | None = None, loss_only: bool = True) -> torch.Tensor:
     """One micro-batch: forward with the given masks, backward, and (when accelerate says gradients are
     synchronised) clip and step. ``images`` are normalised floats, or with ``pixel_stats=(mean, std)`` the raw
     uint8 pixels (normalised inside the compiled forward: no separate fp32 pass over the batch).
@@ -292,8 +292,8 @@ def _train_steps(run, stop: StopRequest) -> int:
                 pixels = batch["pixels"]
                 noise = torch.rand(pixels.shape[0], run.mae.num_patches, generator=noise_generator,
                                    device=accelerator.device)
-                loss = train_step(accelerator, run.model, run.optimizer, pixels, noise, recipe.mask_ratio,
-                                  recipe.clip_grad, pixel_stats=(run.mean, run.std))
+                loss = train_step(accelerator, run.model, run.optimizer, pixels, noise, mask_ratio=recipe.mask_ratio,
+                                  clip_grad=recipe.clip_grad, pixel_stats=(run.mean, run.std))
             window.add(loss, pixels.shape[0])
             micro_steps += 1
             if not accelerator.sync_gradients:

@@ -306,9 +306,10 @@ def build_run(recipe: Recipe, *, lock_dir: Path | None = None) -> Run:
     mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
     model, compile_seconds = compile_model(
-        model, compile_trial(accelerator, model, mae.num_patches, micro_batch, recipe.img_size, recipe.mask_ratio,
+        model, compile_trial(accelerator, model, num_patches=mae.num_patches, batch_size=micro_batch,
+                             img_size=recipe.img_size, mask_ratio=recipe.mask_ratio,
                              pixel_stats=(mean, std)),
-        settings.torch_compile)
+        enabled=settings.torch_compile)
     # schedule, SWA, pictures, saver; then the checkpoint to continue from
     schedule = Schedule(recipe, math.ceil(len(train_loader) / recipe.grad_accum_steps))
     swa_model = AveragedModel(mae) if recipe.swa else None
@@ -331,8 +332,9 @@ def build_run(recipe: Recipe, *, lock_dir: Path | None = None) -> Run:
         saver.resume(resume_from)
         accelerator.print(f"resumed from {resume_from} at step {progress.step}")
     if recipe.probe_data:
-        run.probe = build_probe(ProbeSettings.from_recipe(recipe), recipe.img_size, recipe.mean, recipe.std,
-                                accelerator, settings.num_workers, _local_processes(accelerator.state))
+        run.probe = build_probe(ProbeSettings.from_recipe(recipe), img_size=recipe.img_size, mean=recipe.mean,
+                                std=recipe.std, accelerator=accelerator, num_workers=settings.num_workers,
+                                local_processes=_local_processes(accelerator.state))
         multilabel, dense = run.probe.data.labels.multilabel, run.probe.data.labels.dense
         if recipe.probe_best_metric and recipe.probe_best_metric not in metric_names(recipe.probe_kind, multilabel,
                                                                                      dense):

@@ -61,8 +61,9 @@ def main() -> None:
         print(f"wrote {len(written)} frames with CholecSeg8k masks to {args.out}/videoNN/ in "
               f"{time.perf_counter() - start:.1f}s")
         return
-    written = write_sample_frames(args.out, args.videos, args.frames, args.height, args.width, args.seed,
-                                  args.first_video, args.labels)
+    written = write_sample_frames(args.out, videos=args.videos, frames=args.frames, height=args.height,
+                                  width=args.width, seed=args.seed,
+                                  first_video=args.first_video, labelled=args.labels)
     labels = f" and Cholec80 annotations to {args.out}/phase_annotations, tool_annotations" if args.labels else ""
     print(f"wrote {len(written)} frames to {args.out}/frames{labels} in {time.perf_counter() - start:.1f}s")
 

@@ -167,7 +167,7 @@ def test_labels_from_cholec80s_own_files_line_up_with_video_rows_without_numberi
                    log=lambda _: None)
     settings = ProbeSettings(data=str(tmp_path / "prepared"), labels=str(tmp_path / "cholec80"), k=5,
                              train_videos=[f"video0{i}" for i in range(1, 5)], test_videos=["video05", "video06"])
-    probe = build_probe(settings, (32, 32), [0.5] * 3, [0.25] * 3, Accelerator(cpu=True))
+    probe = build_probe(settings, img_size=(32, 32), mean=[0.5] * 3, std=[0.25] * 3, accelerator=Accelerator(cpu=True))
     assert len(probe.data.frames) == 60, "6 videos x 10 s at 1 fps"
     torch.manual_seed(0)
     accuracy = probe.evaluate(create_mae("mae_vit_tiny_patch16", img_size=32, depth=2))["probe/knn_cls_acc"]

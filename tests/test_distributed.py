@@ -107,10 +107,10 @@ def test_two_process_probe_features_equal_the_one_process_features_in_frame_orde
     accelerator = Accelerator(cpu=True)
     frames = load_frames(val_frames_dir)
     one_process = {f"pixels.{pool}": value for pool, value in features_from_pixels(
-        mae, decode_frames(frames, val["img_size"])[:5], accelerator, mean, std, batch_size=5).items()}
+        mae, decode_frames(frames, val["img_size"])[:5], accelerator, mean=mean, std=std, batch_size=5).items()}
     loader = build_val_loader(frames, val["img_size"], 5, num_workers=0)
     one_process.update({f"loader.{pool}": value for pool, value in
-                        features_from_loader(mae, loader, accelerator, mean, std).items()})
+                        features_from_loader(mae, loader, accelerator, mean=mean, std=std).items()})
     two_processes = load_file(work / "probe_features.safetensors")
     assert {k: v.shape[0] for k, v in two_processes.items()} == {"pixels.cls": 5, "pixels.avg": 5, "loader.cls": 6,
                                                                  "loader.avg": 6}

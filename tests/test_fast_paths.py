@@ -111,7 +111,8 @@ def test_train_step_on_uint8_pixels_equals_the_eager_normalised_step():
     for model, kwargs in ((fast, {"pixel_stats": (MEAN, STD)}), (reference, {"loss_only": False})):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         images = pixels if "pixel_stats" in kwargs else normalize(pixels, MEAN, STD)
-        losses = [train_step(accelerator, model, optimizer, images, noise, 0.75, None, **kwargs) for _ in range(2)]
+        losses = [train_step(accelerator, model, optimizer, images, noise, mask_ratio=0.75, clip_grad=None,
+                             **kwargs) for _ in range(2)]
         results.append((torch.stack(losses), dict(model.named_parameters())))
     AcceleratorState._reset_state(reset_partial_state=True)
     (fast_losses, fast_params), (ref_losses, ref_params) = results

@@ -108,14 +108,15 @@ def test_the_compile_trial_leaves_nothing_to_recompile_at_the_first_real_step(bf
     mae = create_mae("mae_vit_tiny_patch16", img_size=32, depth=1, decoder_depth=1)
     optimizer = build_optimizer(param_groups(mae, 0.05, 0.75), 1e-3, True, accelerator.device)
     model, optimizer = accelerator.prepare(mae, optimizer)
-    trial = compile_trial(accelerator, model, mae.num_patches, 2, [32, 32], 0.75)
-    compiled, seconds = compile_model(model, trial, True, backend="eager")
+    trial = compile_trial(accelerator, model, num_patches=mae.num_patches, batch_size=2, img_size=[32, 32],
+                          mask_ratio=0.75)
+    compiled, seconds = compile_model(model, trial, enabled=True, backend="eager")
     assert compiled is not model and seconds > 0
     after_trial = compiled_graphs()
     images, noise = torch.randn(2, 3, 32, 32), torch.rand(2, mae.num_patches)
     for _ in range(2):
         with accelerator.accumulate(compiled):
-            train_step(accelerator, compiled, optimizer, images, noise, 0.75, None)
+            train_step(accelerator, compiled, optimizer, images, noise, mask_ratio=0.75, clip_grad=None)
     assert compiled_graphs() == after_trial
 
 

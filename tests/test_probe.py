@@ -96,7 +96,8 @@ def test_knn_predicts_as_dino_over_sklearn_neighbours():
     test_labels = rng.integers(0, 5, 120)
     test = centres[test_labels] + rng.normal(scale=1.5, size=(120, 16))
     for k, temperature in [(20, 0.07), (5, 0.5)]:
-        ours = knn_scores(torch.tensor(train), torch.tensor(labels), torch.tensor(test), 5, k, temperature, chunk=50)
+        ours = knn_scores(torch.tensor(train), torch.tensor(labels), torch.tensor(test), num_classes=5, k=k,
+                          temperature=temperature, chunk=50)
         reference = dino_reference(train, labels, test, k, temperature, 5)
         np.testing.assert_array_equal(ours.argmax(1).numpy(), reference.argmax(1))
         assert 0.4 < (reference.argmax(1) == test_labels).mean() < 1.0
@@ -106,7 +107,8 @@ def test_knn_multilabel_scores_are_weighted_fractions_of_neighbours():
     rng = np.random.default_rng(1)
     train, test = rng.normal(size=(80, 8)), rng.normal(size=(30, 8))
     targets = rng.integers(0, 2, (80, 3))
-    ours = knn_scores(torch.tensor(train), torch.tensor(targets), torch.tensor(test), 3, k=10, temperature=0.1)
+    ours = knn_scores(torch.tensor(train), torch.tensor(targets), torch.tensor(test), num_classes=3, k=10,
+                      temperature=0.1)
     distances, neighbours = NearestNeighbors(n_neighbors=10, metric="cosine").fit(train).kneighbors(test)
     weights = np.exp((1 - distances) / 0.1)
     reference = np.einsum("mk,mkc->mc", weights, targets[neighbours]) / weights.sum(1, keepdims=True)
@@ -121,7 +123,7 @@ def test_linear_probe_matches_sklearn_logistic_regression():
     train = (centres[labels] + rng.normal(scale=2.0, size=(400, 32))) * scale
     test = (centres[test_labels] + rng.normal(scale=2.0, size=(300, 32))) * scale
     l2 = 1e-2
-    probs = linear_probe_scores(torch.tensor(train), torch.tensor(labels), torch.tensor(test), 4, l2=l2)
+    probs = linear_probe_scores(torch.tensor(train), torch.tensor(labels), torch.tensor(test), num_classes=4, l2=l2)
     ours = (probs.argmax(1).numpy() == test_labels).mean()
     train_std, test_std = (x.numpy() for x in standardize(torch.tensor(train).float(), torch.tensor(test).float()))
     sklearn = LogisticRegression(C=1 / (l2 * len(train)), max_iter=5000).fit(train_std, labels)
@@ -259,7 +261,7 @@ def test_probe_leaves_rng_modes_and_grads_untouched(labelled):
     accelerator = Accelerator(cpu=True)
     settings = ProbeSettings(data=str(labelled / "probe" / "frames"), label_format="cholec80_tool", kind="both")
     states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
-    probe = build_probe(settings, (32, 32), MEAN, STD, accelerator, num_workers=2)
+    probe = build_probe(settings, img_size=(32, 32), mean=MEAN, std=STD, accelerator=accelerator, num_workers=2)
     assert probe.pixels.dtype == torch.uint8 and probe.pixels.shape == (128, 3, 32, 32)
     assert torch.equal(probe.pixels, decode_frames(probe.data.frames, (32, 32))), "workers decode as one process"
 
@@ -306,9 +308,10 @@ def test_probe_frames_too_big_for_the_device_are_refused_naming_the_frame_step(l
     monkeypatch.setattr(probe_module, "decode_frames", lambda *args: decoded.append(args) or decode_frames(*args))
     with pytest.raises(RecipeError, match=r"^--probe_data .*: 128 probe frames at 32x32 take 0\.0 GB as uint8, more "
                                           r"than 0\.0 GB \(the test's budget\); .* --probe_frame_step 4$"):
-        build_probe(settings, (32, 32), MEAN, STD, Accelerator(cpu=True))
+        build_probe(settings, img_size=(32, 32), mean=MEAN, std=STD, accelerator=Accelerator(cpu=True))
     assert not decoded, "refused before decoding"
-    probe = build_probe(dataclasses.replace(settings, frame_step=4), (32, 32), MEAN, STD, Accelerator(cpu=True))
+    probe = build_probe(dataclasses.replace(settings, frame_step=4), img_size=(32, 32), mean=MEAN, std=STD,
+                        accelerator=Accelerator(cpu=True))
     assert probe.pixels.shape == (32, 3, 32, 32) and probe.pixels.numel() <= 100_000
 
 

@@ -245,7 +245,7 @@ def _plan_videos(base: Path, videos: list[Path], settings: PrepareSettings, firs
 
 
 def prepare_frames(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                   settings: PrepareSettings = PrepareSettings(), num_proc: int = 1, overwrite: bool = False,
+                   settings: PrepareSettings = PrepareSettings(), *, num_proc: int = 1, overwrite: bool = False,
                    progress: bool = True, log: Callable[[str], None] = print) -> PrepareResult:
     """Prepare the frames and videos under ``input_dir`` (a folder, or one video file) into ``out_dir``;
     resumes a matching unfinished run."""

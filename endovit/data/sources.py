@@ -92,7 +92,7 @@ def _looks_like_path(name: str) -> bool:
     return is_remote(name) or "/" in name or os.sep in name or os.path.exists(name)
 
 
-def resolve_sources(root_path: str, names: Sequence[str], role: str = "train",
+def resolve_sources(root_path: str, names: Sequence[str], *, role: str = "train",
                     storage_options: dict | None = None, split: str = "train") -> list[Source]:
     """The sources ``names`` under ``root_path`` (see the module docstring); errors say what was expected.
 
@@ -162,14 +162,14 @@ def load_run_data(train_data: str, val_data: str = "", *, train_sources: Sequenc
     ``train_split`` the training uses. Other forms of data have no splits and ignore both. With
     ``stats_from_data`` the training mix's stored mean/std come back as ``stats`` (rounded to 6 digits).
     """
-    sources = resolve_sources(train_data, train_sources, "train", split=train_split)
+    sources = resolve_sources(train_data, train_sources, role="train", split=train_split)
     train, mix = combine_sources(sources, list(source_weights) or None)
     log(mix.summary("train"))
     val = None
     val_root = val_data or (train_data if val_sources else "")
     if val_root:
         split = val_split if val_data else train_split
-        val, val_mix = combine_sources(resolve_sources(val_root, val_sources, "val", split=split))
+        val, val_mix = combine_sources(resolve_sources(val_root, val_sources, role="val", split=split))
         log(val_mix.summary("val"))
     stats = None
     if stats_from_data:

@@ -156,7 +156,7 @@ def synth_frame(seed: int, height: int = 480, width: int = 854, t: int = 0) -> n
     return _VideoScene(np.random.default_rng(seed), height, width).frame(t)
 
 
-def write_sample_frames(out_dir: str | os.PathLike, videos: int = 4, frames: int = 50, height: int = 480,
+def write_sample_frames(out_dir: str | os.PathLike, *, videos: int = 4, frames: int = 50, height: int = 480,
                         width: int = 854, seed: int = 0, first_video: int = 1, labelled: bool = False) -> list[Path]:
     """Write ``videos`` x ``frames`` PNGs under ``out_dir/frames/videoNN/`` (files renamed into place).
 
@@ -188,5 +188,6 @@ def write_sample_frames(out_dir: str | os.PathLike, videos: int = 4, frames: int
 def write_demo_frames(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, list[Path]]:
     """The demo's labelled frames (``DEMO_FRAMES`` at ``DEMO_SIZE``): ``out_dir/train``, ``val`` and ``probe``."""
     height, width = DEMO_SIZE
-    return {name: write_sample_frames(Path(out_dir) / name, videos, frames, height, width, seed, first, labelled=True)
+    return {name: write_sample_frames(Path(out_dir) / name, videos=videos, frames=frames, height=height, width=width,
+                                      seed=seed, first_video=first, labelled=True)
             for name, (videos, frames, first) in DEMO_FRAMES.items()}

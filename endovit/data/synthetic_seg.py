@@ -99,7 +99,7 @@ def _save(pixels: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_seg_frames(out_dir: str | os.PathLike, videos=VIDEOS, frames: int = 6, height: int = 480,
+def write_seg_frames(out_dir: str | os.PathLike, *, videos=VIDEOS, frames: int = 6, height: int = 480,
                      width: int = 854, seed: int = 0) -> list[Path]:
     """Write ``frames`` frames of each of ``videos`` (numbers) with their three masks under ``out_dir`` in
     CholecSeg8k's layout (module docstring); returns the frame paths."""

@@ -13,7 +13,7 @@ __all__ = ["knn_scores", "linear_probe_scores", "standardize"]
 
 
 @torch.no_grad()
-def knn_scores(train: torch.Tensor, targets: torch.Tensor, test: torch.Tensor, num_classes: int, k: int = 20,
+def knn_scores(train: torch.Tensor, targets: torch.Tensor, test: torch.Tensor, *, num_classes: int, k: int = 20,
                temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
     """Votes of the ``k`` most cosine-similar training features, each weighted ``exp(similarity / T)``.
 
@@ -38,7 +38,7 @@ def standardize(train: torch.Tensor, test: torch.Tensor, eps: float = 1e-6) -> t
     return (train - mean) * scale, (test - mean) * scale
 
 
-def linear_probe_scores(train: torch.Tensor, targets: torch.Tensor, test: torch.Tensor, num_classes: int,
+def linear_probe_scores(train: torch.Tensor, targets: torch.Tensor, test: torch.Tensor, *, num_classes: int,
                         l2: float = 1e-4, max_iter: int = 200) -> torch.Tensor:
     """Logistic regression on standardised features: softmax cross-entropy (sigmoid per class for multi-label)
     + ``l2/2 * |W|^2``, minimised over the whole training set by L-BFGS from zero weights.

@@ -102,7 +102,8 @@ def evaluate_weights(weights: list[str], settings: ProbeSettings, accelerator, *
             with accelerator.local_main_process_first():  # a URL downloads once per machine
                 load_encoder(mae, path)
         mae.to(accelerator.device).eval()
-        features = features_from_loader(mae, loader, accelerator, frame_mean, frame_std, dense=data.labels.dense)
+        features = features_from_loader(mae, loader, accelerator, mean=frame_mean, std=frame_std,
+                                        dense=data.labels.dense)
         results[redact_url(name)] = {"weights": redact_url(str(path or name)), "step": step, "mean": frame_mean,
                                      "std": frame_std, "metrics": probe_metrics(features, data, settings)}
     return {"model": model, "img_size": img_size, "classes": data.labels.names,

@@ -48,7 +48,7 @@ def _split_pools(features: torch.Tensor, grid=None) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def features_from_loader(mae, loader, accelerator, mean, std, dense: bool = False) -> dict[str, torch.Tensor]:
+def features_from_loader(mae, loader, accelerator, *, mean, std, dense: bool = False) -> dict[str, torch.Tensor]:
     """Features of every frame of a prepared loader of ``{"pixels", "index"}`` batches, in index order,
     gathered across processes (``gather_for_metrics`` drops the samples that pad the last batch); ``dense``: the
     patch tokens instead of the pooled features."""
@@ -61,7 +61,7 @@ def features_from_loader(mae, loader, accelerator, mean, std, dense: bool = Fals
 
 
 @torch.no_grad()
-def features_from_pixels(mae, pixels: torch.Tensor, accelerator, mean, std, batch_size: int, dense: bool = False
+def features_from_pixels(mae, pixels: torch.Tensor, accelerator, *, mean, std, batch_size: int, dense: bool = False
                          ) -> dict[str, torch.Tensor]:
     """Features of every frame of a uint8 (N, 3, H, W) tensor. Each process embeds a contiguous share (the
     last one padded with repeats), gathered across processes, so every process must call this."""

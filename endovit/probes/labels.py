@@ -96,7 +96,7 @@ def _require(frames: datasets.Dataset, columns: tuple[str, ...], why: str) -> No
                         f"{', '.join(frames.column_names)}); {why}")
 
 
-def cholec80_labels(frames: datasets.Dataset, folder: str | Path, task: str, frame_fps: float = 1.0,
+def cholec80_labels(frames: datasets.Dataset, folder: str | Path, task: str, *, frame_fps: float = 1.0,
                     annotation_fps: float = 25.0, first_frame: int = 0) -> Labels:
     """Phase (``task="phase"``) or tool-presence (``"tool"``) labels of every frame from Cholec80's files in
     ``folder/phase_annotations`` or ``folder/tool_annotations``."""

@@ -132,7 +132,8 @@ def _labels(frames: datasets.Dataset, s: ProbeSettings) -> Labels:
         return column_labels(frames, s.labels or "label")
     task = s.label_format.removeprefix("cholec80_")
     folder = s.labels or _annotation_root(s.data, f"{task}_annotations")
-    return cholec80_labels(frames, folder, task, s.frame_fps, s.annotation_fps, s.first_frame)
+    return cholec80_labels(frames, folder, task, frame_fps=s.frame_fps, annotation_fps=s.annotation_fps,
+                           first_frame=s.first_frame)
 
 
 def _load_segmentation_data(s: ProbeSettings) -> ProbeData:
@@ -198,7 +199,7 @@ def segmentation_probe(features: dict[str, torch.Tensor], data: ProbeData, s: Pr
     n, masks = data.num_train, data.labels.values
     tokens = features["patch"]
     probe = fit_segmentation_probe(tokens[:n], torch.as_tensor(masks[:n], device=tokens.device),
-                                   len(data.labels.names), s.l2)
+                                   num_classes=len(data.labels.names), l2=s.l2)
     pred = predict_masks(probe, tokens[n:], masks.shape[1:])
     return segmentation_scores(pred.numpy(), masks[n:], data.labels.names), pred
 
@@ -214,10 +215,10 @@ def probe_metrics(features: dict[str, torch.Tensor], data: ProbeData, s: ProbeSe
     for pool, feats in features.items():
         targets = torch.as_tensor(data.labels.values[:n], device=feats.device)
         if s.kind in ("knn", "both"):
-            scores = knn_scores(feats[:n], targets, feats[n:], len(names), s.k, s.temperature)
+            scores = knn_scores(feats[:n], targets, feats[n:], num_classes=len(names), k=s.k, temperature=s.temperature)
             results[f"knn_{pool}"] = score(scores.cpu().numpy(), test_target, names)
         if s.kind in ("linear", "both"):
-            scores = linear_probe_scores(feats[:n], targets, feats[n:], len(names), s.l2)
+            scores = linear_probe_scores(feats[:n], targets, feats[n:], num_classes=len(names), l2=s.l2)
             results[f"linear_{pool}"] = score(scores.cpu().numpy(), test_target, names)
     return results
 
@@ -246,7 +247,7 @@ def probe_memory_budget(device: torch.device, local_processes: int = 1) -> tuple
     return psutil.virtual_memory().available // 4 // processes, f"a quarter of the free host memory{shared}"
 
 
-def check_probe_size(frames: int, img_size, settings: ProbeSettings, device: torch.device,
+def check_probe_size(frames: int, *, img_size, settings: ProbeSettings, device: torch.device,
                      local_processes: int = 1) -> None:
     """RecipeError naming --probe_frame_step when ``frames`` decoded at ``img_size`` exceed the device's budget."""
     needed = frames * 3 * img_size[0] * img_size[1]
@@ -279,8 +280,8 @@ class Probe:
         dense = self.data.labels.dense
         mae.eval()
         try:
-            features = features_from_pixels(mae, self.pixels, self.accelerator, self.mean, self.std,
-                                            self.settings.batch_size, dense=dense)
+            features = features_from_pixels(mae, self.pixels, self.accelerator, mean=self.mean, std=self.std,
+                                            batch_size=self.settings.batch_size, dense=dense)
         finally:
             for module, mode in modes.items():
                 module.training = mode
@@ -306,12 +307,13 @@ def probe_picture(data: ProbeData, pred: torch.Tensor, frames: int = PICTURE_FRA
     return segmentation_picture(images, truth, guess, len(data.labels.names))
 
 
-def build_probe(settings: ProbeSettings, img_size, mean, std, accelerator, num_workers: int = 0,
+def build_probe(settings: ProbeSettings, *, img_size, mean, std, accelerator, num_workers: int = 0,
                 local_processes: int = 1) -> Probe:
     """Load, label, split and decode the probe frames once (by ``num_workers`` workers; kept on
     ``accelerator.device`` as uint8; ``local_processes`` of this machine each keep a copy)."""
     data = load_probe_data(settings.validate("probe_"))
-    check_probe_size(len(data.frames), img_size, settings, accelerator.device, local_processes)
+    check_probe_size(len(data.frames), img_size=img_size, settings=settings, device=accelerator.device,
+                     local_processes=local_processes)
     pixels = decode_frames(data.frames, img_size, num_workers).to(accelerator.device)
     accelerator.print(f"probe: {data.summary()}")
     return Probe(pixels, data, settings, mean, std, accelerator)

@@ -142,7 +142,7 @@ def _resize_masks(masks: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
-def fit_segmentation_probe(tokens: torch.Tensor, masks: torch.Tensor, num_classes: int, l2: float = 1e-4,
+def fit_segmentation_probe(tokens: torch.Tensor, masks: torch.Tensor, *, num_classes: int, l2: float = 1e-4,
                            max_iter: int = 100) -> dict[str, torch.Tensor]:
     """Weights of the linear probe on (N, h, w, D) patch tokens and (N, H, W) masks (module docstring)."""
     tokens = tokens.float()
@@ -237,9 +237,10 @@ def time_segmentation_probe(mae, accelerator, *, frames: int, mask_size, classes
     n = frames // 2
     seconds = {}
     start = time.perf_counter()
-    tokens = features_from_pixels(mae.eval(), pixels, accelerator, mean, std, batch_size, dense=True)["patch"]
+    tokens = features_from_pixels(mae.eval(), pixels, accelerator, mean=mean, std=std, batch_size=batch_size,
+                                  dense=True)["patch"]
     seconds["features_s"] = time.perf_counter() - (last := start)
-    probe = fit_segmentation_probe(tokens[:n], masks[:n].to(tokens.device), classes)
+    probe = fit_segmentation_probe(tokens[:n], masks[:n].to(tokens.device), num_classes=classes)
     seconds["fit_s"] = time.perf_counter() - (last := last + seconds["features_s"])
     pred = predict_masks(probe, tokens[n:], tuple(mask_size))
     seconds["predict_s"] = time.perf_counter() - (last := last + seconds["fit_s"])

@@ -203,7 +203,7 @@ def check_additional_args(extra: dict, has_image_uri: bool, config_path: Path) -
                           "image FROM it with `pip install -r requirements.txt` and set image_uri, or remove the key")
 
 
-def job_storage(extra: dict, job_name: str, hyperparameters: dict, config_path: Path,
+def job_storage(extra: dict, *, job_name: str, hyperparameters: dict, config_path: Path,
                 checkpoint_job: str | None = None) -> dict:
     """additional_args with S3 URIs checked and per-job checkpoint and TensorBoard folders (checkpoints: those of
     ``checkpoint_job``, when given); a non-default local folder for either reaches the script as its flag."""

@@ -128,7 +128,7 @@ def _channels(config, flag_channels: dict[str, str], config_path: Path) -> dict[
     return channels
 
 
-def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike, script_args: list[str],
+def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike, script_args: list[str], *,
              job_name: str | None = None, resume_from_job: str | None = None) -> JobPlan:
     """The training job for ``training_script`` (``scripts/pretrain.py``) and its flags under an accelerate
     SageMaker config; every check that needs no AWS call is made here, before anything is uploaded.
@@ -167,7 +167,8 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
     image = cfg.image(config, versions, region, config_path)
     # torchrun (one process per GPU, process group from the environment) unless it is surely one GPU on one instance
     torchrun = config.num_machines > 1 or cfg.gpus_per_instance(config.ec2_instance_type, region) != 1
-    extra = cfg.job_storage(extra, job_name, hyperparameters, config_path, checkpoint_job=resume_from_job)
+    extra = cfg.job_storage(extra, job_name=job_name, hyperparameters=hyperparameters, config_path=config_path,
+                            checkpoint_job=resume_from_job)
     output_root = extra.get("output_path") or f"s3://sagemaker-{region}-{ACCOUNT_PLACEHOLDER}"
     # the entry point that passes SageMaker's stop (SIGTERM to PID 1) on to the trainers, before the image's command
     entry = container_entry(extra.pop("container_arguments", None))

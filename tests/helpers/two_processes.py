@@ -115,9 +115,9 @@ def main(spec_path: str) -> None:
     run.mae.eval()
     pixels = decode_frames(load_frames(spec["val_data"]), recipe.img_size)[:5]
     features = {f"pixels.{pool}": value for pool, value in
-                features_from_pixels(run.mae, pixels, accelerator, run.mean, run.std, batch_size=2).items()}
+                features_from_pixels(run.mae, pixels, accelerator, mean=run.mean, std=run.std, batch_size=2).items()}
     features.update({f"loader.{pool}": value for pool, value in
-                     features_from_loader(run.mae, val_loader, accelerator, run.mean, run.std).items()})
+                     features_from_loader(run.mae, val_loader, accelerator, mean=run.mean, std=run.std).items()})
     if accelerator.is_main_process:
         save_file({k: v.cpu().contiguous() for k, v in features.items()}, str(work / "probe_features.safetensors"))
 
