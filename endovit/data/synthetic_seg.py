@@ -123,4 +123,6 @@ def write_seg_frames(out_dir: str | os.PathLike, *, videos=VIDEOS, frames: int =
 
 def write_demo_seg_frames(out_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
     """The demo's segmentation frames (``SEG_DEMO``) under ``out_dir``."""
-    return write_seg_frames(out_dir, SEG_DEMO["videos"], SEG_DEMO["frames"], *SEG_DEMO["size"], seed=seed)
+    height, width = SEG_DEMO["size"]
+    return write_seg_frames(out_dir, videos=SEG_DEMO["videos"], frames=SEG_DEMO["frames"], height=height, width=width,
+                            seed=seed)
