@@ -8,12 +8,14 @@ at that moment and memory stays flat.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -24,7 +26,8 @@ from endovit.data.store import MANIFEST, filesystem, is_prepared, load_prepared,
 from endovit.errors import DataError, did_you_mean
 from endovit.io import is_plain_name, is_remote, walk_once
 
-__all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "load_frames", "decode_image",
+__all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DataLocation", "locate",
+           "load_location", "load_frames", "decode_image",
            "max_pixels", "find_image_files", "frame_number", "video_name"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -127,30 +130,63 @@ def _pick_split(loaded, path, split: str) -> datasets.Dataset:
     return loaded
 
 
-def _load_any(path: str | os.PathLike, split: str, storage_options: dict | None, cache_dir) -> datasets.Dataset:
-    """The dataset at ``path`` in whichever accepted form it has (see ``load_frames``)."""
+@dataclass(frozen=True)
+class DataLocation:
+    """One dataset's place and form, found once by :func:`locate`; :func:`load_location` loads it without asking
+    again. ``kind``: ``prepared`` (a manifest, or an unfinished prepare's plan), ``saved`` (``save_to_disk``),
+    ``parquet`` (local shards) or ``images`` (a local folder of frames)."""
+
+    path: str
+    kind: str
+    storage_options: dict | None = dataclasses.field(default=None, compare=False)
+
+
+def locate(path: str | os.PathLike, storage_options: dict | None = None) -> DataLocation:
+    """Which accepted form the data at ``path`` has (see ``load_frames``); DataError when it has none."""
     remote = is_remote(path)
     if not remote and not Path(path).exists():
         raise DataError(f"data path {path} does not exist; pass a folder of frames or a prepared dataset")
-    if is_prepared(path, storage_options):
-        return load_prepared(path, storage_options, cache_dir)[0]
+    where = DataLocation(str(path), "", storage_options)
     fs, root = filesystem(path, storage_options)
+    if is_prepared(path, storage_options):
+        return dataclasses.replace(where, kind="prepared")
     if _is_saved_dataset(fs, root.rstrip("/")):
-        _require_files_inside(fs, root.rstrip("/"), path)
-        options = {"storage_options": storage_options} if remote else {}
-        dataset = _pick_split(datasets.load_from_disk(str(path), **options), path, split)
-        if "image" in dataset.column_names:
-            require_image_bytes(dataset, str(path))
-        return dataset
+        return dataclasses.replace(where, kind="saved")
     if remote:
         raise DataError(f"{path} is neither a prepared dataset ({MANIFEST}) nor a save_to_disk folder; remote data "
                         "must be prepared first (scripts/prepare_data.py) and uploaded as a whole folder")
-    path = Path(path)
-    if parquet := _parquet_files(path):
-        return datasets.Dataset.from_parquet(parquet)
-    if path.is_dir():
-        return _from_image_folder(path)
+    if _parquet_files(Path(path)):
+        return dataclasses.replace(where, kind="parquet")
+    if Path(path).is_dir():
+        return dataclasses.replace(where, kind="images")
     raise DataError(f"data path {path} is a file; pass a folder of frames or a prepared dataset")
+
+
+def load_location(where: DataLocation, split: str = "train",
+                  cache_dir: str | os.PathLike | None = None) -> tuple[datasets.Dataset, dict | None]:
+    """The frames at ``where`` (an undecoded ``image`` column plus whatever metadata they carry) and, for a
+    prepared dataset, its manifest (else None). ``split`` picks one split of a saved ``DatasetDict``."""
+    path, options, manifest = where.path, where.storage_options, None
+    if where.kind == "prepared":
+        dataset, manifest = load_prepared(path, options, cache_dir)
+    elif where.kind == "saved":
+        fs, root = filesystem(path, options)
+        _require_files_inside(fs, root.rstrip("/"), path)
+        extra = {"storage_options": options} if is_remote(path) else {}
+        dataset = _pick_split(datasets.load_from_disk(path, **extra), path, split)
+        if "image" in dataset.column_names:
+            require_image_bytes(dataset, path)
+    elif where.kind == "parquet":
+        dataset = datasets.Dataset.from_parquet(_parquet_files(Path(path)))
+    else:
+        dataset = _from_image_folder(Path(path))
+    if "image" not in dataset.column_names:
+        raise DataError(f"dataset {path} has no 'image' column (columns: {', '.join(dataset.column_names)})")
+    if len(dataset) == 0:
+        raise DataError(f"dataset {path} is empty")
+    if not isinstance(dataset.features["image"], datasets.Image) or dataset.features["image"].decode:
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    return dataset, manifest
 
 
 def load_frames(path: str | os.PathLike, split: str = "train", storage_options: dict | None = None,
@@ -163,14 +199,7 @@ def load_frames(path: str | os.PathLike, split: str = "train", storage_options: 
     saved ``DatasetDict``. Returns a dataset with an undecoded ``image`` column (plus whatever metadata it
     carries).
     """
-    dataset = _load_any(path, split, storage_options, cache_dir)
-    if "image" not in dataset.column_names:
-        raise DataError(f"dataset {path} has no 'image' column (columns: {', '.join(dataset.column_names)})")
-    if len(dataset) == 0:
-        raise DataError(f"dataset {path} is empty")
-    if not isinstance(dataset.features["image"], datasets.Image) or dataset.features["image"].decode:
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
-    return dataset
+    return load_location(locate(path, storage_options), split, cache_dir)[0]
 
 
 class FrameError(DataError):

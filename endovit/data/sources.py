@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from endovit.data.frames import load_frames
+from endovit.data.frames import DataLocation, load_location, locate
 from endovit.data.mixing import Source, SourceMix, combine_sources
 from endovit.data.splits import CHOLEC80_SOURCE, CHOLEC80_SPLITS, select_split, split_videos, video_number
 from endovit.data.stats import pooled_stats
-from endovit.data.store import filesystem, is_prepared, load_prepared
+from endovit.data.store import filesystem, is_prepared
 from endovit.errors import DataError
 from endovit.io import is_remote
 
@@ -33,13 +33,15 @@ __all__ = ["RunData", "resolve_sources", "mix_stats", "load_run_data"]
 
 
 class _Root:
-    """A data root (local folder or URL) and lookups of its sub-folders."""
+    """A data root (local folder or URL): its sub-folders, and each dataset under it located once (its form) and
+    loaded once."""
 
     def __init__(self, path: str, storage_options: dict | None, split: str = "train"):
         self.path = str(path).rstrip("/")
         self.storage_options = storage_options
         self.split = split
         self.fs, self.fs_path = filesystem(self.path, storage_options)
+        self.prepared: dict[str, bool] = {}
         self.loaded: dict[str, tuple[datasets.Dataset, dict | None]] = {}
 
     def child(self, name: str) -> str:
@@ -49,7 +51,9 @@ class _Root:
         return self.fs.isdir(f"{self.fs_path.rstrip('/')}/{name}")
 
     def is_prepared(self, path: str) -> bool:
-        return is_prepared(path, self.storage_options)
+        if path not in self.prepared:
+            self.prepared[path] = is_prepared(path, self.storage_options)
+        return self.prepared[path]
 
     def prepared_children(self) -> list[str]:
         if not self.fs.isdir(self.fs_path):
@@ -58,12 +62,11 @@ class _Root:
         return [n for n in names if not n.startswith(".") and self.is_prepared(self.child(n))]
 
     def load(self, path: str) -> tuple[datasets.Dataset, dict | None]:
-        """A dataset and its manifest (None unless prepared), loaded once per path."""
+        """A dataset and its manifest (None unless prepared), located and loaded once per path."""
         if path not in self.loaded:
-            if self.is_prepared(path):
-                self.loaded[path] = load_prepared(path, self.storage_options)
-            else:
-                self.loaded[path] = load_frames(path, self.split, storage_options=self.storage_options), None
+            where = (DataLocation(path, "prepared", self.storage_options) if self.prepared.get(path)
+                     else locate(path, self.storage_options))
+            self.loaded[path] = load_location(where, self.split)
         return self.loaded[path]
 
 
