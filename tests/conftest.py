@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import urllib.request
 from pathlib import Path
 
+import boto3
 import botocore.client
 import pytest
 import yaml
-from helpers.sagemaker import REGION, validate_each_sdk_config_once
-from helpers.scripts import REPO
+from helpers.sagemaker import BUCKET, REGION, validate_each_sdk_config_once
+from helpers.scripts import REPO, moto_server_url
 
 from endovit.data.synthetic import write_sample_frames
 
@@ -89,3 +91,21 @@ def sent(monkeypatch):
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
     return calls
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    """A moto server (S3, SageMaker, ...) on loopback for the test module; its URL."""
+    with moto_server_url() as url:
+        yield url
+
+
+@pytest.fixture
+def moto_aws(moto_server, aws_env, monkeypatch):
+    """Every AWS client pointed at the moto server (fake credentials, SDK telemetry off), reset, with one empty
+    bucket; a boto3 session on it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
+    session = boto3.Session(region_name=REGION)
+    session.client("s3").create_bucket(Bucket=BUCKET)
+    return session

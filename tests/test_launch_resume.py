@@ -3,31 +3,12 @@ simulated jobs (SageMaker syncs /opt/ml/checkpoints with the job's checkpoint_s3
 from __future__ import annotations
 
 import runpy
-import urllib.request
 from pathlib import Path
 
-import boto3
 import pytest
-from helpers.sagemaker import BUCKET, REGION, REPO, TINY, job_folders, run_job, toolkit_argv, write_config
-from helpers.scripts import moto_server_url
+from helpers.sagemaker import BUCKET, REPO, TINY, job_folders, run_job, toolkit_argv, write_config
 
 CHECKPOINTS = f"s3://{BUCKET}/endovit/checkpoints"
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    with moto_server_url() as url:
-        yield url
-
-
-@pytest.fixture
-def aws(moto_server, aws_env, monkeypatch):
-    """Every AWS client pointed at the server (fake credentials, SDK telemetry off); one empty bucket."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
-    session = boto3.Session(region_name=REGION)
-    session.client("s3").create_bucket(Bucket=BUCKET)
-    return session
 
 
 def launch(config: Path, *launcher_args: str) -> int:
@@ -52,8 +33,8 @@ def sync_down(s3, uri: str, folder: Path) -> None:
         s3.download_file(bucket, obj["Key"], str(target))
 
 
-def test_new_job_continues_the_checkpoints_of_a_job_that_stopped(aws, tmp_path, capsys):
-    s3, sagemaker = aws.client("s3"), aws.client("sagemaker")
+def test_new_job_continues_the_checkpoints_of_a_job_that_stopped(moto_aws, tmp_path, capsys):
+    s3, sagemaker = moto_aws.client("s3"), moto_aws.client("sagemaker")
     config = write_config(tmp_path, "sagemaker.yaml")
     assert launch(config, "--job_name", "first-job") == 0, capsys.readouterr().err
     first = sagemaker.describe_training_job(TrainingJobName="first-job")
@@ -79,8 +60,8 @@ def test_new_job_continues_the_checkpoints_of_a_job_that_stopped(aws, tmp_path, 
 
 
 @pytest.mark.parametrize("synced", [[], ["step_00000002/model.safetensors"]], ids=["nothing", "no-manifest"])
-def test_continuing_a_job_without_a_complete_checkpoint_is_refused_before_upload(aws, tmp_path, capsys, synced):
-    s3 = aws.client("s3")
+def test_continuing_a_job_without_a_complete_checkpoint_is_refused_before_upload(moto_aws, tmp_path, capsys, synced):
+    s3 = moto_aws.client("s3")
     for key in synced:
         s3.put_object(Bucket=BUCKET, Key=f"endovit/checkpoints/old-job/{key}", Body=b"partial")
     config = write_config(tmp_path, "sagemaker.yaml")
@@ -90,6 +71,6 @@ def test_continuing_a_job_without_a_complete_checkpoint_is_refused_before_upload
         f"error: --resume_from_job old-job: no complete checkpoint under {CHECKPOINTS}/old-job/ (no "
         "step_NNNNNNNN/endovit_checkpoint.json); check the job name and the config's checkpoint_s3_uri (a job that "
         "itself continued another writes to that job's prefix)")
-    assert aws.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+    assert moto_aws.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert keys == [f"endovit/checkpoints/old-job/{key}" for key in synced]

@@ -10,16 +10,13 @@ import re
 import signal
 import tarfile
 import threading
-import urllib.request
 from pathlib import Path
 
-import boto3
 import botocore.session
-import pytest
 import torch
 from helpers.replica import STOP_GRACE_SECONDS, Container
-from helpers.sagemaker import BUCKET, REGION, write_config
-from helpers.scripts import REPO, moto_server_url
+from helpers.sagemaker import write_config
+from helpers.scripts import REPO
 from safetensors.torch import load_file
 
 from endovit.checkpoint import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX
@@ -33,21 +30,6 @@ FLAGS = ["--recipe", "demo", "--model", "mae_vit_tiny_patch16", "--img_size", "3
          "--epochs", "4", "--warmup_epochs", "0.5", "--num_workers", "0", "--val_every_steps", "1000",
          "--log_every_steps", "1", "--save_every_steps", "1000", "--num_recon_images", "0"]
 STEP_LINE = re.compile(r"^step=(\d+) ")
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    with moto_server_url() as url:
-        yield url
-
-
-@pytest.fixture
-def aws(moto_server, aws_env, monkeypatch):
-    """The launcher's AWS (fake credentials, SDK telemetry off) on the moto server, with one empty bucket."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
-    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
-    return moto_server
 
 
 def launched_request(tmp_path: Path, config: str, *, train_frames: int = 40, **changes: str) -> dict:
@@ -107,17 +89,18 @@ def test_a_trainer_that_starts_after_the_stop_stops_at_once_and_one_before_is_re
         assert not stopping({})
 
 
-def test_a_stop_saves_the_step_reached_and_the_export_and_a_spot_restart_ends_as_an_unbroken_run(aws, tmp_path):
+def test_a_stop_saves_the_step_reached_and_the_export_and_a_spot_restart_ends_as_an_unbroken_run(moto_aws, moto_server,
+                                                                                                   tmp_path):
     request = launched_request(tmp_path, "sagemaker.yaml")
     assert request["AlgorithmSpecification"]["ContainerEntrypoint"][0] == "bash"
 
-    plain = Container(request, tmp_path / "plain", endpoint=aws)
+    plain = Container(request, tmp_path / "plain", endpoint=moto_server)
     assert plain.wait() == 0, plain.output[-4000:]
     assert f"done at step {STEPS}/{STEPS}" in plain.output
     assert "Installing dependencies from requirements.txt" in plain.output  # the toolkit's own steps still run
     assert (plain.ml / "output" / "success").exists() and not (plain.ml / "output" / "failure").exists()
 
-    stopped = Container(request, tmp_path / "stopped", endpoint=aws)
+    stopped = Container(request, tmp_path / "stopped", endpoint=moto_server)
     stop_after = random.randint(3, STEPS // 2)
     stopped.wait_for(lambda line: (m := STEP_LINE.match(line)) is not None and int(m.group(1)) >= stop_after)
     seconds = stopped.docker_stop()
@@ -133,7 +116,8 @@ def test_a_stop_saves_the_step_reached_and_the_export_and_a_spot_restart_ends_as
     assert not (stopped.ml / "output" / "failure").exists(), (stopped.ml / "output" / "failure").read_text()
 
     # a spot restart: a new instance, /opt/ml/model empty, /opt/ml/checkpoints restored from S3
-    restarted = Container(request, tmp_path / "restarted", endpoint=aws, checkpoints=stopped.ml / "checkpoints")
+    restarted = Container(request, tmp_path / "restarted", endpoint=moto_server,
+                          checkpoints=stopped.ml / "checkpoints")
     assert restarted.wait() == 0, restarted.output[-4000:]
     assert f"resumed from /opt/ml/checkpoints/step_{reached[-1]:08d} at step {reached[-1]}" in restarted.output
     unbroken, resumed = (load_file(c.ml / "model" / "model.safetensors") for c in (plain, restarted))
@@ -141,9 +125,11 @@ def test_a_stop_saves_the_step_reached_and_the_export_and_a_spot_restart_ends_as
     assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
 
 
-def test_two_hosts_of_two_processes_under_the_toolkits_torchrun_all_stop_at_one_step_and_save(aws, tmp_path):
+def test_two_hosts_of_two_processes_under_the_toolkits_torchrun_all_stop_at_one_step_and_save(moto_aws, moto_server,
+                                                                                               tmp_path):
     request = launched_request(tmp_path, "sagemaker_multi_gpu.yaml")  # 2 instances; a fake nvidia-smi lists 2 GPUs
-    hosts = [Container(request, tmp_path / host, endpoint=aws, host=host, gpus=2) for host in ("algo-1", "algo-2")]
+    hosts = [Container(request, tmp_path / host, endpoint=moto_server, host=host, gpus=2)
+             for host in ("algo-1", "algo-2")]
     for host in hosts:
         host.wait_for(lambda line: "torchrun --nnodes 2 --nproc_per_node 2" in line)
     stop_after = random.randint(3, STEPS // 2)
@@ -164,9 +150,9 @@ def test_two_hosts_of_two_processes_under_the_toolkits_torchrun_all_stop_at_one_
     assert (first.ml / "model" / "model.safetensors").is_file()
 
 
-def test_a_refused_run_puts_its_one_line_error_in_failure_reason(aws, tmp_path):
+def test_a_refused_run_puts_its_one_line_error_in_failure_reason(moto_aws, moto_server, tmp_path):
     request = launched_request(tmp_path, "sagemaker.yaml", train_frames=8, batch_size="64")
-    container = Container(request, tmp_path / "c", endpoint=aws)
+    container = Container(request, tmp_path / "c", endpoint=moto_server)
     assert container.wait() != 0
     failure = (container.ml / "output" / "failure").read_text()
     assert failure.startswith("error: --train_data /opt/ml/input/data/train has 8 frames, fewer than one batch of 64")
