@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["CHANNELS", "JOB_FOLDER_KEYS", "CHANNEL_ROOT", "CHECKPOINT_LOCAL_PATH", "TENSORBOARD_LOCAL_PATH",
-           "JOB_ENVIRON", "job_defaults",
-           "lock_dir", "report_failure"]
+           "JOB_ENVIRON", "job_defaults", "lock_dir", "report_failure"]
 
 CHANNELS = {"train_data": "train", "val_data": "validation"}  # recipe key -> SageMaker input channel
 JOB_FOLDER_KEYS = ("output_dir", "checkpoint_dir", "logging_dir")  # recipe keys a SageMaker job sets itself
