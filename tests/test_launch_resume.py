@@ -6,7 +6,8 @@ import runpy
 from pathlib import Path
 
 import pytest
-from helpers.sagemaker import BUCKET, REPO, TINY, job_folders, run_job, toolkit_argv, write_config
+from helpers.sagemaker import (BUCKET, REPO, TINY, job_folders, run_job, s3_download, s3_upload, toolkit_argv,
+                              write_config)
 
 CHECKPOINTS = f"s3://{BUCKET}/endovit/checkpoints"
 
@@ -15,22 +16,6 @@ def launch(config: Path, *launcher_args: str) -> int:
     main = runpy.run_path(str(REPO / "scripts" / "launch_sagemaker.py"), run_name="launch_sagemaker")["main"]
     return main(["--config_file", str(config), *launcher_args, str(REPO / "scripts" / "pretrain.py"), *TINY,
                  "--train_data", f"s3://{BUCKET}/data/train", "--val_data", f"s3://{BUCKET}/data/val"])
-
-
-def sync_up(s3, folder: Path, uri: str) -> None:
-    """What SageMaker does while a job runs: /opt/ml/checkpoints -> checkpoint_s3_uri."""
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
-
-
-def sync_down(s3, uri: str, folder: Path) -> None:
-    """What SageMaker does when a job starts: checkpoint_s3_uri -> /opt/ml/checkpoints."""
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", []):
-        target = folder / obj["Key"][len(prefix) + 1:]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(bucket, obj["Key"], str(target))
 
 
 def test_new_job_continues_the_checkpoints_of_a_job_that_stopped(moto_aws, tmp_path, capsys):
@@ -43,7 +28,7 @@ def test_new_job_continues_the_checkpoints_of_a_job_that_stopped(moto_aws, tmp_p
     code, env = job_folders(ml)
     stopped = run_job(code, env, toolkit_argv(first["HyperParameters"]) + ["--stop_at_step", "2"])  # e.g. max_run
     assert "done at step 2/4" in stopped.stdout
-    sync_up(s3, ml / "checkpoints", first["CheckpointConfig"]["S3Uri"])
+    s3_upload(s3, ml / "checkpoints", first["CheckpointConfig"]["S3Uri"])
 
     assert launch(config, "--job_name", "second-job", "--resume_from_job", "first-job") == 0
     err = capsys.readouterr().err
@@ -53,7 +38,7 @@ def test_new_job_continues_the_checkpoints_of_a_job_that_stopped(moto_aws, tmp_p
     assert second["CheckpointConfig"] == {"S3Uri": f"{CHECKPOINTS}/first-job", "LocalPath": "/opt/ml/checkpoints"}
     ml = tmp_path / "second" / "opt" / "ml"
     code, env = job_folders(ml)
-    sync_down(s3, second["CheckpointConfig"]["S3Uri"], ml / "checkpoints")
+    s3_download(s3, second["CheckpointConfig"]["S3Uri"], ml / "checkpoints")
     resumed = run_job(code, env, toolkit_argv(second["HyperParameters"]))
     assert f"resumed from {ml / 'checkpoints' / 'step_00000002'} at step 2" in resumed.stdout
     assert "done at step 4/4" in resumed.stdout

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import boto3
+from helpers.sagemaker import s3_download
 
 # The DLCs' start script (pytorch/training/docker/build_artifacts/start_with_right_hostname.sh) without its
 # hostname library: for `train` it runs the toolkit as a child of bash, which is what a stop has to get through.
@@ -43,16 +44,6 @@ def _fake_nvidia_smi(gpus: int) -> str:
     CUDA device and run on CPU with gloo)."""
     lines = "\n".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:08d})" for i in range(gpus))
     return f"#!/usr/bin/env bash\ncat <<'EOF'\n{lines}\nEOF\n"
-
-
-def download_prefix(s3, uri: str, dest: Path) -> None:
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            relative = obj["Key"][len(prefix):].lstrip("/") or Path(obj["Key"]).name
-            target = dest / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, obj["Key"], str(target))
 
 
 class Container:
@@ -89,7 +80,7 @@ class Container:
             name = channel["ChannelName"]
             channels[name] = {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
                               "RecordWrapperType": "None"}
-            download_prefix(s3, channel["DataSource"]["S3DataSource"]["S3Uri"], ml / "input" / "data" / name)
+            s3_download(s3, channel["DataSource"]["S3DataSource"]["S3Uri"], ml / "input" / "data" / name)
         (config / "inputdataconfig.json").write_text(json.dumps(channels))
         for folder in ("model", "output/data", "code"):
             (ml / folder).mkdir(parents=True, exist_ok=True)

@@ -119,3 +119,21 @@ def validate_each_sdk_config_once(monkeypatch):
 
     for module in (sagemaker.utils, sagemaker.session):
         monkeypatch.setattr(module, "validate_sagemaker_config", validate_once)
+
+
+def s3_upload(s3, folder: Path, uri: str) -> None:
+    """What SageMaker does while a job runs: /opt/ml/checkpoints -> checkpoint_s3_uri (every file under ``folder``)."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}")
+
+
+def s3_download(s3, uri: str, folder: Path) -> None:
+    """What SageMaker does when a job starts: an S3 prefix (checkpoint_s3_uri, a channel) -> ``folder``."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            target = folder / obj["Key"][len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(target))
