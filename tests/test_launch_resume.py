@@ -6,8 +6,17 @@ import runpy
 from pathlib import Path
 
 import pytest
-from helpers.sagemaker import (BUCKET, REPO, TINY, job_folders, run_job, s3_download, s3_upload, toolkit_argv,
-                              write_config)
+from helpers.sagemaker import (
+    BUCKET,
+    REPO,
+    TINY,
+    job_folders,
+    run_job,
+    s3_download,
+    s3_upload,
+    toolkit_argv,
+    write_config,
+)
 
 CHECKPOINTS = f"s3://{BUCKET}/endovit/checkpoints"
 
