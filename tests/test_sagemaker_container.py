@@ -4,12 +4,12 @@ process and with two under the toolkit's torchrun, a spot-style restart that mus
 and a refused run whose one-line error must reach FailureReason."""
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import random
 import re
 import signal
 import tarfile
-import threading
 from pathlib import Path
 
 import botocore.session
@@ -103,10 +103,10 @@ def test_a_stop_saves_the_step_reached_and_the_export_and_a_spot_restart_ends_as
     stopped = Container(request, tmp_path / "stopped", endpoint=moto_server)
     stop_after = random.randint(3, STEPS // 2)
     stopped.wait_for(lambda line: (m := STEP_LINE.match(line)) is not None and int(m.group(1)) >= stop_after)
-    seconds = stopped.docker_stop()
+    killed = stopped.docker_stop()
     logged = last_step_logged(stopped)
     assert stopped.process.returncode == 0, stopped.output[-4000:]
-    assert seconds < STOP_GRACE_SECONDS / 2, f"the stop took {seconds:.0f} s"
+    assert not killed, f"the container was still running {STOP_GRACE_SECONDS} s after SIGTERM"
     reached = complete_checkpoints(stopped.ml)
     assert reached and reached[-1] >= logged and reached[-1] < STEPS, (reached, logged, stopped.output[-3000:])
     assert f"interrupted at step {reached[-1]}/{STEPS}" in stopped.output
@@ -134,11 +134,9 @@ def test_two_hosts_of_two_processes_under_the_toolkits_torchrun_all_stop_at_one_
         host.wait_for(lambda line: "torchrun --nnodes 2 --nproc_per_node 2" in line)
     stop_after = random.randint(3, STEPS // 2)
     hosts[0].wait_for(lambda line: (m := STEP_LINE.match(line)) is not None and int(m.group(1)) >= stop_after)
-    threads = [threading.Thread(target=host.docker_stop) for host in hosts]  # SageMaker stops every instance
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:  # SageMaker stops every instance at once
+        killed = list(pool.map(lambda host: host.docker_stop(), hosts))
+    assert killed == [False, False], "a container was still running 120 s after SIGTERM"
     for host in hosts:
         assert host.process.returncode == 0, host.output[-4000:]
         assert host.output.count("SIGTERM: stopping after this step") == 2, host.output[-4000:]

@@ -139,6 +139,7 @@ class DataLocation:
     path: str
     kind: str
     storage_options: dict | None = dataclasses.field(default=None, compare=False)
+    files: tuple[str, ...] = ()  # the parquet shards (found while locating: the tree is walked once)
 
 
 def locate(path: str | os.PathLike, storage_options: dict | None = None) -> DataLocation:
@@ -147,16 +148,16 @@ def locate(path: str | os.PathLike, storage_options: dict | None = None) -> Data
     if not remote and not Path(path).exists():
         raise DataError(f"data path {path} does not exist; pass a folder of frames or a prepared dataset")
     where = DataLocation(str(path), "", storage_options)
-    fs, root = filesystem(path, storage_options)
     if is_prepared(path, storage_options):
         return dataclasses.replace(where, kind="prepared")
+    fs, root = filesystem(path, storage_options)
     if _is_saved_dataset(fs, root.rstrip("/")):
         return dataclasses.replace(where, kind="saved")
     if remote:
         raise DataError(f"{path} is neither a prepared dataset ({MANIFEST}) nor a save_to_disk folder; remote data "
                         "must be prepared first (scripts/prepare_data.py) and uploaded as a whole folder")
-    if _parquet_files(Path(path)):
-        return dataclasses.replace(where, kind="parquet")
+    if parquet := _parquet_files(Path(path)):
+        return dataclasses.replace(where, kind="parquet", files=tuple(parquet))
     if Path(path).is_dir():
         return dataclasses.replace(where, kind="images")
     raise DataError(f"data path {path} is a file; pass a folder of frames or a prepared dataset")
@@ -177,7 +178,7 @@ def load_location(where: DataLocation, split: str = "train",
         if "image" in dataset.column_names:
             require_image_bytes(dataset, path)
     elif where.kind == "parquet":
-        dataset = datasets.Dataset.from_parquet(_parquet_files(Path(path)))
+        dataset = datasets.Dataset.from_parquet(list(where.files))
     else:
         dataset = _from_image_folder(Path(path))
     if "image" not in dataset.column_names:

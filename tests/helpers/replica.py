@@ -159,18 +159,19 @@ class Container:
         assert len(children) == 1, children
         return int(children[0])
 
-    def docker_stop(self, grace: float = STOP_GRACE_SECONDS) -> float:
-        """SIGTERM to PID 1, SIGKILL to it (and so to the whole namespace) after ``grace`` s; returns the seconds
-        the container took to end."""
-        started = time.monotonic()
+    def docker_stop(self, grace: float = STOP_GRACE_SECONDS) -> bool:
+        """SIGTERM to PID 1, SIGKILL to it (and so to the whole namespace) after ``grace`` s, as SageMaker does;
+        returns whether the container had to be killed (it did not end by itself within the grace)."""
         os.kill(self.pid1(), signal.SIGTERM)
         try:
             self.process.wait(timeout=grace)
+            killed = False
         except subprocess.TimeoutExpired:
             os.kill(self.pid1(), signal.SIGKILL)
             self.process.wait(timeout=30)
+            killed = True
         self._reader.join(timeout=30)
-        return time.monotonic() - started
+        return killed
 
     def wait(self, timeout: float = 300) -> int:
         try:
