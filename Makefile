@@ -54,10 +54,11 @@ TIMM_FLOOR = $(shell sed -n 's/^ *timm>=\([0-9.]*\).*/\1/p' setup.cfg)
 	$(BIN)/python -m pip download $(WHEEL_FLAGS) -d .whl-local $(DEVICE_WHEELS) timm==$(TIMM_FLOOR)
 	touch $@
 
-# Two workers, one per core of the 2-core CI machine; a file stays on one worker, so its module fixtures run once.
+# Two workers, one per core of the 2-core CI machine; a file stays on one worker, so its module fixtures run once;
+# files go out longest first (tests/conftest.py's LONGEST_FILES).
 # The tests that need downloaded wheels (the GPU check's rehearsal, the timm floor) run in `make test-wheels`.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not wheels"
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not wheels"
 
 test-wheels: $(STAMP) .whl-local/.complete
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m wheels

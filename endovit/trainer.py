@@ -2,7 +2,6 @@
 ``main_pretrain.py`` set-up). ``endovit.engine.train`` then runs its step loop."""
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -211,10 +210,11 @@ def _lock_path(output_path: Path, lock_dir: Path | None) -> Path:
     return lock_dir / f"{hashlib.sha256(str(output_path.resolve()).encode()).hexdigest()[:16]}.lock"
 
 
-def _lock_output(recipe: Recipe, accelerator: Accelerator, lock_dir: Path | None) -> FileLock | None:
+def _lock_output(recipe: Recipe, accelerator: Accelerator, lock_dir: Path | None) -> tuple[FileLock | None, bool]:
     """Hold the run's lock (:func:`_lock_path`) for its lifetime, so a second run on the same folder stops before
-    it writes anything (the OS releases the lock when the process ends, however it ends)."""
-    lock = None
+    it writes anything (the OS releases the lock when the process ends, however it ends); returns the lock (main
+    process) and whether this call created the output folder."""
+    lock, created = None, False
     taken = [True]
     problem = [None]
     if accelerator.is_main_process:
@@ -226,8 +226,7 @@ def _lock_output(recipe: Recipe, accelerator: Accelerator, lock_dir: Path | None
         raise RecipeError(problem)
     path = _lock_path(recipe.output_path, lock_dir)
     if accelerator.is_main_process:
-        if not recipe.output_path.exists():
-            atexit.register(_remove_if_unused, recipe.output_path)
+        created = not recipe.output_path.exists()
         recipe.output_path.mkdir(parents=True, exist_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path), is_singleton=True)  # re-entrant in one process
@@ -236,14 +235,19 @@ def _lock_output(recipe: Recipe, accelerator: Accelerator, lock_dir: Path | None
         except Timeout:
             taken = [False]
     if not broadcast_object_list(taken)[0]:
+        _free_output(None, recipe.output_path if created else None)
         raise RecipeError(f"--output_dir {recipe.output_dir} is in use by another run (it holds {path}); wait for it "
                           "to end or choose another --output_dir")
-    return lock
+    return lock, created
 
 
-def _remove_if_unused(folder: Path) -> None:
-    """At exit: the output folder this run created still holds only its lock, or nothing (the run stopped before
-    writing anything, e.g. on a bad --resume), so it goes again and nothing half-made is left behind."""
+def _free_output(lock: FileLock | None, folder: Path | None) -> None:
+    """A run refused while setting up: release its lock, and remove ``folder`` (the output folder it created) if that
+    still holds only the lock, or nothing (e.g. a bad --resume), so nothing half-made is left behind."""
+    if lock is not None:
+        lock.release()
+    if folder is None:
+        return
     with contextlib.suppress(OSError):
         if [p.name for p in folder.iterdir()] in ([RUN_LOCK], []):
             (folder / RUN_LOCK).unlink(missing_ok=True)
@@ -284,63 +288,66 @@ def build_run(recipe: Recipe, *, lock_dir: Path | None = None) -> Run:
         raise DataError(f"--train_data {recipe.train_data} has {len(data.train)} frames, fewer than one batch of "
                         f"{recipe.batch_size}; lower --batch_size or add frames")
     # the output folder: ours alone from here on, and no other run's checkpoints in it unless we resume
-    lock = _lock_output(recipe, accelerator, lock_dir)
-    if recipe.resume == "none" and latest_checkpoint(recipe.checkpoints_path):
-        raise RecipeError(f"--checkpoint_dir {recipe.checkpoints_path} already holds checkpoints; pass --resume auto "
-                          "to continue or choose another --output_dir")
-    # model, optimizer, loaders, wrapped by accelerate; compiled where that is fast
-    mae = _model(recipe, accelerator)
-    optimizer = build_optimizer(param_groups(mae, recipe.weight_decay, recipe.layer_decay), recipe.peak_lr,
-                                recipe.fused_optimizer, accelerator.device)
-    train_loader = build_train_loader(data.train, img_size=recipe.img_size, crop_scale=recipe.crop_scale,
-                                      batch_size=micro_batch, seed=recipe.seed, num_workers=settings.num_workers,
-                                      mix=data.mix, fast_decode=recipe.fast_decode,
-                                      reshuffle=recipe.reshuffle_each_epoch)
-    val_loader = (build_val_loader(data.val, recipe.img_size, recipe.val_batch_size or micro_batch,
-                                   settings.num_workers) if data.val is not None else None)
-    model, optimizer, train_loader = accelerator.prepare(mae, optimizer, train_loader)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
-    mae = accelerator.unwrap_model(model)
-    device = accelerator.device
-    mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
-    model, compile_seconds = compile_model(
-        model, compile_trial(accelerator, model, num_patches=mae.num_patches, batch_size=micro_batch,
-                             img_size=recipe.img_size, mask_ratio=recipe.mask_ratio,
-                             pixel_stats=(mean, std)),
-        enabled=settings.torch_compile)
-    # schedule, SWA, pictures, saver; then the checkpoint to continue from
-    schedule = Schedule(recipe, math.ceil(len(train_loader) / recipe.grad_accum_steps))
-    swa_model = AveragedModel(mae) if recipe.swa else None
-    progress = TrainProgress()
-    pictures = picture_batch(data.val if data.val is not None else data.train, count=recipe.num_recon_images,
-                             img_size=recipe.img_size, mean=recipe.mean, std=recipe.std, seed=recipe.seed,
-                             num_patches=mae.num_patches, device=device)
-    saver = Saver(recipe=recipe, accelerator=accelerator, mae=mae, swa_model=swa_model, progress=progress,
-                  pictures=pictures, trackers=settings.trackers,
-                  run_signature={"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa,
-                                 "seed": recipe.seed, "processes": accelerator.num_processes,
-                                 "batch_size": recipe.batch_size, "grad_accum_steps": recipe.grad_accum_steps,
-                                 "steps_per_epoch": schedule.steps_per_epoch})
-    run = Run(recipe, accelerator, settings, data, mae, model, optimizer, train_loader, val_loader, schedule,
-              mean=mean, std=std, saver=saver, progress=progress,
-              swa_model=swa_model, compile_seconds=compile_seconds, started=started,
-              graphs_after_trial=compiled_graphs(), lock=lock)
-    resume_from = saver.resume_from(recipe.resume)
-    if resume_from is not None:
-        saver.resume(resume_from)
-        accelerator.print(f"resumed from {resume_from} at step {progress.step}")
-    if recipe.probe_data:
-        run.probe = build_probe(ProbeSettings.from_recipe(recipe), img_size=recipe.img_size, mean=recipe.mean,
-                                std=recipe.std, accelerator=accelerator, num_workers=settings.num_workers,
-                                local_processes=_local_processes(accelerator.state))
-        multilabel, dense = run.probe.data.labels.multilabel, run.probe.data.labels.dense
-        if recipe.probe_best_metric and recipe.probe_best_metric not in metric_names(recipe.probe_kind, multilabel,
-                                                                                     dense):
-            scored = score_names(multilabel)
-            raise RecipeError(f"--probe_best_metric {recipe.probe_best_metric}: these labels are scored by "
-                              f"{' and '.join(scored)}, e.g. knn_avg_{scored[0]}")
+    lock, created = _lock_output(recipe, accelerator, lock_dir)
+    with contextlib.ExitStack() as refused:  # refused from here on: free the folder (remove it if unused)
+        refused.callback(_free_output, lock, recipe.output_path if created else None)
+        if recipe.resume == "none" and latest_checkpoint(recipe.checkpoints_path):
+            raise RecipeError(f"--checkpoint_dir {recipe.checkpoints_path} already holds checkpoints; pass --resume "
+                              "auto to continue or choose another --output_dir")
+        # model, optimizer, loaders, wrapped by accelerate; compiled where that is fast
+        mae = _model(recipe, accelerator)
+        optimizer = build_optimizer(param_groups(mae, recipe.weight_decay, recipe.layer_decay), recipe.peak_lr,
+                                    recipe.fused_optimizer, accelerator.device)
+        train_loader = build_train_loader(data.train, img_size=recipe.img_size, crop_scale=recipe.crop_scale,
+                                          batch_size=micro_batch, seed=recipe.seed, num_workers=settings.num_workers,
+                                          mix=data.mix, fast_decode=recipe.fast_decode,
+                                          reshuffle=recipe.reshuffle_each_epoch)
+        val_loader = (build_val_loader(data.val, recipe.img_size, recipe.val_batch_size or micro_batch,
+                                       settings.num_workers) if data.val is not None else None)
+        model, optimizer, train_loader = accelerator.prepare(mae, optimizer, train_loader)
+        if val_loader is not None:
+            val_loader = accelerator.prepare(val_loader)
+        mae = accelerator.unwrap_model(model)
+        device = accelerator.device
+        mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
+        model, compile_seconds = compile_model(
+            model, compile_trial(accelerator, model, num_patches=mae.num_patches, batch_size=micro_batch,
+                                 img_size=recipe.img_size, mask_ratio=recipe.mask_ratio,
+                                 pixel_stats=(mean, std)),
+            enabled=settings.torch_compile)
+        # schedule, SWA, pictures, saver; then the checkpoint to continue from
+        schedule = Schedule(recipe, math.ceil(len(train_loader) / recipe.grad_accum_steps))
+        swa_model = AveragedModel(mae) if recipe.swa else None
+        progress = TrainProgress()
+        pictures = picture_batch(data.val if data.val is not None else data.train, count=recipe.num_recon_images,
+                                 img_size=recipe.img_size, mean=recipe.mean, std=recipe.std, seed=recipe.seed,
+                                 num_patches=mae.num_patches, device=device)
+        saver = Saver(recipe=recipe, accelerator=accelerator, mae=mae, swa_model=swa_model, progress=progress,
+                      pictures=pictures, trackers=settings.trackers,
+                      run_signature={"model": recipe.model, "img_size": recipe.img_size, "swa": recipe.swa,
+                                     "seed": recipe.seed, "processes": accelerator.num_processes,
+                                     "batch_size": recipe.batch_size, "grad_accum_steps": recipe.grad_accum_steps,
+                                     "steps_per_epoch": schedule.steps_per_epoch})
+        run = Run(recipe, accelerator, settings, data, mae, model, optimizer, train_loader, val_loader, schedule,
+                  mean=mean, std=std, saver=saver, progress=progress,
+                  swa_model=swa_model, compile_seconds=compile_seconds, started=started,
+                  graphs_after_trial=compiled_graphs(), lock=lock)
+        resume_from = saver.resume_from(recipe.resume)
+        if resume_from is not None:
+            saver.resume(resume_from)
+            accelerator.print(f"resumed from {resume_from} at step {progress.step}")
+        if recipe.probe_data:
+            run.probe = build_probe(ProbeSettings.from_recipe(recipe), img_size=recipe.img_size, mean=recipe.mean,
+                                    std=recipe.std, accelerator=accelerator, num_workers=settings.num_workers,
+                                    local_processes=_local_processes(accelerator.state))
+            multilabel, dense = run.probe.data.labels.multilabel, run.probe.data.labels.dense
+            if recipe.probe_best_metric and recipe.probe_best_metric not in metric_names(recipe.probe_kind, multilabel,
+                                                                                         dense):
+                scored = score_names(multilabel)
+                raise RecipeError(f"--probe_best_metric {recipe.probe_best_metric}: these labels are scored by "
+                                  f"{' and '.join(scored)}, e.g. knn_avg_{scored[0]}")
+        refused.pop_all()  # set up: the Run holds the lock until it is closed
     return run
 
 

@@ -23,6 +23,7 @@ import torch
 
 from endovit import benchmark as bench
 from endovit.benchmark import BenchConfig, baseline_of, endovit_as_ran_of, endovit_batches, our_batches, run_benchmark
+from endovit.cli import exit_script
 from endovit.models.attention import SDPA_BACKENDS
 
 COLUMNS = [("name", "config", 28), ("precision", "prec", 5), ("compiled", "compiled", 8),
@@ -114,4 +115,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from endovit.benchmark import endovit_loader
+from endovit.cli import exit_script
 from endovit.data import PrepareSettings, build_train_loader, load_frames, normalize, prepare_frames
 from endovit.data.store import repeat_prepared
 from endovit.data.synthetic import write_sample_frames
@@ -223,4 +224,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_script(main())

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 from accelerate import Accelerator
 
-from endovit.cli import OneLineParser
+from endovit.cli import OneLineParser, exit_script
 from endovit.hardware import cpu_name
 from endovit.models.mae import MODEL_ARCHS, create_mae
 from endovit.probes.segmentation import time_segmentation_probe
@@ -49,4 +48,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

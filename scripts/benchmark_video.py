@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from endovit.cli import exit_script
 from endovit.data import PrepareSettings, prepare_frames
 from endovit.data.parallel import worker_pool
 from endovit.data.prepare import encode_rgb
@@ -137,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_script(main())

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+from endovit.cli import exit_script
 from endovit.data import DataError, compute_and_store_stats
 
 
@@ -32,4 +33,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

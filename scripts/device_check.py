@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from endovit.benchmark import BenchConfig, baseline_of, run_benchmark, run_probe_benchmark  # noqa: E402
+from endovit.cli import exit_script  # noqa: E402
 from endovit.hardware import cpu_name  # noqa: E402
 
 FULL = {"model": "mae_vit_base_patch16", "img_size": 224, "batch_size": 256, "bench_steps": 20, "videos": 16,
@@ -229,4 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

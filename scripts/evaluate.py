@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 
-from endovit.cli import OneLineParser, add_image_flags
+from endovit.cli import OneLineParser, add_image_flags, exit_script
 from endovit.errors import CheckpointError, DataError, RecipeError, error_line
 from endovit.hardware import resolve_mixed_precision
 from endovit.models.archs import MODEL_ARCHS
@@ -82,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from endovit.cli import OneLineParser, add_image_flags
+from endovit.cli import OneLineParser, add_image_flags, exit_script
 from endovit.errors import EndovitError, error_line
 from endovit.export import export_weights
 from endovit.io import redact_url
@@ -67,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

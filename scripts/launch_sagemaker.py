@@ -33,6 +33,7 @@ import sys
 
 from accelerate.commands.config.config_args import default_config_file
 
+from endovit.cli import exit_script
 from endovit.errors import LaunchError
 from endovit.sagemaker.sdk import prepare_sdk
 
@@ -79,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

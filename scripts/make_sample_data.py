@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from endovit.cli import OneLineParser
+from endovit.cli import OneLineParser, exit_script
 from endovit.data.synthetic import DEMO_FRAMES, DEMO_SIZE, write_demo_frames, write_sample_frames
 from endovit.data.synthetic_seg import SEG_DEMO, write_demo_seg_frames, write_seg_frames
 
@@ -69,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_script(main())

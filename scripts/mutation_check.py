@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from endovit.cli import exit_script
+
 REPO = Path(__file__).resolve().parents[1]
 MUTATIONS_FILE = Path(__file__).with_name("mutations.yaml")
 # a token: a string literal, a name or number, a comment (dropped), or any other single character
@@ -258,4 +260,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

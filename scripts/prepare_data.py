@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from endovit.cli import parse_bool
+from endovit.cli import exit_script, parse_bool
 from endovit.data import DataError, PrepareSettings, prepare_frames
 from endovit.data.prepare import IMAGE_FORMATS, ON_ERROR
 from endovit.data.splits import CHOLEC80_SPLITS
@@ -60,4 +60,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

@@ -14,6 +14,7 @@ import sys
 
 from tqdm.auto import tqdm
 
+from endovit.cli import exit_script
 from endovit.errors import EndovitError, error_line
 from endovit.models.archs import TIMM_ENCODERS
 from endovit.recipe import Recipe, parse_recipe
@@ -95,4 +96,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_script(main())

@@ -17,6 +17,18 @@ from helpers.scripts import REPO, moto_server_url
 
 from endovit.data.synthetic import write_sample_frames
 
+# The files that take longest here, longest first (each 1-3 minutes of work on 2 cores). xdist gives a worker the
+# next file whenever it runs dry, in collection order (`make test` turns off its own reordering by test count): the
+# long files start first, so the two workers end close together instead of one running the demo while the other idles.
+LONGEST_FILES = ("test_stop.py", "test_demo.py", "test_pretrain_e2e.py", "test_sagemaker_container.py",
+                 "test_sagemaker_job.py", "test_distributed.py", "test_probe_segmentation.py", "test_launch_resume.py",
+                 "test_probe_training.py", "test_swa_endovit.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
@@ -48,6 +60,24 @@ def val_frames_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def launcher():
     return runpy.run_path(str(REPO / "scripts" / "launch_sagemaker.py"), run_name="launch_sagemaker")["main"]
+
+
+@pytest.fixture
+def pretrain_main(capsys, monkeypatch):
+    """``scripts/pretrain.py``'s own ``main`` run in this process, for the runs that are refused or have nothing to
+    do (a subprocess would spend its seconds importing torch): ``run(*flags) -> (exit code, stdout, stderr)``."""
+    main = runpy.run_path(str(REPO / "scripts" / "pretrain.py"), run_name="pretrain")["main"]
+    monkeypatch.chdir(REPO)
+
+    def run(*flags: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main([str(flag) for flag in flags])
+        except SystemExit as exit_:  # argparse's refusals
+            code = exit_.code
+        return (code, *capsys.readouterr())
+
+    return run
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ def test_encoder_loads_into_timm_and_matches_the_mae_encoder(overfit_run):
     torch.testing.assert_close(via_timm.eval().forward_features(images), latent)
 
 
-def test_resumed_run_equals_unbroken_run(tmp_path, frames_dir, val_frames_dir):
+def test_resumed_run_equals_unbroken_run(tmp_path, frames_dir, val_frames_dir, pretrain_main):
     common = [*TINY_TRAINING, "--train_data", str(frames_dir), "--val_data", str(val_frames_dir),
               "--batch_size", "4", "--epochs", "3", "--warmup_epochs", "1", "--num_workers", "2",
               "--swa", "true", "--swa_start_epoch", "1", "--swa_every_steps", "2", "--val_every_steps", "5",
@@ -97,11 +97,11 @@ def test_resumed_run_equals_unbroken_run(tmp_path, frames_dir, val_frames_dir):
         for key in unbroken:
             assert torch.equal(unbroken[key], resumed[key]), f"{name}:{key}"
     assert not (tmp_path / "broken" / "checkpoints" / ".tmp-step_00000099").exists()
-    again = run_script("scripts/pretrain.py", *common, "--output_dir", str(tmp_path / "broken"), "--resume", "auto")
-    assert "nothing to do" in again.stdout
-    changed = run_script("scripts/pretrain.py", *common, "--output_dir", str(tmp_path / "broken"), "--resume", "auto",
-                         "--swa", "false", "--epochs", "4", check=False)
-    assert changed.returncode == 2 and "the run changed (swa: True then, False now)" in changed.stderr
+    code, stdout, _ = pretrain_main(*common, "--output_dir", tmp_path / "broken", "--resume", "auto")
+    assert code == 0 and "nothing to do" in stdout
+    code, _, stderr = pretrain_main(*common, "--output_dir", tmp_path / "broken", "--resume", "auto", "--swa", "false",
+                                    "--epochs", "4")
+    assert code == 2 and "the run changed (swa: True then, False now)" in stderr
 
 
 @pytest.mark.parametrize("name, distributed, processes, machines", [
@@ -149,7 +149,7 @@ def test_two_processes_split_the_data_and_the_batch(tmp_path, frames_dir):
     (["--train_data", "{frames}", "--batch_size", "8", "--checkpoint_dir", "{a_file}/checkpoints"],
      "--checkpoint_dir {a_file}/checkpoints: {a_file} is a file, not a folder; give a folder this run may write"),
 ])
-def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, frames_dir, flags, message):
+def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, frames_dir, pretrain_main, flags, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "a_file").write_text("not a folder")
     typo_recipe = tmp_path / "typo.yaml"
@@ -159,10 +159,10 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, frames_dir, flags,
     flags = [f.format(**places) for f in flags]
     message = message.format(**places)
     out = tmp_path / "out"
-    result = run_script("scripts/pretrain.py", *TINY_TRAINING, *flags, "--output_dir", str(out), check=False)
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr
+    code, _, stderr = pretrain_main(*TINY_TRAINING, *flags, "--output_dir", out)
+    assert code == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], stderr
     assert not out.exists()
 
 

@@ -49,12 +49,12 @@ def test_probing_is_logged_and_leaves_the_weights_as_they_were(tmp_path, frames_
     assert f"best by probe:  {tmp_path / 'probed' / 'best_probe'} (knn_cls_map)" in probed.stdout
 
 
-def test_best_probe_metric_must_be_one_the_labels_are_scored_by(tmp_path, frames_dir):
+def test_best_probe_metric_must_be_one_the_labels_are_scored_by(tmp_path, frames_dir, pretrain_main):
     probe = tmp_path / "probe"
     write_sample_frames(probe, videos=2, frames=2, height=48, width=64, first_video=41, labelled=True)
-    result = run_script("scripts/pretrain.py", *RUN, "--train_data", str(frames_dir), "--output_dir",
-                        str(tmp_path / "out"), "--probe_data", str(probe), "--probe_label_format", "cholec80_tool",
-                        "--probe_best_metric", "knn_avg_acc", check=False)
-    assert result.returncode == 2
-    assert "--probe_best_metric knn_avg_acc: these labels are scored by map, e.g. knn_avg_map" in result.stderr
+    code, _, stderr = pretrain_main(*RUN, "--train_data", frames_dir, "--output_dir", tmp_path / "out",
+                                    "--probe_data", probe, "--probe_label_format", "cholec80_tool",
+                                    "--probe_best_metric", "knn_avg_acc")
+    assert code == 2
+    assert "--probe_best_metric knn_avg_acc: these labels are scored by map, e.g. knn_avg_map" in stderr
     assert not (tmp_path / "out" / "checkpoints").exists()

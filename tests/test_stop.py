@@ -174,7 +174,7 @@ def test_a_killed_run_resumed_shows_each_step_once_in_tensorboard(tmp_path, fram
     assert steps == {"train/loss": list(range(1, 10)), "val/loss": [3, 6, 9]}
 
 
-def test_a_stop_during_the_final_export_is_mended_by_the_next_run(tmp_path, frames_dir):
+def test_a_stop_during_the_final_export_is_mended_by_the_next_run(tmp_path, frames_dir, pretrain_main):
     """The last checkpoint was saved, then the process died while exporting: the next run exports again."""
     out = tmp_path / "run"
     flags = [*COMMON, "--epochs", "2", "--swa", "true", "--swa_start_epoch", "1", "--swa_every_steps", "1",
@@ -189,17 +189,17 @@ def test_a_stop_during_the_final_export_is_mended_by_the_next_run(tmp_path, fram
     got = load_file(out / "swa" / "model.safetensors")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert not list((out / "swa").glob(".*.tmp"))
-    assert "nothing to do" in run_script("scripts/pretrain.py", *flags).stdout
+    code, stdout, _ = pretrain_main(*flags)
+    assert code == 0 and "nothing to do" in stdout
 
 
-def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, frames_dir):
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, frames_dir, pretrain_main):
     out = tmp_path / "run"
     out.mkdir()
     with FileLock(str(out / ".endovit.lock")):
-        result = run_script("scripts/pretrain.py", *COMMON, "--train_data", str(frames_dir), "--output_dir",
-                            str(out), check=False)
-    assert result.returncode == 2
-    assert f"error: --output_dir {out} is in use by another run" in result.stderr
+        code, _, stderr = pretrain_main(*COMMON, "--train_data", frames_dir, "--output_dir", out)
+    assert code == 2
+    assert f"error: --output_dir {out} is in use by another run" in stderr
     assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()
 
 
