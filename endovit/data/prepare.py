@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from endovit.data.frames import FrameError, decode_image, frame_number, video_name
 from endovit.data.parallel import worker_pool
-from endovit.data.prepare_inputs import find_inputs, select_files
+from endovit.data.prepare_inputs import find_inputs, input_name, select_files
 from endovit.data.splits import check_split_name, split_summary, video_number
 from endovit.data.store import (
     FEATURES,
@@ -254,8 +254,7 @@ def prepare_frames(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise DataError(f"--input {root} does not exist; pass the folder holding the frames or videos "
                         "(e.g. Cholec80/frames or the Cholec80 folder with videos/), or a video file")
     base = root if root.is_dir() else root.parent
-    named = root.parent.name if root.name in ("frames", "videos") else (root.stem if root.is_file() else root.name)
-    source = settings.source or settings.split or named
+    source = settings.source or settings.split or input_name(root, is_file=root.is_file())
     settings = dataclasses.replace(settings, source=source).validate()
     found, found_videos, others = find_inputs(root)
     files, videos = select_files(root, settings.split, found, found_videos)
