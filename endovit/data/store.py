@@ -33,8 +33,7 @@ from endovit.errors import DataError
 from endovit.io import atomic_path, atomic_write_json, file_sha256, is_remote
 
 __all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "PARTS_DIR", "FEATURES", "filesystem", "is_prepared", "shard_name",
-           "shard_file",
-           "read_manifest", "write_manifest", "repeat_prepared", "shard_records", "load_prepared",
+           "shard_file", "read_manifest", "write_manifest", "repeat_prepared", "shard_records", "load_prepared",
            "require_image_bytes"]
 
 MANIFEST = "endovit_dataset.json"
@@ -44,7 +43,7 @@ PARTS_DIR = "parts"
 FORMAT = "endovit-prepared-v1"
 SHARD_NAME = re.compile(r"shard-\d{5,}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}/[A-Za-z0-9][A-Za-z0-9-]{0,62}")  # <job>/<host>: no "..", no "/"
+PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}/[A-Za-z0-9][A-Za-z0-9-]{0,62}")  # <job>/<host>, no "."
 FEATURES = datasets.Features({
     "image": datasets.Image(decode=False),
     "source": datasets.Value("string"),
