@@ -87,6 +87,7 @@ def test_dry_run_prints_the_processing_request_offline(moto_aws, sent, launch_pr
     assert request["RoleArn"] == "arn:aws:iam::111122223333:role/endovit-sagemaker"
     assert "configure training jobs; the Processing job does not use them" in err
     assert "dry run: nothing uploaded" in err
+    assert {operation for _, operation, _ in sent} == {"PutObject", "CreateProcessingJob"}  # both answered offline
     s3 = moto_aws.client("s3")
     assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
     assert moto_aws.client("sagemaker").list_processing_jobs()["ProcessingJobSummaries"] == []
