@@ -15,6 +15,11 @@ when the job has completed (merging again changes nothing):
     python scripts/launch_prepare.py --merge --out s3://my-bucket/prepared/Hospital
 
 --dry_run checks everything and prints the CreateProcessingJob request as JSON on stdout (notes on stderr), offline.
+A job that failed or was stopped is continued, keeping its complete parts, by a new job into the same --out:
+
+    python scripts/launch_prepare.py --config_file accelerate_configs/sagemaker.yaml \
+        --input s3://my-bucket/hospital/videos/ --out s3://my-bucket/prepared/Hospital \
+        --instance_count 4 --instance_type ml.c5.4xlarge --fps 1 --resume_from_job FAILED-JOB-NAME
 """
 from __future__ import annotations
 
@@ -45,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
                         help="print the Processing-job request; upload nothing, start nothing")
     parser.add_argument("--wait", action="store_true", help="stream the job's logs until it ends, then merge")
+    parser.add_argument("--resume_from_job", default=None, metavar="JOB",
+                        help="continue JOB (failed or stopped) into the same --out: its complete parts are kept and "
+                             "their files left out, the rest is prepared again")
     parser.add_argument("--merge", action="store_true",
                         help="only merge the parts under --out (of --job_name, when given) into its manifest")
     add_settings_flags(parser, split=False)
@@ -61,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = processing.plan_prepare(args.config_file, input_uri=args.input, out_uri=args.out,
                                        settings=settings_from_args(args), instance_count=args.instance_count,
                                        instance_type=args.instance_type, job_name=args.job_name,
-                                       num_proc=args.num_proc)
+                                       num_proc=args.num_proc, resume_from_job=args.resume_from_job)
         for note in plan.notes:
             print(note, file=sys.stderr)
         if args.dry_run:
@@ -73,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     region = job.region
+    if job.reused is not None:
+        print(f"continuing job {args.resume_from_job}: {len(job.reused['continues'])} complete part(s) kept, their "
+              f"{len(job.reused['inputs'])} file(s) left out", file=sys.stderr)
     print(f"processing job {job.job_name} {'finished' if args.wait else 'started'} in {region}\n"
           f"  console: https://{region}.console.aws.amazon.com/sagemaker/home?region={region}"
           f"#/processing-jobs/{job.job_name}\n"

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="true: this is one instance of a SageMaker Processing job (scripts/launch_prepare.py "
                              "sets it): prepare its share of --input as part --out/<host>, host from "
                              f"/opt/ml/{RESOURCE_CONFIG}")
+    parser.add_argument("--resume_record", default=None,
+                        help="with --instance_part: the record of an earlier job's complete parts (launch_prepare.py "
+                             "--resume_from_job writes it); the files it lists are left out")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     try:
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError(f"--instance_part true: runs only inside a SageMaker Processing job (no /opt/ml/"
                                 f"{RESOURCE_CONFIG} here), without --stats and --overwrite; start it with "
                                 "scripts/launch_prepare.py")
-            prepare_part(args.input, args.out, settings, host=hosts[0], hosts=hosts[1], num_proc=args.num_proc)
+            prepare_part(args.input, args.out, settings, host=hosts[0], hosts=hosts[1], resume=args.resume_record,
+                         num_proc=args.num_proc)
             return 0
         result = prepare_frames(args.input, args.out, settings, num_proc=args.num_proc, overwrite=args.overwrite)
         if args.stats:

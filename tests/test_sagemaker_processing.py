@@ -105,7 +105,9 @@ def test_dry_run_prints_the_processing_request_offline(moto_aws, sent, launch_pr
      "instance type (did you mean ml.c5.4xlarge?)"),
     (["--fps", "-1"], "error: --fps -1.0: must be 0 (every frame) or a positive number of frames per second"),
     (["--job_name", "prep_1"], "error: --job_name 'prep_1' is not a valid SageMaker job name"),
-], ids=["local-input", "local-out", "no-instances", "out-in-input", "instance-type", "fps", "job-name"])
+    (["--job_name", "prep-1", "--resume_from_job", "prep-1"], "error: --resume_from_job prep-1: the new job needs a "
+     "name of its own (--job_name)"),
+], ids=["local-input", "local-out", "no-instances", "out-in-input", "instance-type", "fps", "job-name", "resume-self"])
 def test_bad_flags_are_one_error_line_and_nothing_is_sent(offline_aws, sent, launch_prepare, tmp_path, capsys,
                                                           flags, message):
     config = write_config(tmp_path, "sagemaker.yaml")
@@ -127,26 +129,35 @@ def test_a_submit_refuses_an_out_that_holds_something(moto_aws, launch_prepare, 
     assert rc == 2
     assert one_error_line(capsys) == (
         f"error: --out s3://{BUCKET}/prepared/H is not empty (it holds prepared/H/endovit_dataset.json); a "
-        "Processing job writes a new prepared dataset: choose a new --out, or merge what is there with --merge")
+        "Processing job writes a new prepared dataset: choose a new --out, continue a failed job there with "
+        "--resume_from_job, or merge what is there with --merge")
     assert moto_aws.client("sagemaker").list_processing_jobs()["ProcessingJobSummaries"] == []
 
 
 # ------------------------------------------------------------------------------------------------ a run against moto
 
 
+def download(s3, uri: str, folder: Path) -> None:
+    """What SageMaker does with an S3Uri that names one object: it lands in ``folder`` under its own name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = uri.split(f"s3://{BUCKET}/", 1)[1]
+    s3.download_file(BUCKET, key, str(folder / key.rsplit("/", 1)[-1]))
+
+
 def run_instance(s3, job: dict, keys: list[str], prefix: str, host: str, hosts: list[str], ml: Path) -> Path:
-    """One instance of ``job`` on this machine: its share of the input downloaded as SageMaker does, the shipped
-    code unpacked, prepare_data.py run with the job's own arguments, its output folder returned for upload."""
+    """One instance of ``job`` on this machine: its share of the input downloaded as SageMaker does, its other
+    inputs (the shipped code, a resume record) too, prepare_data.py run with the job's own arguments; its output
+    folder, for upload."""
     for key in keys:
         target = ml / "processing" / "input" / "data" / key[len(prefix):]
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(BUCKET, key, str(target))
+    for given in job["ProcessingInputs"]:
+        if given["InputName"] in ("code", "resume"):
+            download(s3, given["S3Input"]["S3Uri"], Path(given["S3Input"]["LocalPath"].replace("/opt/ml", str(ml))))
     (ml / "config").mkdir(parents=True)
     (ml / "config" / "resourceconfig.json").write_text(json.dumps({"current_host": host, "hosts": hosts}))
     code = ml / "processing" / "input" / "code"
-    code.mkdir(parents=True)
-    [tarball] = [i["S3Input"]["S3Uri"] for i in job["ProcessingInputs"] if i["InputName"] == "code"]
-    s3.download_file(BUCKET, tarball.split(f"s3://{BUCKET}/", 1)[1], str(code / "sourcedir.tar.gz"))
     with tarfile.open(code / "sourcedir.tar.gz") as tar:
         tar.extractall(code, filter="data")
     arguments = [a.replace("/opt/ml", str(ml)) for a in job["AppSpecification"]["ContainerArguments"]]
@@ -246,6 +257,50 @@ def test_wait_merges_at_the_end_and_refuses_a_job_that_wrote_no_parts(moto_aws, 
     assert operations.index("DescribeProcessingJob") > operations.index("CreateProcessingJob")  # it waited
 
 
+def test_a_failed_job_is_continued_by_a_new_one_that_keeps_its_complete_parts(moto_aws, launch_prepare, hospital,
+                                                                             tmp_path, capsys, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    s3 = moto_aws.client("s3")
+    s3_upload(s3, hospital, f"s3://{BUCKET}/Hospital")
+    out, sagemaker = f"s3://{BUCKET}/prepared/Hospital", moto_aws.client("sagemaker")
+    config = write_config(tmp_path, "sagemaker.yaml")
+    common = ["--config_file", str(config), "--input", f"s3://{BUCKET}/Hospital/", "--out", out, "--instance_type",
+              "ml.c5.xlarge", *SETTINGS]
+    assert launch_prepare([*common, "--instance_count", "2", "--job_name", "prep-a"]) == 0
+    job = sagemaker.describe_processing_job(ProcessingJobName="prep-a")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="Hospital/")["Contents"])
+    for i, host in enumerate(["algo-1", "algo-2"]):
+        parts = run_instance(s3, job, keys[i::2], "Hospital/", host, ["algo-1", "algo-2"], tmp_path / "a" / host)
+        if host == "algo-2":  # stopped mid-way: its plan and some shards, no manifest
+            (parts / host / MANIFEST).unlink()
+        s3_upload(s3, parts, f"{out}/parts/prep-a")
+    capsys.readouterr()
+    assert launch_prepare(["--merge", "--out", out]) == 2
+    assert "part prep-a/algo-2 is incomplete (parts/prep-a/algo-2 has a plan but no manifest)" in one_error_line(capsys)
+
+    assert launch_prepare([*common, "--instance_count", "1", "--job_name", "prep-b", "--resume_from_job",
+                           "prep-a"]) == 0
+    assert "continuing job prep-a: 1 complete part(s) kept, their 2 file(s) left out" in capsys.readouterr().err
+    job = sagemaker.describe_processing_job(ProcessingJobName="prep-b")
+    assert job["AppSpecification"]["ContainerArguments"][-2:] == ["--resume_record",
+                                                                  "/opt/ml/processing/input/resume/prep-b.json"]
+    parts = run_instance(s3, job, keys, "Hospital/", "algo-1", ["algo-1"], tmp_path / "b")  # the whole input
+    s3_upload(s3, parts, f"{out}/parts/prep-b")
+    kept = json.loads((tmp_path / "a" / "algo-1" / "processing" / "output" / "parts" / "algo-1.json").read_text())
+    redone = json.loads((parts / "algo-1.json").read_text())
+    assert kept["inputs"] == ["videos/video01.mp4", "videos/video03.mp4"]
+    assert redone["inputs"] == ["videos/video02.mp4"]  # only the stopped part's video is prepared again
+
+    assert launch_prepare(["--merge", "--out", out]) == 0  # prep-b continues prep-a: one dataset, no --job_name
+    assert "from 2 parts of job prep-b, 1 of them from the jobs it continues" in capsys.readouterr().out
+    single = prepare_frames(hospital, tmp_path / "one-machine", PrepareSettings(fps=1, short_side=32, shard_size=2),
+                            progress=False)
+    merged = load_frames(out, cache_dir=tmp_path / "cache")
+    assert columns(merged) == columns(load_frames(single.path)) and rows_of(merged) == rows_of(load_frames(single.path))
+
+
 # ------------------------------------------------------------------------------------------------ the merge
 
 
@@ -263,7 +318,9 @@ def test_the_merge_refuses_missing_incomplete_and_changed_parts(tmp_path):
         prepare_part(shares[host], parts, settings, host=host, hosts=list(shares), progress=False, log=lambda _: None)
 
     prepare("algo-1")
-    with pytest.raises(DataError, match=r"part job-1/algo-2 is missing \(parts/job-1/algo-2.json\): that instance"):
+    with pytest.raises(DataError, match=r"part job-1/algo-2 is missing \(parts/job-1/algo-2.json\): that instance did "
+                                        r"not finish .*; continue the job with scripts/launch_prepare.py "
+                                        r"--resume_from_job job-1 \(it keeps the complete parts\)$"):
         merge_parts(out)
     prepare("algo-2")
     (parts / "algo-2" / MANIFEST).rename(tmp_path / "saved")

@@ -7,8 +7,10 @@ machine does, ``prepare_data.py --instance_part true``, into ``/opt/ml/processin
 uploads that folder to ``<out>/parts/<job>/`` when the instance's code has ended (``EndOfJob``: a part reaches S3
 whole or not at all, and Processing jobs have no spot capacity to resume after). ``endovit.data.parts.merge_parts``
 then writes ``<out>/endovit_dataset.json``, which lists every part's shards, so training reads ``<out>`` as it reads
-any prepared dataset. The image is the PyTorch training DLC of the config's versions (the Hugging Face one has no CPU
-build); the code travels as for training, with PyAV added to its requirements.txt.
+any prepared dataset. A job that failed or was stopped is continued by a new one (``resume_from_job``) that reuses
+its complete parts: the new job's instances leave out the files those prepared (they still download their share).
+The image is the PyTorch training DLC of the config's versions (the Hugging Face one has no CPU build); the code
+travels as for training, with PyAV added to its requirements.txt.
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.pytorch import PyTorchProcessor
 from sagemaker.utils import name_from_base
 
-from endovit.data.parts import merge_parts
+from endovit.data.parts import RESUME_DIR, merge_parts, resume_record
 from endovit.data.prepare import PrepareSettings
 from endovit.data.prepare_flags import settings_flags
 from endovit.data.prepare_inputs import input_name
-from endovit.data.store import PARTS_DIR
+from endovit.data.store import MANIFEST, PARTS_DIR
 from endovit.errors import DataError, LaunchError, first_line
 from endovit.sagemaker import config as cfg
 from endovit.sagemaker.aws import (
@@ -50,6 +52,7 @@ __all__ = ["DEFAULT_BASE_JOB_NAME", "INPUT_PATH", "OUTPUT_PATH", "PrepareJobPlan
 DEFAULT_BASE_JOB_NAME = "endovit-prepare"
 INPUT_PATH = "/opt/ml/processing/input/data"
 OUTPUT_PATH = "/opt/ml/processing/output/parts"
+RESUME_PATH = "/opt/ml/processing/input/resume"
 PREPARE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "prepare_data.py"
 # the config's additional_args that a Processing job takes -> the processor's argument; the rest configure training
 PROCESSING_ARGUMENTS = {"code_location": "code_location", "max_run": "max_runtime_in_seconds",
@@ -71,11 +74,16 @@ class PrepareJobPlan:
     out_uri: str  # the prepared dataset
     arguments: list[str]  # prepare_data.py's flags on every instance
     requirements: bool = True  # ship requirements.txt (not with network isolation)
+    resume_from_job: str | None = None  # an earlier job under out_uri whose complete parts this job reuses
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def parts_uri(self) -> str:
         return f"{self.out_uri}/{PARTS_DIR}/{self.job_name}"
+
+    @property
+    def resume_uri(self) -> str:
+        return f"{self.out_uri}/{RESUME_DIR}/{self.job_name}.json"
 
 
 @dataclasses.dataclass
@@ -87,6 +95,7 @@ class PrepareLaunch:
     region: str
     out_uri: str
     manifest: dict | None = None  # the merged dataset's manifest, after --wait
+    reused: dict | None = None  # with resume_from_job: the earlier parts reused and the files they prepared
 
 
 def _s3_folder(uri: str, flag: str, what: str) -> str:
@@ -111,10 +120,11 @@ def _processor_kwargs(extra: dict, config_path: Path) -> tuple[dict, list[str]]:
 
 def plan_prepare(config_file: str | os.PathLike, *, input_uri: str, out_uri: str, settings: PrepareSettings,
                  instance_count: int | None = None, instance_type: str | None = None, job_name: str | None = None,
-                 num_proc: int | None = None) -> PrepareJobPlan:
+                 num_proc: int | None = None, resume_from_job: str | None = None) -> PrepareJobPlan:
     """The Processing job that prepares ``input_uri``'s videos or frames into ``out_uri`` with ``settings`` on
     ``instance_count`` instances (default: the config's num_machines) of ``instance_type`` (default: its
-    ec2_instance_type); every check that needs no AWS call is made here."""
+    ec2_instance_type), continuing ``resume_from_job`` when given; every check that needs no AWS call is made
+    here."""
     input_uri = _s3_folder(input_uri, "--input", "the videos or frames to prepare")
     out_uri = _s3_folder(out_uri, "--out", "the prepared dataset (a new prefix)")
     if f"{out_uri}/".startswith(f"{input_uri}/"):
@@ -131,6 +141,10 @@ def plan_prepare(config_file: str | os.PathLike, *, input_uri: str, out_uri: str
     if job_name is None:
         job_name = name_from_base(DEFAULT_BASE_JOB_NAME)
     check_job_name(job_name, "--job_name")
+    if resume_from_job is not None:
+        check_job_name(resume_from_job, "--resume_from_job")
+        if resume_from_job == job_name:
+            raise LaunchError(f"--resume_from_job {resume_from_job}: the new job needs a name of its own (--job_name)")
     instance_type = instance_type or config.ec2_instance_type
     cfg.check_instance_type(instance_type, config_path, job="processing")
     source = settings.source or input_name(PurePosixPath(input_uri[len("s3://"):]))
@@ -157,6 +171,7 @@ def plan_prepare(config_file: str | os.PathLike, *, input_uri: str, out_uri: str
     }
     arguments = ["--input", INPUT_PATH, "--out", OUTPUT_PATH, "--instance_part", "true", *settings_flags(settings)]
     arguments += ["--num_proc", str(num_proc)] if num_proc else []
+    arguments += ["--resume_record", f"{RESUME_PATH}/{job_name}.json"] if resume_from_job else []
     notes = [dlc_note] if dlc_note and not config.image_uri else []
     if cfg.gpus_per_instance(instance_type, region):
         notes.append(f"--instance_type {instance_type} has GPUs that prepare does not use (it decodes and encodes on "
@@ -169,7 +184,7 @@ def plan_prepare(config_file: str | os.PathLike, *, input_uri: str, out_uri: str
                      f"{config.image_uri} must already hold endovit's requirements and PyAV")
     return PrepareJobPlan(job_name=job_name, config_path=config_path, region=region, profile=config.profile,
                           processor_kwargs=kwargs, input_uri=f"{input_uri}/", out_uri=out_uri, arguments=arguments,
-                          requirements=not isolated, notes=notes)
+                          requirements=not isolated, resume_from_job=resume_from_job, notes=notes)
 
 
 def _run(plan: PrepareJobPlan, session, kwargs: dict, wait: bool) -> None:
@@ -177,12 +192,15 @@ def _run(plan: PrepareJobPlan, session, kwargs: dict, wait: bool) -> None:
     ``wait``, stream every instance's log until the job ends."""
     with tempfile.TemporaryDirectory(prefix="endovit-sourcedir-") as staged:
         stage_source_dir(PREPARE_SCRIPT, staged, requirements=plan.requirements, extras=("video",))
+        inputs = [ProcessingInput(source=plan.input_uri, destination=INPUT_PATH, input_name="input",
+                                  s3_data_distribution_type="ShardedByS3Key")]
+        if plan.resume_from_job:  # one small JSON object on every instance
+            inputs.append(ProcessingInput(source=plan.resume_uri, destination=RESUME_PATH, input_name="resume"))
         with sdk_errors(f"processing job {plan.job_name}"):
             processor = PyTorchProcessor(**kwargs, sagemaker_session=session)
             processor.run(
                 code=PREPARE_SCRIPT.name, source_dir=staged, arguments=plan.arguments, job_name=plan.job_name,
-                inputs=[ProcessingInput(source=plan.input_uri, destination=INPUT_PATH, input_name="input",
-                                        s3_data_distribution_type="ShardedByS3Key")],
+                inputs=inputs,
                 outputs=[ProcessingOutput(source=OUTPUT_PATH, destination=plan.parts_uri, output_name="parts",
                                           s3_upload_mode="EndOfJob")],
                 wait=wait, logs=wait)
@@ -204,7 +222,7 @@ def preview_prepare(plan: PrepareJobPlan) -> PrepareLaunch:
 
 def _check_prefixes(s3, plan: PrepareJobPlan) -> None:
     """Refuse an --input without objects and an --out that already holds something (a new dataset needs a new
-    prefix: a part of an earlier job would be mixed into this one's)."""
+    prefix: a part of an earlier job would be mixed into this one's), unless this job continues one there."""
     def first_key(uri: str) -> str | None:
         bucket, _, prefix = uri[len("s3://"):].partition("/")
         listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
@@ -213,9 +231,13 @@ def _check_prefixes(s3, plan: PrepareJobPlan) -> None:
     if first_key(plan.input_uri) is None:
         raise LaunchError(f"--input {plan.input_uri} holds no objects; upload the videos or frames there first "
                           "(aws s3 sync)")
-    if (key := first_key(f"{plan.out_uri}/")) is not None:
+    if plan.resume_from_job is None and (key := first_key(f"{plan.out_uri}/")) is not None:
         raise LaunchError(f"--out {plan.out_uri} is not empty (it holds {key}); a Processing job writes a new "
-                          "prepared dataset: choose a new --out, or merge what is there with --merge")
+                          "prepared dataset: choose a new --out, continue a failed job there with --resume_from_job, "
+                          "or merge what is there with --merge")
+    if plan.resume_from_job and first_key(f"{plan.out_uri}/{MANIFEST}") is not None:
+        raise LaunchError(f"--resume_from_job {plan.resume_from_job}: {plan.out_uri} is already merged (it holds "
+                          f"{MANIFEST}); train from it, or prepare into a new --out")
 
 
 def submit_prepare(plan: PrepareJobPlan, wait: bool = False) -> PrepareLaunch:
@@ -224,12 +246,22 @@ def submit_prepare(plan: PrepareJobPlan, wait: bool = False) -> PrepareLaunch:
     code_location = plan.processor_kwargs.get("code_location")
     session = sdk_session(plan.profile, plan.region, plan.config_path, recorder,
                           default_bucket=code_location[len("s3://"):].split("/")[0] if code_location else None)
+    storage_options = {"profile": plan.profile} if plan.profile else None
+    reused = None
     try:
-        _check_prefixes(session.boto_session.client("s3"), plan)
+        s3 = session.boto_session.client("s3")
+        _check_prefixes(s3, plan)
+        if plan.resume_from_job:
+            try:
+                reused = resume_record(plan.out_uri, plan.resume_from_job, storage_options=storage_options)
+            except DataError as err:
+                raise LaunchError(str(err)) from None
+            bucket, _, key = plan.resume_uri[len("s3://"):].partition("/")
+            s3.put_object(Bucket=bucket, Key=key, Body=(json.dumps(reused) + "\n").encode())
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
         raise LaunchError(f"S3: {first_line(err)}") from None
     _run(plan, session, plan.processor_kwargs, wait)
-    launch = PrepareLaunch(plan.job_name, recorder.request, plan.region, plan.out_uri)
+    launch = PrepareLaunch(plan.job_name, recorder.request, plan.region, plan.out_uri, reused=reused)
     if wait:
         launch.manifest = merge(plan.out_uri, job=plan.job_name, profile=plan.profile)
     return launch
