@@ -297,8 +297,8 @@ def test_a_failed_job_is_continued_by_a_new_one_that_keeps_its_complete_parts(mo
     assert "from 2 parts of job prep-b, 1 of them from the jobs it continues" in capsys.readouterr().out
     single = prepare_frames(hospital, tmp_path / "one-machine", PrepareSettings(fps=1, short_side=32, shard_size=2),
                             progress=False)
-    merged = load_frames(out, cache_dir=tmp_path / "cache")
-    assert columns(merged) == columns(load_frames(single.path)) and rows_of(merged) == rows_of(load_frames(single.path))
+    merged, one = load_frames(out, cache_dir=tmp_path / "cache"), load_frames(single.path)
+    assert len(merged) == len(one) == 9 and columns(merged) == columns(one) and rows_of(merged) == rows_of(one)
 
 
 # ------------------------------------------------------------------------------------------------ the merge
@@ -353,6 +353,15 @@ def test_the_merge_refuses_missing_incomplete_and_changed_parts(tmp_path):
     (out / "parts" / "job-2").mkdir()
     (out / "parts" / "job-2" / "algo-1.json").write_text(json.dumps({"host": "algo-1", "hosts": ["algo-1"]}))
     with pytest.raises(DataError, match=r"parts of several jobs \(job-1, job-2\)"):
+        merge_parts(out)
+
+    # job-2 continues job-1 but prepared a kept file again (say, from another --input): refused, not counted twice
+    (out / "resume").mkdir()
+    (out / "resume" / "job-2.json").write_text(json.dumps({"job": "job-1", "continues": ["job-1/algo-1"]}))
+    prepare_part(shares["algo-1"], out / "parts" / "job-2", settings, host="algo-1", hosts=["algo-1"], progress=False,
+                 log=lambda _: None)
+    with pytest.raises(DataError, match=r"video01/video01_000000.png was prepared by two parts \(job-1/algo-1 and "
+                                        r"job-2/algo-1\)"):
         merge_parts(out)
 
 

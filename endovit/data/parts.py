@@ -90,10 +90,10 @@ def _continued(fs, root: str, job: str) -> list[str]:
     return _read(fs, path)["continues"] if fs.isfile(path) else []
 
 
-def _job_parts(fs, root: str, out: str, job: str | None) -> tuple[str, list[dict]]:
+def _job_parts(fs, root: str, out: str, job: str | None,
+               infos: dict[str, dict[str, dict]]) -> tuple[str, list[dict]]:
     """The one job whose parts are under ``root/parts`` (``job``, when given; else the job no other continues) and
     its hosts' records, in its hosts' order; refuses several such jobs and hosts without a record."""
-    infos = _records(fs, root)
     if job is None and len(infos) > 1:  # a job and the earlier ones it continues are one dataset
         heads = set(infos) - {part.split("/")[0] for name in infos for part in _continued(fs, root, name)}
         job = next(iter(heads)) if len(heads) == 1 else None
@@ -143,9 +143,17 @@ def merge_parts(out: str | os.PathLike, *, job: str | None = None, storage_optio
     fs, root = filesystem(out, storage_options)
     root = root.rstrip("/")
     fs.invalidate_cache()  # listings an earlier call cached (before the job ran, in a launcher) would hide new parts
-    job, infos = _job_parts(fs, root, str(out), job)
+    records = _records(fs, root)
+    job, infos = _job_parts(fs, root, str(out), job, records)
     names = _continued(fs, root, job) + [f"{job}/{info['host']}" for info in infos if not info.get("empty")]
     parts = [(name, _part_manifest(fs, root, str(out), name)) for name in names]
+    owner: dict[str, str] = {}
+    for name in names:  # ShardedByS3Key shares are disjoint, and a continuing job leaves the kept files out
+        for path in records.get(name.split("/")[0], {}).get(name.split("/")[1], {}).get("inputs", []):
+            if owner.setdefault(path, name) != name:
+                raise DataError(f"{out}: {path} was prepared by two parts ({owner[path]} and {name}); their frames "
+                                "would be counted twice: was a job continued with another --input? Prepare into a "
+                                "new --out")
     if not parts:
         raise DataError(f"{out}: every part of job {job} is empty: its input held no frames or videos")
     first = parts[0][1]
