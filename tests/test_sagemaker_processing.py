@@ -27,6 +27,17 @@ PYTORCH_CPU_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-traini
 SETTINGS = ["--fps", "1", "--short_side", "32", "--shard_size", "2"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_s3_filesystems():
+    """fsspec keeps one S3 filesystem per set of options, with the endpoint it found when it made it: each test (and
+    the next module, with a moto server of its own) starts without one."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture(scope="module")
 def launch_prepare():
     return runpy.run_path(str(REPO / "scripts" / "launch_prepare.py"), run_name="launch_prepare")["main"]
@@ -97,7 +108,8 @@ def test_dry_run_prints_the_processing_request_offline(moto_aws, sent, launch_pr
     (["--input", "data/videos"], "error: --input data/videos: a Processing job reads and writes S3; give the "
      "s3://bucket/prefix of the videos or frames to prepare (upload a local folder first: aws s3 sync data/videos "
      "s3://BUCKET/PREFIX/)"),
-    (["--out", "/data/prepared"], "error: --out /data/prepared: a Processing job reads and writes S3"),
+    (["--out", "/data/prepared"], "error: --out /data/prepared: a Processing job reads and writes S3; give the "
+     "s3://bucket/prefix of the prepared dataset (a new prefix)"),
     (["--instance_count", "0"], "error: --instance_count 0: give 1 or more instances"),
     (["--out", f"s3://{BUCKET}/videos/prepared"], f"error: --out s3://{BUCKET}/videos/prepared lies inside --input "
      f"s3://{BUCKET}/videos/: the dataset would become input of the next run; choose an --out outside it"),

@@ -100,8 +100,9 @@ class PrepareLaunch:
 
 def _s3_folder(uri: str, flag: str, what: str) -> str:
     if not uri.startswith("s3://"):
-        raise LaunchError(f"{flag} {uri}: a Processing job reads and writes S3; give the s3://bucket/prefix of {what} "
-                          f"(upload a local folder first: aws s3 sync {uri} s3://BUCKET/PREFIX/)")
+        upload = f" (upload a local folder first: aws s3 sync {uri} s3://BUCKET/PREFIX/)" if flag == "--input" else ""
+        raise LaunchError(f"{flag} {uri}: a Processing job reads and writes S3; give the s3://bucket/prefix of "
+                          f"{what}{upload}")
     return cfg.check_s3_uri(uri, flag)
 
 
