@@ -8,7 +8,8 @@
 
 Re-running with the same arguments resumes an interrupted run (finished shards are kept) and does nothing
 when the dataset is complete. Corrupt frames are reported with their path and skipped (--on_error skip,
-the default) or stop the run (--on_error stop).
+the default) or stop the run (--on_error stop). Videos on S3 too large for one machine: scripts/launch_prepare.py
+runs this same prepare as a SageMaker Processing job over several instances (it sets --instance_part).
 """
 from __future__ import annotations
 
@@ -17,39 +18,42 @@ import os
 import sys
 
 from endovit.cli import exit_script, parse_bool
-from endovit.data import DataError, PrepareSettings, prepare_frames
-from endovit.data.prepare import IMAGE_FORMATS, ON_ERROR
-from endovit.data.splits import CHOLEC80_SPLITS
+from endovit.data import DataError, prepare_frames
+from endovit.data.parts import prepare_part
+from endovit.data.prepare_flags import add_settings_flags, settings_from_args
 from endovit.data.stats import compute_and_store_stats
+from endovit.sagemaker.job import RESOURCE_CONFIG, processing_hosts
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = PrepareSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--input", required=True,
                         help="folder of frames and/or videos (any nesting; Cholec80: its folder), or one video file")
     parser.add_argument("--out", required=True, help="folder for the prepared dataset")
-    parser.add_argument("--source", default="", help="source name stored per frame (default: split or folder name)")
-    parser.add_argument("--split", default="", help=f"keep one Cholec80 split: {', '.join(CHOLEC80_SPLITS)}")
-    parser.add_argument("--short_side", type=int, default=defaults.short_side,
-                        help="resize (down only) to this short side in pixels; 0 keeps the size")
-    parser.add_argument("--image_format", choices=IMAGE_FORMATS, default=defaults.image_format,
-                        help="jpeg, png (lossless) or keep (original bytes; needs --short_side 0)")
-    parser.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality")
-    parser.add_argument("--shard_size", type=int, default=defaults.shard_size, help="frames per shard")
-    parser.add_argument("--on_error", choices=ON_ERROR, default=defaults.on_error,
-                        help="corrupt frames, damaged videos: report and skip (keeping decodable frames), or stop")
-    parser.add_argument("--fps", type=float, default=defaults.fps,
-                        help="videos: frames sampled per second of presentation time; 0 = every frame")
+    add_settings_flags(parser)
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--overwrite", type=parse_bool, default=False, help="true: delete an existing --out first")
     parser.add_argument("--stats", type=parse_bool, default=False, help="true: also compute mean/std into the manifest")
+    parser.add_argument("--instance_part", type=parse_bool, default=False,
+                        help="true: this is one instance of a SageMaker Processing job (scripts/launch_prepare.py "
+                             "sets it): prepare its share of --input as part --out/<host>, host from "
+                             f"/opt/ml/{RESOURCE_CONFIG}")
+    parser.add_argument("--resume_record", default=None,
+                        help="with --instance_part: the record of an earlier job's complete parts (launch_prepare.py "
+                             "--resume_from_job writes it); the files it lists are left out")
     args = parser.parse_args(argv)
-    settings = PrepareSettings(source=args.source, split=args.split, short_side=args.short_side,
-                               image_format=args.image_format, quality=args.quality, shard_size=args.shard_size,
-                               on_error=args.on_error, fps=args.fps)
+    settings = settings_from_args(args)
     try:
+        if args.instance_part:
+            hosts = processing_hosts()
+            if hosts is None or args.stats or args.overwrite:
+                raise DataError(f"--instance_part true: runs only inside a SageMaker Processing job (no /opt/ml/"
+                                f"{RESOURCE_CONFIG} here), without --stats and --overwrite; start it with "
+                                "scripts/launch_prepare.py")
+            prepare_part(args.input, args.out, settings, host=hosts[0], hosts=hosts[1], resume=args.resume_record,
+                         num_proc=args.num_proc)
+            return 0
         result = prepare_frames(args.input, args.out, settings, num_proc=args.num_proc, overwrite=args.overwrite)
         if args.stats:
             compute_and_store_stats(result.path, num_proc=args.num_proc)

@@ -19,7 +19,7 @@ import os
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from endovit.data.frames import FrameError, decode_image, frame_number, video_name
 from endovit.data.parallel import worker_pool
-from endovit.data.prepare_inputs import find_inputs, select_files
+from endovit.data.prepare_inputs import find_inputs, input_name, select_files
 from endovit.data.splits import check_split_name, split_summary, video_number
 from endovit.data.store import (
     FEATURES,
@@ -246,18 +246,20 @@ def _plan_videos(base: Path, videos: list[Path], settings: PrepareSettings, firs
 
 def prepare_frames(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    settings: PrepareSettings = PrepareSettings(), *, num_proc: int = 1, overwrite: bool = False,
-                   progress: bool = True, log: Callable[[str], None] = print) -> PrepareResult:
-    """Prepare the frames and videos under ``input_dir`` (a folder, or one video file) into ``out_dir``;
-    resumes a matching unfinished run."""
+                   progress: bool = True, exclude: Collection[str] = (),
+                   log: Callable[[str], None] = print) -> PrepareResult:
+    """Prepare the frames and videos under ``input_dir`` (a folder, or one video file) into ``out_dir``, but for
+    the files ``exclude`` names (relative to ``input_dir``: another run's share); resumes a matching unfinished run."""
     root = Path(input_dir)
     if not root.exists():
         raise DataError(f"--input {root} does not exist; pass the folder holding the frames or videos "
                         "(e.g. Cholec80/frames or the Cholec80 folder with videos/), or a video file")
     base = root if root.is_dir() else root.parent
-    named = root.parent.name if root.name in ("frames", "videos") else (root.stem if root.is_file() else root.name)
-    source = settings.source or settings.split or named
+    source = settings.source or settings.split or input_name(root, is_file=root.is_file())
     settings = dataclasses.replace(settings, source=source).validate()
     found, found_videos, others = find_inputs(root)
+    found, found_videos = ([f for f in group if f.relative_to(base).as_posix() not in exclude]
+                           for group in (found, found_videos))
     files, videos = select_files(root, settings.split, found, found_videos)
     if videos and settings.image_format == "keep":
         raise flag_error("image_format", "keep", "videos have no frame files to keep; use jpeg or png")

@@ -2,7 +2,7 @@
 split's share of them."""
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from endovit.data.frames import find_image_files, video_name
 from endovit.data.splits import split_videos, video_number
@@ -10,7 +10,13 @@ from endovit.data.video import VIDEO_EXTENSIONS, is_video_file
 from endovit.errors import DataError
 from endovit.io import walk_once
 
-__all__ = ["find_inputs", "select_files"]
+__all__ = ["find_inputs", "select_files", "input_name"]
+
+
+def input_name(root: PurePath, *, is_file: bool = False) -> str:
+    """The source name an input gets when none is given: ``Cholec80/frames`` and ``Cholec80/videos`` are named by
+    their parent, a video file by its stem, any other folder (or an S3 prefix) by itself."""
+    return root.parent.name if root.name in ("frames", "videos") else (root.stem if is_file else root.name)
 
 
 def find_inputs(root: Path) -> tuple[list[Path], list[Path], int]:

@@ -5,6 +5,10 @@
     <root>/shards/shard-00000.arrow   one Arrow IPC stream of rows, renamed into place when complete
     <root>/endovit_dataset.json       the manifest, written last: the dataset is complete only once it exists
 
+A dataset prepared by a SageMaker Processing job over several instances (``parts.py``) keeps each instance's part,
+itself a prepared dataset, under ``<root>/parts/<job>/<host>/``; its merged manifest names each shard's part, so
+those shards are read from ``parts/<job>/<host>/shards/`` (manifests without parts read as before).
+
 Shards are read with ``datasets.Dataset.from_file`` (memory-mapped, nothing copied into RAM). A remote
 dataset (``s3://...``, any fsspec URL) is mirrored shard by shard into a local cache first; each shard
 file appears there only after a complete download that matches the manifest's size, sha256 and row count,
@@ -28,16 +32,18 @@ from filelock import FileLock
 from endovit.errors import DataError
 from endovit.io import atomic_path, atomic_write_json, file_sha256, is_remote
 
-__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "FEATURES", "filesystem", "is_prepared", "shard_name",
-           "read_manifest", "write_manifest", "repeat_prepared", "shard_records", "load_prepared",
+__all__ = ["MANIFEST", "PLAN", "SHARDS_DIR", "PARTS_DIR", "FEATURES", "filesystem", "is_prepared", "shard_name",
+           "shard_file", "read_manifest", "write_manifest", "repeat_prepared", "shard_records", "load_prepared",
            "require_image_bytes"]
 
 MANIFEST = "endovit_dataset.json"
 PLAN = "endovit_plan.json"
 SHARDS_DIR = "shards"
+PARTS_DIR = "parts"
 FORMAT = "endovit-prepared-v1"
 SHARD_NAME = re.compile(r"shard-\d{5,}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}/[A-Za-z0-9][A-Za-z0-9-]{0,62}")  # <job>/<host>, no "."
 FEATURES = datasets.Features({
     "image": datasets.Image(decode=False),
     "source": datasets.Value("string"),
@@ -52,6 +58,13 @@ FEATURES = datasets.Features({
 def shard_name(index: int) -> str:
     """The name prepare gives shard ``index`` (``shard-00042``); manifests naming anything else are refused."""
     return f"shard-{index:05d}"
+
+
+def shard_file(shard: dict) -> str:
+    """Where a manifest's shard lives, relative to the dataset's root: ``shards/<name>.arrow``, or
+    ``parts/<job>/<host>/shards/<name>.arrow`` for a shard that one instance of a Processing job wrote."""
+    part = f"{PARTS_DIR}/{shard['part']}/" if shard.get("part") else ""
+    return f"{part}{SHARDS_DIR}/{shard['name']}.arrow"
 
 
 _EXTRAS = {"s3": "s3", "s3a": "s3"}  # URL protocol -> the endovit extra that installs its filesystem
@@ -111,8 +124,8 @@ def repeat_prepared(prepared: str | os.PathLike, frames: int, out: str | os.Path
         shard = shards[len(listed) % len(shards)]
         target = out / SHARDS_DIR / f"{shard_name(len(listed))}.arrow"
         if not target.exists():
-            os.link(prepared / SHARDS_DIR / f"{shard['name']}.arrow", target)
-        listed.append({**shard, "name": shard_name(len(listed))})
+            os.link(prepared / shard_file(shard), target)
+        listed.append({**{k: v for k, v in shard.items() if k != "part"}, "name": shard_name(len(listed))})
         total += shard["frames"]
     atomic_write_json(out / MANIFEST, {**manifest, "shards": listed, "frames": total})
     return out
@@ -132,8 +145,9 @@ def _default_cache_dir() -> Path:
 
 
 def shard_records(manifest: dict, where: str) -> list[dict]:
-    """The manifest's shards holding frames, checked: names as prepare writes them (``shard-NNNNN``, so no path
-    can be smuggled in), whole numbers of frames and bytes, and a 64-digit sha256 where there is one."""
+    """The manifest's shards holding frames, checked: names as prepare writes them (``shard-NNNNN``) and parts as
+    a merge writes them (``<job>/<host>``), so no path can be smuggled in; whole numbers of frames and bytes, and a
+    64-digit sha256 where there is one."""
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         raise DataError(f"{where}/{MANIFEST} lists no shards; re-run scripts/prepare_data.py")
@@ -142,6 +156,9 @@ def shard_records(manifest: dict, where: str) -> list[dict]:
         if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
             raise DataError(f"{where}/{MANIFEST} names a shard {name!r}, not one prepare writes (shard-NNNNN); "
                             "refusing to use this manifest")
+        if "part" in shard and not (isinstance(shard["part"], str) and PART_NAME.fullmatch(shard["part"])):
+            raise DataError(f"{where}/{MANIFEST}: shard {name} names a part {shard['part']!r}, not one a merge writes "
+                            "(<job>/<host>); refusing to use this manifest")
         counts = [shard.get("frames"), shard.get("bytes", 0)]
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts) or (
                 "sha256" in shard and not SHA256.fullmatch(str(shard["sha256"]))):
@@ -176,6 +193,8 @@ def _cached_file(local_dir: Path, shard: dict) -> Path:
     """Where a shard lives in the cache: named by its content hash when the manifest has one (a changed shard
     gets a new name, so it is fetched again), and always inside ``local_dir``."""
     name = f"{shard['name']}.{shard['sha256']}.arrow" if "sha256" in shard else f"{shard['name']}.arrow"
+    if shard.get("part"):  # shards of different parts share names; "." joins them (neither part nor name holds one)
+        name = f"{shard['part'].replace('/', '.')}.{name}"
     local = (local_dir / name).resolve()
     if not local.is_relative_to(local_dir.resolve()):
         raise DataError(f"shard {shard['name']!r} would be cached outside {local_dir}; refusing it")
@@ -217,14 +236,14 @@ def load_prepared(path: str | os.PathLike, storage_options: dict | None = None,
         local_dir = Path(cache_dir or _default_cache_dir()) / key
         files = []
         for shard in shards:
-            remote = f"{root}/{SHARDS_DIR}/{shard['name']}.arrow"
+            remote = f"{root}/{shard_file(shard)}"
             if not fs.isfile(remote):
                 raise DataError(f"{path}: shard {remote} listed in {MANIFEST} is missing; upload the complete folder")
             local = _cached_file(local_dir, shard)
             _mirror(fs, remote, local, shard, str(path))
             files.append(local)
     else:
-        files = [Path(root, SHARDS_DIR, f"{s['name']}.arrow") for s in shards]
+        files = [Path(root, shard_file(s)) for s in shards]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise DataError(f"{path}: shard {missing[0]} listed in {MANIFEST} is missing; "

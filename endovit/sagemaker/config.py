@@ -94,12 +94,14 @@ def read_tsv(path_text: str, key: str, config_path: Path) -> list[tuple[str, str
     return rows
 
 
-def check_instance_type(instance_type: str, config_path: Path) -> None:
+def check_instance_type(instance_type: str, config_path: Path, *, job: str = "training") -> None:
+    """Refuse an instance type that SageMaker's API does not list for ``job`` (training, processing) jobs."""
     model = botocore.session.get_session().get_service_model("sagemaker")
-    known = model.shape_for("TrainingInstanceType").enum
+    known = model.shape_for(f"{job.title()}InstanceType").enum
     if instance_type not in known:
-        raise LaunchError(f"{config_path}: ec2_instance_type {instance_type!r} is not a SageMaker training instance "
-                          f"type{did_you_mean(instance_type, known)}")
+        where = f"{config_path}: ec2_instance_type" if job == "training" else "--instance_type"
+        raise LaunchError(f"{where} {instance_type!r} is not a SageMaker {job} instance type"
+                          f"{did_you_mean(instance_type, known)}")
 
 
 def gpus_per_instance(instance_type: str, region: str) -> int | None:
@@ -119,8 +121,11 @@ def dlc_versions(config: SageMakerConfig, given: set[str], config_path: Path) ->
     return dict(DEFAULT_DLC), note
 
 
-def image(config: SageMakerConfig, versions: dict[str, str], region: str, config_path: Path) -> dict:
-    """The Hugging Face DLC of ``versions`` (or the config's image_uri), checked against what endovit needs."""
+def image(config: SageMakerConfig, versions: dict[str, str], region: str, config_path: Path, *,
+          framework: str = "huggingface", instance_type: str | None = None) -> dict:
+    """The Hugging Face (or, with ``framework`` pytorch, the PyTorch) training DLC of ``versions`` for
+    ``instance_type`` (default: the config's), or the config's image_uri, checked against what endovit needs."""
+    instance_type = instance_type or config.ec2_instance_type
     if config.image_uri:
         return {"image_uri": config.image_uri, "py_version": None}  # the estimator requires the argument
     fix = ("use transformers_version: {transformers_version}, pytorch_version: {pytorch_version}, "
@@ -136,15 +141,18 @@ def image(config: SageMakerConfig, versions: dict[str, str], region: str, config
     if not (torch_ok and python_ok):
         raise LaunchError(f"{config_path}: pytorch_version {versions['pytorch_version']} / py_version {py_version} "
                           f"cannot run endovit (needs torch{torch.specifier}, python{python}); {fix}")
+    huggingface = framework == "huggingface"
     try:
-        uri = image_uris.retrieve("huggingface", region=region, version=versions["transformers_version"],
-                                  base_framework_version=f"pytorch{versions['pytorch_version']}",
-                                  py_version=py_version, instance_type=config.ec2_instance_type,
-                                  image_scope="training")
+        uri = image_uris.retrieve(framework, region=region, py_version=py_version, instance_type=instance_type,
+                                  image_scope="training", **(
+                                      {"version": versions["transformers_version"],
+                                       "base_framework_version": f"pytorch{versions['pytorch_version']}"}
+                                      if huggingface else {"version": versions["pytorch_version"]}))
     except ValueError as err:
-        raise LaunchError(f"{config_path}: no SageMaker Hugging Face training image for transformers "
-                          f"{versions['transformers_version']}, pytorch {versions['pytorch_version']}, {py_version} "
-                          f"on {config.ec2_instance_type} ({first_line(err)}); {fix}") from None
+        which = (f"Hugging Face training image for transformers {versions['transformers_version']}, "
+                 if huggingface else "PyTorch training image for ")
+        raise LaunchError(f"{config_path}: no SageMaker {which}pytorch {versions['pytorch_version']}, {py_version} "
+                          f"on {instance_type} ({first_line(err)}); {fix}") from None
     return {"image_uri": uri, **versions}
 
 

@@ -4,17 +4,19 @@ A job keeps its folders under one root (``/opt/ml``): ``model`` (``SM_MODEL_DIR`
 at the end), ``output`` (``SM_OUTPUT_DIR``; ``output/tensorboard`` is synced to S3 when the job has a
 TensorBoard config), ``checkpoints`` (synced to ``checkpoint_s3_uri`` and restored when a job restarts or
 continues an earlier job's checkpoints, hence ``resume: auto``) and ``input/data/<channel>``
-(``SM_CHANNEL_<CHANNEL>``).
+(``SM_CHANNEL_<CHANNEL>``). A Processing job's instances have no ``SM_*`` variables; each learns its host name
+and the job's hosts from ``/opt/ml/config/resourceconfig.json`` (:func:`processing_hosts`).
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["CHANNELS", "JOB_FOLDER_KEYS", "CHANNEL_ROOT", "CHECKPOINT_LOCAL_PATH", "TENSORBOARD_LOCAL_PATH",
-           "JOB_ENVIRON", "job_defaults", "lock_dir", "report_failure"]
+           "JOB_ENVIRON", "RESOURCE_CONFIG", "job_defaults", "lock_dir", "report_failure", "processing_hosts"]
 
 CHANNELS = {"train_data": "train", "val_data": "validation"}  # recipe key -> SageMaker input channel
 JOB_FOLDER_KEYS = ("output_dir", "checkpoint_dir", "logging_dir")  # recipe keys a SageMaker job sets itself
@@ -22,6 +24,7 @@ CHANNEL_ROOT = "/opt/ml/input/data"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"
 JOB_ENVIRON = {"SM_MODEL_DIR": "/opt/ml/model", "SM_OUTPUT_DIR": "/opt/ml/output"}
+RESOURCE_CONFIG = "config/resourceconfig.json"  # under /opt/ml: {"current_host": "algo-1", "hosts": [...], ...}
 
 
 def job_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -69,3 +72,15 @@ def report_failure(message: str, environ: Mapping[str, str] | None = None) -> Pa
     except OSError:  # FileExistsError: another process said it first; anything else: the exit code still tells
         return None
     return path
+
+
+def processing_hosts(environ: Mapping[str, str] | None = None) -> tuple[str, list[str]] | None:
+    """Inside a SageMaker job: this instance's host name and all the job's hosts (``algo-1``, ...), read from
+    ``/opt/ml/config/resourceconfig.json`` (``SAGEMAKER_BASE_DIR`` replaces ``/opt/ml``, as in SageMaker's training
+    toolkit); None anywhere else."""
+    environ = os.environ if environ is None else environ
+    path = Path(environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml") / RESOURCE_CONFIG
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    return str(config["current_host"]), [str(host) for host in config["hosts"]]

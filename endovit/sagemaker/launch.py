@@ -11,26 +11,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import re
 import tempfile
 from pathlib import Path
 
-import boto3
 import botocore.exceptions
 from accelerate.utils import merge_dicts
 from boto3.exceptions import S3UploadFailedError
-from botocore.awsrequest import AWSResponse
 from sagemaker import Session
-from sagemaker.config import load_sagemaker_config
-from sagemaker.exceptions import UnexpectedStatusException
 from sagemaker.huggingface import HuggingFace
 from sagemaker.utils import name_from_base, sagemaker_timestamp
 
 from endovit.checkpoint import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX
-from endovit.errors import LaunchError, did_you_mean
+from endovit.errors import LaunchError
 from endovit.sagemaker import config as cfg
+from endovit.sagemaker.aws import (
+    ACCOUNT_PLACEHOLDER,
+    STAND_IN_ACCOUNT,
+    RequestRecorder,
+    boto_session,
+    check_job_name,
+    offline_role,
+    quiet_sdk,
+    sdk_errors,
+    sdk_session,
+)
 from endovit.sagemaker.entry import container_entry
 from endovit.sagemaker.script import INIT_CHANNEL, check_hyperparameters, init_channel, script_hyperparameters
 from endovit.sagemaker.source import Upload, plan_upload, stage_source_dir
@@ -38,10 +44,6 @@ from endovit.sagemaker.source import Upload, plan_upload, stage_source_dir
 __all__ = ["DEFAULT_BASE_JOB_NAME", "JobPlan", "Launch", "plan_job", "preview", "submit"]
 
 DEFAULT_BASE_JOB_NAME = "endovit-pretrain"
-JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # AWS's pattern for training job names, and
-JOB_NAME_LENGTH = 63  # their length limit (the pattern does not count hyphens)
-ACCOUNT_PLACEHOLDER = "<account-id>"  # in a dry run, where only AWS knows the account id
-STAND_IN_ACCOUNT = "000000000000"  # what the SDK sees instead in a dry run (bucket names cannot hold "<>")
 
 
 @dataclasses.dataclass
@@ -76,32 +78,6 @@ class Launch:
     uploads: dict[str, tuple[str, str]]  # channel -> (local path, S3 URI it is uploaded to)
     model_uri: str  # where SageMaker puts model.tar.gz
     region: str
-
-
-def _boto_session(profile: str | None, region: str | None, config_path: Path) -> boto3.Session:
-    try:
-        session = boto3.Session(profile_name=profile, region_name=region)
-    except botocore.exceptions.ProfileNotFound:
-        raise LaunchError(f"{config_path}: AWS profile {profile!r} not found; run `aws configure --profile "
-                          f"{profile}` or remove profile:") from None
-    if not session.region_name:
-        raise LaunchError(f"no AWS region: set region: in {config_path} or AWS_DEFAULT_REGION")
-    known = session.get_available_regions("sagemaker")
-    if session.region_name not in known:
-        raise LaunchError(f"{config_path}: region {session.region_name!r} has no SageMaker"
-                          f"{did_you_mean(session.region_name, known)}")
-    return session
-
-
-def _check_job_name(name: str, what: str, suffix: str = "") -> None:
-    """Refuse a name AWS would refuse, ``suffix`` (the timestamp the SDK appends to base_job_name) included."""
-    if JOB_NAME.match(name + suffix) and len(name + suffix) <= JOB_NAME_LENGTH:
-        return
-    limit = JOB_NAME_LENGTH - len(suffix)
-    fixed = re.sub(r"[^a-zA-Z0-9]+", "-", name).strip("-")[:limit].rstrip("-")
-    why = f" ({JOB_NAME_LENGTH} less the {len(suffix)}-character timestamp the SDK appends)" if suffix else ""
-    raise LaunchError(f"{what} {name!r} is not a valid SageMaker job name: use at most {limit}{why} letters, digits "
-                      f"and hyphens, starting and ending with a letter or digit (e.g. {fixed or 'endovit-pretrain'})")
 
 
 def _environment(config) -> dict[str, str]:
@@ -141,11 +117,11 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
     config, given = cfg.read_config(config_path)
     base_job_name = config.base_job_name if "base_job_name" in given else DEFAULT_BASE_JOB_NAME
     if job_name is None:
-        _check_job_name(base_job_name, f"{config_path}: base_job_name", suffix=f"-{sagemaker_timestamp()}")
+        check_job_name(base_job_name, f"{config_path}: base_job_name", suffix=f"-{sagemaker_timestamp()}")
         job_name = name_from_base(base_job_name)
-    _check_job_name(job_name, "--job_name")
+    check_job_name(job_name, "--job_name")
     if resume_from_job is not None:
-        _check_job_name(resume_from_job, "--resume_from_job")
+        check_job_name(resume_from_job, "--resume_from_job")
     entry_script = Path(training_script)
     if not entry_script.is_file() or entry_script.suffix != ".py":
         raise LaunchError(f"training script {entry_script}: not a Python file (give scripts/pretrain.py)")
@@ -162,7 +138,7 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
                (cfg.read_tsv(config.sagemaker_metrics_file, "sagemaker_metrics_file", config_path)
                 if config.sagemaker_metrics_file else [])]
     cfg.check_instance_type(config.ec2_instance_type, config_path)
-    region = _boto_session(config.profile, config.region if "region" in given else None, config_path).region_name
+    region = boto_session(config.profile, config.region if "region" in given else None, config_path).region_name
     versions, dlc_note = cfg.dlc_versions(config, given, config_path)
     image = cfg.image(config, versions, region, config_path)
     # torchrun (one process per GPU, process group from the environment) unless it is surely one GPU on one instance
@@ -204,45 +180,6 @@ def plan_job(config_file: str | os.PathLike, training_script: str | os.PathLike,
                    resume_checkpoints=extra["checkpoint_s3_uri"] if resume_from_job else None, notes=notes)
 
 
-class _RequestRecorder:
-    """botocore hook: record the CreateTrainingJob request; offline (dry run), answer the calls that create the
-    job locally and refuse every other one."""
-
-    OFFLINE_ANSWERS = {("s3", "PutObject"), ("sagemaker", "CreateTrainingJob")}
-
-    def __init__(self, offline: bool):
-        self.offline = offline
-        self.request: dict = {}
-
-    def __call__(self, params, event_name: str, **kwargs):
-        _, service, operation = event_name.split(".", 2)
-        if (service, operation) == ("sagemaker", "CreateTrainingJob"):
-            self.request = json.loads(params["body"])
-        if not self.offline:
-            return None
-        if (service, operation) not in self.OFFLINE_ANSWERS:
-            raise LaunchError(f"--dry-run would have to ask AWS ({service} {operation}); please report this")
-        return AWSResponse(params["url"], 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
-
-
-def _telemetry_opt_out(config: dict) -> dict:
-    """The user's SageMaker SDK defaults plus TelemetryOptOut, so that a dry run sends no request at all."""
-    config = dict(config or {}, SchemaVersion="1.0")
-    modules = config.setdefault("SageMaker", {}).setdefault("PythonSDK", {}).setdefault("Modules", {})
-    modules["TelemetryOptOut"] = True
-    return config
-
-
-def _session(plan: JobPlan, recorder: _RequestRecorder) -> Session:
-    boto_session = _boto_session(plan.profile, plan.region, plan.config_path)
-    if not recorder.offline and boto_session.get_credentials() is None:
-        raise LaunchError("no AWS credentials found: run `aws configure` (or `aws sso login`), set "
-                          f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or set profile: in {plan.config_path}")
-    boto_session.events.register("before-call", recorder, unique_id="endovit-launch")
-    return Session(boto_session=boto_session,
-                   sagemaker_config=_telemetry_opt_out(load_sagemaker_config()) if recorder.offline else None)
-
-
 def _fit(plan: JobPlan, session: Session, kwargs: dict, channels: dict[str, str], wait: bool) -> None:
     """Create the training job through the SDK's HuggingFace estimator (its code staged in a temporary folder).
 
@@ -251,39 +188,26 @@ def _fit(plan: JobPlan, session: Session, kwargs: dict, channels: dict[str, str]
     """
     with tempfile.TemporaryDirectory(prefix="endovit-sourcedir-") as staged:
         stage_source_dir(plan.entry_script, staged, requirements=plan.requirements)
-        try:
+        with sdk_errors(f"training job {plan.job_name}"):
             estimator = HuggingFace(**kwargs, source_dir=staged, hyperparameters=plan.hyperparameters,
                                     sagemaker_session=session)
             estimator.fit(inputs=channels, job_name=plan.job_name, wait=wait, logs="All" if wait else "None")
-        except LaunchError:
-            raise
-        except UnexpectedStatusException as err:
-            raise LaunchError(f"training job {plan.job_name}: {err}") from None
-        except (ValueError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
-            raise LaunchError(f"SageMaker: {cfg.first_line(err)}") from None
 
 
 def preview(plan: JobPlan) -> Launch:
     """The CreateTrainingJob request ``plan`` would send, made offline: nothing is uploaded, no job is created.
     What only AWS knows shows as a placeholder: ``<account-id>`` in the role ARN (from a role name) and in the
     default bucket ``sagemaker-<region>-<account-id>``."""
-    recorder = _RequestRecorder(offline=True)
-    session = _session(plan, recorder)
+    recorder = RequestRecorder(offline=True)
+    session = sdk_session(plan.profile, plan.region, plan.config_path, recorder)
     kwargs = dict(plan.estimator_kwargs)
-    if "/" not in kwargs["role"]:  # a role name, as `accelerate config` writes it; the SDK would ask IAM
-        partition = session.boto_session.get_partition_for_region(plan.region)
-        kwargs["role"] = f"arn:{partition}:iam::{ACCOUNT_PLACEHOLDER}:role/{kwargs['role']}"
+    kwargs["role"] = offline_role(session, plan.region, kwargs["role"])  # the SDK would ask IAM
     default_bucket = f"sagemaker-{plan.region}-{ACCOUNT_PLACEHOLDER}"
     stand_in = f"sagemaker-{plan.region}-{STAND_IN_ACCOUNT}"
     if not kwargs.get("output_path"):
         kwargs["output_path"] = f"s3://{stand_in}/"  # the SDK's own default: output and code in the default bucket
-    sdk_logger = logging.getLogger("sagemaker")
-    level = sdk_logger.level
-    sdk_logger.setLevel(logging.WARNING)  # not "Creating training-job ...": nothing is created
-    try:
+    with quiet_sdk():
         _fit(plan, session, kwargs, plan.channels, wait=False)
-    finally:
-        sdk_logger.setLevel(level)
     request = json.loads(json.dumps(recorder.request).replace(stand_in, default_bucket))
     return Launch(plan.job_name, request, {c: (u.source, u.uri) for c, u in plan.uploads.items()}, plan.model_uri,
                   plan.region)
@@ -303,8 +227,8 @@ def _check_checkpoints(s3, prefix_uri: str) -> None:
 
 def submit(plan: JobPlan, wait: bool = False) -> Launch:
     """Upload local data, then create the training job; ``wait`` streams its logs until it ends."""
-    recorder = _RequestRecorder(offline=False)
-    session = _session(plan, recorder)
+    recorder = RequestRecorder(offline=False)
+    session = sdk_session(plan.profile, plan.region, plan.config_path, recorder)
     channels, uploads, output_root = dict(plan.channels), dict(plan.uploads), plan.output_root
     try:
         if ACCOUNT_PLACEHOLDER in output_root:

@@ -27,18 +27,24 @@ CREDENTIAL_NAMES = {".env", "credentials", ".netrc", ".git-credentials", ".pgpas
 CREDENTIAL_SUFFIXES = {".pem", ".key", ".p12", ".pfx"}
 
 
-def endovit_requirements() -> list[str]:
-    """endovit's install requirements (no extras), as ranges."""
+def endovit_requirements(extras: tuple[str, ...] = ()) -> list[str]:
+    """endovit's install requirements, plus those of ``extras`` (e.g. ``video``: PyAV), as ranges."""
     try:
         requires = importlib.metadata.requires("endovit") or []
     except importlib.metadata.PackageNotFoundError:
         raise LaunchError("endovit is not installed: pip install -e '.[sagemaker]' from the repository root") from None
-    return [r for r in requires if Requirement(r).marker is None or "extra" not in str(Requirement(r).marker)]
+    chosen = []
+    for text in requires:
+        marker = Requirement(text).marker
+        if marker is None or "extra" not in str(marker) or any(marker.evaluate({"extra": e}) for e in extras):
+            chosen.append(text)
+    return chosen
 
 
-def job_requirements() -> list[str]:
-    """The requirements.txt lines the job pip-installs: endovit's requirements pinned to the versions in
-    constraints.txt (what was tested), except those the image provides; a requirement not listed keeps its range."""
+def job_requirements(extras: tuple[str, ...] = ()) -> list[str]:
+    """The requirements.txt lines the job pip-installs: endovit's requirements (and ``extras``') pinned to the
+    versions in constraints.txt (what was tested), except those the image provides; a requirement not listed keeps
+    its range."""
     if not CONSTRAINTS.is_file():
         raise LaunchError(f"{CONSTRAINTS} not found: launch from a source checkout of endovit (the job's "
                           "requirements are pinned to the tested versions listed there)")
@@ -49,17 +55,18 @@ def job_requirements() -> list[str]:
             name, version = line.split("==", 1)
             pins[canonicalize_name(name)] = version.strip()
     lines = []
-    for text in endovit_requirements():
+    for text in endovit_requirements(extras):
         name = canonicalize_name(Requirement(text).name)
         if name not in IMAGE_PROVIDED:
             lines.append(f"{Requirement(text).name}=={pins[name]}" if name in pins else text)
     return lines
 
 
-def stage_source_dir(entry_script: str | os.PathLike, dest: str | os.PathLike, requirements: bool = True) -> Path:
+def stage_source_dir(entry_script: str | os.PathLike, dest: str | os.PathLike, requirements: bool = True,
+                     extras: tuple[str, ...] = ()) -> Path:
     """Fill ``dest`` with what the job runs: the entry script, the ``endovit`` package (its ``.py`` and recipe
-    files only) and, with ``requirements``, a ``requirements.txt`` that the container pip-installs at job start
-    (which needs the internet). Nothing else travels."""
+    files only) and, with ``requirements``, a ``requirements.txt`` (``extras``' requirements included) that the
+    container pip-installs at job start (which needs the internet). Nothing else travels."""
     entry_script, dest = Path(entry_script), Path(dest)
 
     def skip(folder: str, names: list[str]) -> list[str]:
@@ -73,7 +80,7 @@ def stage_source_dir(entry_script: str | os.PathLike, dest: str | os.PathLike, r
         (dest / "requirements.txt").write_text(
             "# endovit's requirements pinned to the tested versions (constraints.txt); the SageMaker container "
             "installs them before running the entry script; torch and torchvision come with the image\n"
-            + "\n".join(job_requirements()) + "\n")
+            + "\n".join(job_requirements(extras)) + "\n")
     return dest
 
 
