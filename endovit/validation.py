@@ -8,10 +8,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from endovit.data.transforms import EvalTransform, denormalize, normalize, sample_seed
 
-__all__ = ["fixed_noise", "validate", "picture_batch", "reconstruction_grid", "PICTURE_COLUMNS"]
+__all__ = ["fixed_noise", "validate", "picture_batch", "reconstruction_grid", "PICTURE_COLUMNS", "PICTURE_HEADER"]
 
 PICTURE_COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")  # MAE's demo's four
 PICTURE_MIN_SIDE = 192  # smaller frames (the demo's 96 px) are enlarged by a whole factor, so patches stay sharp
+PICTURE_HEADER = 22  # pixels of the band with the column names
 
 
 def fixed_noise(indices, num_patches: int, seed: int, device) -> torch.Tensor:
@@ -88,9 +89,9 @@ def reconstruction_grid(mae, images: torch.Tensor, noise: torch.Tensor, *, mean,
 def _with_header(grid: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
     """``grid`` under a white band with each column's name centred over it."""
     font = ImageFont.load_default(size=14)
-    header = Image.new("RGB", (grid.shape[1], 22), (255, 255, 255))
+    header = Image.new("RGB", (grid.shape[1], PICTURE_HEADER), (255, 255, 255))
     draw = ImageDraw.Draw(header)
     column = grid.shape[1] / len(columns)
     for i, name in enumerate(columns):
-        draw.text(((i + 0.5) * column, 11), name, fill=(0, 0, 0), font=font, anchor="mm")
+        draw.text(((i + 0.5) * column, PICTURE_HEADER / 2), name, fill=(0, 0, 0), font=font, anchor="mm")
     return np.concatenate([np.asarray(header), grid], axis=0)

@@ -11,7 +11,7 @@ from PIL import Image
 from endovit.data import load_frames
 from endovit.data.transforms import denormalize, normalize
 from endovit.models.mae import create_mae
-from endovit.validation import PICTURE_COLUMNS, picture_batch, reconstruction_grid
+from endovit.validation import PICTURE_COLUMNS, PICTURE_HEADER, picture_batch, reconstruction_grid
 
 MEAN, STD = [0.6, 0.3, 0.1], [0.2, 0.25, 0.4]
 
@@ -43,9 +43,8 @@ def test_reconstruction_picture_pixels_equal_a_hand_computed_denormalisation(kno
                                   num_patches=mae.num_patches,
                                   device=torch.device("cpu"))
     picture = reconstruction_grid(mae, images, noise, mean=MEAN, std=STD, mask_ratio=0.75)
-    assert picture.dtype == np.uint8 and picture.shape[1] == 4 * 32 * 6  # 32 px -> 192 px, nearest
-    header, tiles = picture[:-32 * 6], picture[-32 * 6:]
-    assert 0 < len(header) < 40
+    assert picture.dtype == np.uint8 and picture.shape == (PICTURE_HEADER + 32 * 6, 4 * 32 * 6, 3)  # 32 -> 192 px
+    header, tiles = picture[:PICTURE_HEADER], picture[PICTURE_HEADER:]
     np.testing.assert_array_equal(tiles, tiles[::6, ::6].repeat(6, axis=0).repeat(6, axis=1))
     grid = tiles[::6, ::6]
     columns = [header[:, i * 192:(i + 1) * 192] for i in range(4)]
