@@ -23,6 +23,7 @@ from endovit.cli import OneLineParser
 from endovit.data.synthetic import DEMO_SIZE, write_sample_frames
 from endovit.data.synthetic_seg import SEG_DEMO, write_demo_seg_frames, write_seg_frames
 from endovit.data.synthetic_video import DEMO_VIDEOS, FPS, write_demo_videos
+from endovit.errors import DataError
 
 
 def main() -> None:
@@ -56,7 +57,10 @@ def main() -> None:
         parser.error("--num_proc must be positive")
     start = time.perf_counter()
     if args.demo:
-        folders = write_demo_videos(args.out, seed=args.seed, num_proc=args.num_proc)
+        try:
+            folders = write_demo_videos(args.out, seed=args.seed, num_proc=args.num_proc)
+        except DataError as err:  # no PyAV
+            parser.exit(2, f"error: {err}\n")
         videos = ", ".join(f"{len(paths)} to {args.out}/{name}/videos" for name, paths in folders.items())
         seg = write_demo_seg_frames(f"{args.out}/seg", args.seed)
         print(f"wrote the demo's labelled videos and Cholec80 annotations: {videos}; {len(seg)} CholecSeg8k frames "

@@ -179,4 +179,3 @@ def write_sample_frames(out_dir: str | os.PathLike, *, videos: int = 4, frames: 
         if surgery:
             surgery.write_annotations(Path(out_dir), f"video{video:02d}")
     return written
-
