@@ -15,13 +15,21 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,sagemaker]'
 	touch $(STAMP)
 
-# Pretraining, validation and probe frames come from one synthetic hospital (phases, instruments, sensor noise), as
-# EndoViT pretrains on the videos its downstream tasks come from; the probe's 64 videos are never trained on.
-$(SAMPLE)/.complete: Makefile scripts/make_sample_data.py endovit/data/synthetic.py endovit/data/cholec80.py \
-		endovit/data/synthetic_seg.py endovit/data/cholecseg8k.py | \
-		$(STAMP)
+# The demo starts where users start: Cholec80-layout videos (videos/videoNN.mp4 at 25 fps + phase_annotations/,
+# tool_annotations/) for pretraining, validation and the probe, from one synthetic hospital (phases, instruments,
+# sensor noise), as EndoViT pretrains on the videos its downstream tasks come from; the probe's 64 videos are never
+# trained on. Each is prepared from video at prepare_data.py's default 1 fps, EndoViT's rate: the synthetic scene
+# changes once a second, so a higher rate would only repeat frames, and Cholec80's tool annotations exist for every
+# 25th frame only. The segmentation probe's frames come in CholecSeg8k's layout, as it is distributed.
+SAMPLE_SOURCES = scripts/make_sample_data.py scripts/prepare_data.py $(addprefix endovit/data/,synthetic.py \
+	synthetic_video.py synthetic_seg.py cholec80.py cholecseg8k.py prepare.py prepare_inputs.py video.py frames.py \
+	store.py)
+$(SAMPLE)/.complete: Makefile $(SAMPLE_SOURCES) | $(STAMP)
 	rm -rf $(SAMPLE)
 	$(BIN)/python scripts/make_sample_data.py --demo --out $(SAMPLE)
+	$(BIN)/python scripts/prepare_data.py --input $(SAMPLE)/train --out $(SAMPLE)/prepared/train
+	$(BIN)/python scripts/prepare_data.py --input $(SAMPLE)/val --out $(SAMPLE)/prepared/val
+	$(BIN)/python scripts/prepare_data.py --input $(SAMPLE)/probe --out $(SAMPLE)/prepared/probe
 	touch $@
 
 # One process on every physical core (accelerate's own pick, with a warning, when not told); OMP_NUM_THREADS wins.
@@ -30,12 +38,12 @@ CPU_LAUNCH = $(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml 
 
 demo: $(STAMP) $(SAMPLE)/.complete
 	$(CPU_LAUNCH) scripts/pretrain.py \
-		--recipe demo --train_data $(SAMPLE)/train --val_data $(SAMPLE)/val --output_dir $(DEMO_OUT) --resume auto \
-		--probe_data $(SAMPLE)/probe --probe_frame_step 2 --probe_label_format cholec80_tool --probe_every_steps 105 \
-		--probe_best_metric knn_avg_map
+		--recipe demo --train_data $(SAMPLE)/prepared/train --val_data $(SAMPLE)/prepared/val --output_dir $(DEMO_OUT) \
+		--resume auto --probe_data $(SAMPLE)/prepared/probe --probe_labels $(SAMPLE)/probe --probe_frame_step 2 \
+		--probe_label_format cholec80_tool --probe_every_steps 105 --probe_best_metric knn_avg_map
 	$(CPU_LAUNCH) scripts/evaluate.py \
-		--weights $(DEMO_OUT) random random:1 random:2 --data $(SAMPLE)/probe --label_format cholec80_tool --kind both \
-		--output $(DEMO_OUT)/probe.json
+		--weights $(DEMO_OUT) random random:1 random:2 --data $(SAMPLE)/prepared/probe --labels $(SAMPLE)/probe \
+		--label_format cholec80_tool --kind both --output $(DEMO_OUT)/probe.json
 	$(CPU_LAUNCH) scripts/evaluate.py \
 		--weights $(DEMO_OUT) random random:1 random:2 --data $(SAMPLE)/seg --label_format cholecseg8k \
 		--output $(DEMO_OUT)/probe_seg.json

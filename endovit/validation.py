@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from endovit.data.transforms import EvalTransform, denormalize, normalize, sample_seed
 
-__all__ = ["fixed_noise", "validate", "picture_batch", "reconstruction_grid"]
+__all__ = ["fixed_noise", "validate", "picture_batch", "reconstruction_grid", "PICTURE_COLUMNS", "PICTURE_HEADER"]
+
+PICTURE_COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")  # MAE's demo's four
+PICTURE_MIN_SIDE = 192  # smaller frames (the demo's 96 px) are enlarged by a whole factor, so patches stay sharp
+PICTURE_HEADER = 22  # pixels of the band with the column names
 
 
 def fixed_noise(indices, num_patches: int, seed: int, device) -> torch.Tensor:
@@ -58,7 +63,8 @@ def picture_batch(frames, *, count: int, img_size, mean, std, seed: int, num_pat
 
 @torch.no_grad()
 def reconstruction_grid(mae, images: torch.Tensor, noise: torch.Tensor, *, mean, std, mask_ratio: float) -> np.ndarray:
-    """One row per image: original | masked | reconstruction | reconstruction + visible. HWC uint8."""
+    """One row per image: original | masked | reconstruction | reconstruction + visible, under a header naming
+    the columns; frames smaller than ``PICTURE_MIN_SIDE`` enlarged by a whole factor (nearest). HWC uint8."""
     was_training = mae.training
     mae.eval()
     _, pred, mask = mae(images, mask_ratio, noise)
@@ -74,5 +80,18 @@ def reconstruction_grid(mae, images: torch.Tensor, noise: torch.Tensor, *, mean,
     reconstruction = denormalize(recon, mean, std)
     pasted = original * (1 - mask_img) + reconstruction * mask_img
     rows = [torch.cat(list(cols), dim=-1) for cols in zip(original, masked, reconstruction, pasted, strict=True)]
-    grid = torch.cat(rows, dim=-2)
-    return (grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    grid = (torch.cat(rows, dim=-2).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    height, width = images.shape[-2:]
+    scale = -(-PICTURE_MIN_SIDE // min(height, width))
+    return _with_header(grid.repeat(scale, axis=0).repeat(scale, axis=1), PICTURE_COLUMNS)
+
+
+def _with_header(grid: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+    """``grid`` under a white band with each column's name centred over it."""
+    font = ImageFont.load_default(size=14)
+    header = Image.new("RGB", (grid.shape[1], PICTURE_HEADER), (255, 255, 255))
+    draw = ImageDraw.Draw(header)
+    column = grid.shape[1] / len(columns)
+    for i, name in enumerate(columns):
+        draw.text(((i + 0.5) * column, PICTURE_HEADER / 2), name, fill=(0, 0, 0), font=font, anchor="mm")
+    return np.concatenate([np.asarray(header), grid], axis=0)

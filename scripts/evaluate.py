@@ -1,7 +1,8 @@
 """Frozen-feature probes of MAE encoders on labelled frames: k-NN and linear probe, split by video.
 
     accelerate launch --config_file accelerate_configs/cpu.yaml scripts/evaluate.py \
-        --weights outputs/demo random --data data/sample/probe --label_format cholec80_phase --kind both
+        --weights outputs/demo random --data data/sample/prepared/probe --labels data/sample/probe \
+        --label_format cholec80_phase --kind both
 
 ``--weights`` takes one or more of: an export folder (``model.safetensors`` or ``encoder.safetensors``, with
 ``endovit_config.json``), a training checkpoint folder ``step_N``, a ``.safetensors`` or official MAE ``.pth``

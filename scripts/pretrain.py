@@ -1,7 +1,8 @@
 """MAE pretraining on endoscopic frames, on CPU, one or many GPUs, or several machines.
 
     accelerate launch --config_file accelerate_configs/cpu.yaml scripts/pretrain.py \
-        --recipe demo --train_data data/sample/train --val_data data/sample/val --output_dir outputs/demo
+        --recipe demo --train_data data/sample/prepared/train --val_data data/sample/prepared/val \
+        --output_dir outputs/demo
 
 Settings come from a YAML recipe (``--recipe``, default ``endovit_seg``) and ``--key value``
 overrides; the resolved recipe is saved as ``config.yaml`` in ``--output_dir``. SIGTERM or Ctrl-C stop

@@ -1,5 +1,6 @@
 """The reconstruction picture on a known frame: every pixel of its four columns equals a hand-computed
-denormalisation (x * std + mean, clamped, x 255, rounded) with a mean and std unlike EndoViT's."""
+denormalisation (x * std + mean, clamped, x 255, rounded) with a mean and std unlike EndoViT's, enlarged by a whole
+factor under a header that names each column."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image
 from endovit.data import load_frames
 from endovit.data.transforms import denormalize, normalize
 from endovit.models.mae import create_mae
-from endovit.validation import picture_batch, reconstruction_grid
+from endovit.validation import PICTURE_COLUMNS, PICTURE_HEADER, picture_batch, reconstruction_grid
 
 MEAN, STD = [0.6, 0.3, 0.1], [0.2, 0.25, 0.4]
 
@@ -41,8 +42,14 @@ def test_reconstruction_picture_pixels_equal_a_hand_computed_denormalisation(kno
     images, noise = picture_batch(frames, count=1, img_size=[32, 32], mean=MEAN, std=STD, seed=5,
                                   num_patches=mae.num_patches,
                                   device=torch.device("cpu"))
-    grid = reconstruction_grid(mae, images, noise, mean=MEAN, std=STD, mask_ratio=0.75)
-    assert grid.shape == (32, 4 * 32, 3) and grid.dtype == np.uint8
+    picture = reconstruction_grid(mae, images, noise, mean=MEAN, std=STD, mask_ratio=0.75)
+    assert picture.dtype == np.uint8 and picture.shape == (PICTURE_HEADER + 32 * 6, 4 * 32 * 6, 3)  # 32 -> 192 px
+    header, tiles = picture[:PICTURE_HEADER], picture[PICTURE_HEADER:]
+    np.testing.assert_array_equal(tiles, tiles[::6, ::6].repeat(6, axis=0).repeat(6, axis=1))
+    grid = tiles[::6, ::6]
+    columns = [header[:, i * 192:(i + 1) * 192] for i in range(4)]
+    assert len(PICTURE_COLUMNS) == 4 and all((column < 128).any() for column in columns)  # a dark name over each
+    assert all((column[:, :8] == 255).all() and (column[:, -8:] == 255).all() for column in columns)  # centred
     original, masked, reconstruction, pasted = (grid[:, i * 32:(i + 1) * 32] for i in range(4))
     np.testing.assert_array_equal(original, pixels)  # the frame itself: normalised, then denormalised
 

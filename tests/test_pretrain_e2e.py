@@ -15,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from endovit.checkpoint import checkpoint_dirs
 from endovit.models.mae import create_mae
+from endovit.validation import PICTURE_HEADER
 
 CPU_CONFIG = ("--config_file", "accelerate_configs/cpu.yaml")
 
@@ -59,7 +60,7 @@ def test_tensorboard_has_scalars_and_reconstruction_image(overfit_run):
     assert "val/reconstruction" in tags["images"]
     assert len(events.Scalars("val/loss")) == 3
     image = events.Images("val/reconstruction")[-1]
-    assert (image.width, image.height) == (4 * 32, 4 * 32)
+    assert (image.width, image.height) == (4 * 192, PICTURE_HEADER + 4 * 192)  # 32 px frames shown at 192 px
 
 
 def test_encoder_loads_into_timm_and_matches_the_mae_encoder(overfit_run):

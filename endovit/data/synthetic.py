@@ -24,16 +24,12 @@ from PIL import Image
 from endovit.data.cholec80 import PHASES, TOOLS
 from endovit.io import atomic_write_text
 
-__all__ = ["DEMO_FRAMES", "DEMO_SIZE", "synth_frame", "write_demo_frames", "write_sample_frames"]
+__all__ = ["DEMO_SIZE", "synth_frame", "write_sample_frames"]
 
 SHAFT_TINT = np.array([0.85, 0.87, 0.9])
 SENSOR_NOISE = 0.25  # std of the noise of labelled frames, in [0, 1] units
 NOISE_GRAINS_ACROSS = 128  # noise grains across a labelled frame's width (one per pixel in narrower frames)
-# the demo's labelled frames: folder -> (videos, frames per video, first video). The probe's 64 held-out videos
-# follow Cholec80's split (9-40 fit the probe, 41-72 score it): 256 scored frames keep the mAP of one encoder steady
-# enough to compare encoders (on 128, two probe sets put the same encoder 18 points apart).
-DEMO_FRAMES = {"train": (4, 60, 1), "val": (1, 24, 5), "probe": (64, 8, 9)}
-DEMO_SIZE = (240, 426)
+DEMO_SIZE = (240, 426)  # the demo's frames (height, width)
 # instrument kind (TOOLS order) -> (tint, thickness as a fraction of the width)
 TOOL_LOOKS = [((0.85, 0.87, 0.9), 0.05), ((0.35, 0.45, 0.95), 0.04), ((0.55, 0.55, 0.55), 0.06),
               ((0.95, 0.8, 0.35), 0.05), ((0.9, 0.9, 0.9), 0.09), ((0.98, 0.98, 0.98), 0.03),
@@ -183,11 +179,3 @@ def write_sample_frames(out_dir: str | os.PathLike, *, videos: int = 4, frames: 
         if surgery:
             surgery.write_annotations(Path(out_dir), f"video{video:02d}")
     return written
-
-
-def write_demo_frames(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, list[Path]]:
-    """The demo's labelled frames (``DEMO_FRAMES`` at ``DEMO_SIZE``): ``out_dir/train``, ``val`` and ``probe``."""
-    height, width = DEMO_SIZE
-    return {name: write_sample_frames(Path(out_dir) / name, videos=videos, frames=frames, height=height, width=width,
-                                      seed=seed, first_video=first, labelled=True)
-            for name, (videos, frames, first) in DEMO_FRAMES.items()}
