@@ -20,9 +20,9 @@ from endovit.data.synthetic import write_sample_frames
 # The files that take longest here, longest first (each 1-3 minutes of work on 2 cores). xdist gives a worker the
 # next file whenever it runs dry, in collection order (`make test` turns off its own reordering by test count): the
 # long files start first, so the two workers end close together instead of one running the demo while the other idles.
-LONGEST_FILES = ("test_stop.py", "test_demo.py", "test_pretrain_e2e.py", "test_sagemaker_container.py",
-                 "test_sagemaker_job.py", "test_distributed.py", "test_probe_segmentation.py", "test_launch_resume.py",
-                 "test_probe_training.py", "test_swa_endovit.py")
+LONGEST_FILES = ("test_demo.py", "test_stop.py", "test_pretrain_e2e.py", "test_sagemaker_container.py",
+                 "test_distributed.py", "test_swa_endovit.py", "test_sagemaker_job.py", "test_benchmark.py",
+                 "test_export.py", "test_sagemaker_processing.py")
 
 
 def pytest_collection_modifyitems(items):
