@@ -14,12 +14,12 @@ import argparse
 import os
 import sys
 
-from endovit.cli import exit_script
+from endovit.cli import OneLineParser, exit_script
 from endovit.data import DataError, compute_and_store_stats
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("data", help="prepared dataset (folder or s3:// URL) or folder of frames")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="worker processes")

@@ -29,14 +29,14 @@ import sys
 
 from accelerate.commands.config.config_args import default_config_file
 
-from endovit.cli import exit_script
+from endovit.cli import OneLineParser, exit_script
 from endovit.data.prepare_flags import add_settings_flags, settings_from_args
 from endovit.errors import LaunchError
 from endovit.sagemaker.sdk import prepare_sdk
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--config_file", default=default_config_file,
                         help="accelerate SageMaker config (default: the one `accelerate config` wrote)")

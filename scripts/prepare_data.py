@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from endovit.cli import exit_script, parse_bool
+from endovit.cli import OneLineParser, exit_script, parse_bool
 from endovit.data import DataError, prepare_frames
 from endovit.data.parts import prepare_part
 from endovit.data.prepare_flags import add_settings_flags, settings_from_args
@@ -26,7 +26,7 @@ from endovit.sagemaker.job import RESOURCE_CONFIG, processing_hosts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--input", required=True,
                         help="folder of frames and/or videos (any nesting; Cholec80: its folder), or one video file")
