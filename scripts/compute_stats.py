@@ -20,7 +20,7 @@ from endovit.data import DataError, compute_and_store_stats
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                           allow_abbrev=False)
     parser.add_argument("data", help="prepared dataset (folder or s3:// URL) or folder of frames")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="worker processes")
     args = parser.parse_args(argv)

@@ -37,7 +37,7 @@ from endovit.sagemaker.sdk import prepare_sdk
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                           allow_abbrev=False)
     parser.add_argument("--config_file", default=default_config_file,
                         help="accelerate SageMaker config (default: the one `accelerate config` wrote)")
     parser.add_argument("--input", help="s3:// prefix of the videos and/or frames (any nesting)")

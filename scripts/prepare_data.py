@@ -27,7 +27,7 @@ from endovit.sagemaker.job import RESOURCE_CONFIG, processing_hosts
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                           allow_abbrev=False)
     parser.add_argument("--input", required=True,
                         help="folder of frames and/or videos (any nesting; Cholec80: its folder), or one video file")
     parser.add_argument("--out", required=True, help="folder for the prepared dataset")
