@@ -1,4 +1,4 @@
-"""The project's error types and the one did-you-mean hint every message uses.
+"""The project's error types, and the did-you-mean hint and noun counts every message uses.
 
 Each error's message is one line that names the file, flag or value and says what to do; the scripts
 print it as ``error: ...`` without a traceback.
@@ -9,8 +9,8 @@ import difflib
 import re
 from collections.abc import Iterable
 
-__all__ = ["EndovitError", "RecipeError", "DataError", "CheckpointError", "LaunchError", "did_you_mean", "error_line",
-           "first_line"]
+__all__ = ["EndovitError", "RecipeError", "DataError", "CheckpointError", "LaunchError", "did_you_mean", "counted",
+           "error_line", "first_line"]
 
 
 class EndovitError(ValueError):
@@ -51,3 +51,8 @@ def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """`` (did you mean X?)`` for the closest of ``choices`` to ``value``, or an empty string."""
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """``1 video``, ``2 videos``; ``plural`` where adding an s is wrong (``class``, ``classes``)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

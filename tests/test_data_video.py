@@ -104,7 +104,7 @@ def test_truncated_and_non_video_files_are_counted_and_the_rest_kept(tmp_path):
     assert manifest["videos"]["whole"] == 6 and 1 <= manifest["videos"]["cut"] < 6, "decodable frames are kept"
     assert {e["path"] for e in manifest["video_errors"]} == {str(cut)}
     assert [n["path"] for n in manifest["not_videos"]] == [str(tmp_path / "in" / "notes.mp4")]
-    assert "1 damaged (decodable frames kept), 1 not videos skipped; 1 other files ignored" in lines[0]
+    assert "1 damaged (decodable frames kept), 1 non-video file skipped; 1 other file ignored" in lines[0]
     with pytest.raises(DataError, match=r"^damaged video .*cut\.mkv: .*pass --on_error skip"):
         prepare_frames(cut, tmp_path / "stop", PrepareSettings(on_error="stop"), progress=False)
 

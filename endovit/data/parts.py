@@ -36,7 +36,7 @@ from endovit.data.store import (
     shard_records,
     write_manifest,
 )
-from endovit.errors import DataError
+from endovit.errors import DataError, counted
 from endovit.io import atomic_write_json
 
 __all__ = ["RESUME_DIR", "prepare_part", "resume_record", "merge_parts"]
@@ -192,8 +192,9 @@ def merge_parts(out: str | os.PathLike, *, job: str | None = None, storage_optio
         write_manifest(out, merged, storage_options)
     empty = sum(1 for info in infos if info.get("empty"))
     earlier = len(parts) - (len(infos) - empty)
-    log(f"{out}: {merged['frames']} frames of {merged['source']} in {len(merged['shards'])} shards from "
-        f"{len(parts)} parts of job {job}{f' ({empty} empty)' if empty else ''}"
+    log(f"{out}: {counted(merged['frames'], 'frame')} of {merged['source']} in "
+        f"{counted(len(merged['shards']), 'shard')} from {counted(len(parts), 'part')} of job {job}"
+        f"{f' ({empty} empty)' if empty else ''}"
         f"{f', {earlier} of them from the jobs it continues' if earlier else ''}; "
         f"{'already merged, nothing written' if same else f'{MANIFEST} written'}")
     return existing if same else merged

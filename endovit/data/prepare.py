@@ -42,7 +42,7 @@ from endovit.data.store import (
     shard_name,
 )
 from endovit.data.video import NotAVideo, chunk_ticks, decode_chunk, probe_video
-from endovit.errors import DataError, did_you_mean
+from endovit.errors import DataError, counted, did_you_mean
 from endovit.io import atomic_path, atomic_write_json, file_sha256
 
 __all__ = ["IMAGE_FORMATS", "ON_ERROR", "PrepareSettings", "PrepareResult", "prepare_frames"]
@@ -292,14 +292,16 @@ def prepare_frames(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
     todo = _run(jobs, video_jobs, shards_dir, source=source, num_proc=num_proc, progress=progress)
     manifest = _finish(out, plan, settings)
     result = PrepareResult(out, manifest, written_shards=len(todo), reused_shards=len(jobs) - len(todo))
-    line = (f"{out}: {result.frames} frames of {source} in {len(jobs)} shards ({result.written_shards} written, "
-            f"{result.reused_shards} already complete); {len(result.skipped)} corrupt frames skipped")
+    line = (f"{out}: {counted(result.frames, 'frame')} of {source} in {counted(len(jobs), 'shard')} "
+            f"({result.written_shards} written, {result.reused_shards} already complete); "
+            f"{counted(len(result.skipped), 'corrupt frame')} skipped")
     if videos:
         damaged = sorted({e["path"] for e in manifest.get("video_errors", [])})
-        line += (f"; {manifest.get('video_count', 0)} videos at fps {settings.fps:g}, {len(damaged)} damaged "
-                 f"(decodable frames kept), {len(manifest.get('not_videos', []))} not videos skipped")
+        line += (f"; {counted(manifest.get('video_count', 0), 'video')} at fps {settings.fps:g}, {len(damaged)} "
+                 f"damaged (decodable frames kept), {counted(len(manifest.get('not_videos', [])), 'non-video file')}"
+                 " skipped")
     if others:
-        line += f"; {others} other files ignored"
+        line += f"; {counted(others, 'other file')} ignored"
     log(line)
     if any(video_number(v) is not None for v in manifest["videos"]):
         log(split_summary(manifest["videos"]))

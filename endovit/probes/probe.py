@@ -15,7 +15,7 @@ from PIL import Image
 from endovit.data.frames import decode_image, load_frames
 from endovit.data.loader import build_val_loader
 from endovit.data.splits import video_number
-from endovit.errors import DataError, RecipeError, did_you_mean
+from endovit.errors import DataError, RecipeError, counted, did_you_mean
 from endovit.probes.classifiers import knn_scores, linear_probe_scores
 from endovit.probes.features import POOLS, features_from_pixels
 from endovit.probes.labels import LABEL_FORMATS, Labels, cholec80_labels, column_labels, csv_labels
@@ -106,14 +106,11 @@ class ProbeData:
 
     def summary(self) -> str:
         """E.g. ``128 train frames (16 videos), 128 test frames (16 videos), 7 labels``."""
-        def count(n: int, noun: str, plural: str = "") -> str:
-            return f"{n} {noun if n == 1 else plural or noun + 's'}"
-
         num_test = len(self.frames) - self.num_train
-        return (f"{count(self.num_train, 'train frame')} ({count(len(self.videos['train']), 'video')}), "
-                f"{count(num_test, 'test frame')} ({count(len(self.videos['test']), 'video')}), "
-                + (count(len(self.labels.names), "label") if self.labels.multilabel
-                   else count(len(self.labels.names), "class", "classes")))
+        return (f"{counted(self.num_train, 'train frame')} ({counted(len(self.videos['train']), 'video')}), "
+                f"{counted(num_test, 'test frame')} ({counted(len(self.videos['test']), 'video')}), "
+                + (counted(len(self.labels.names), "label") if self.labels.multilabel
+                   else counted(len(self.labels.names), "class", "classes")))
 
 
 def _annotation_root(data: str, sub: str) -> Path:
