@@ -87,7 +87,9 @@ def test_prepare_split_keeps_its_videos_and_prints_summary(cholec, tmp_path, cap
     assert sorted(set(frames["video"])) == ["video11", "video13"]
     assert len(frames) == result.frames == 16
     assert set(frames["source"]) == {"Cholec80_for_Segmentation"}
-    assert "Cholec80_for_Segmentation:         16" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Summary (frames in each of EndoViT's Cholec80 splits" in out
+    assert "Cholec80_for_Segmentation:         16" in out
 
 
 @pytest.mark.parametrize("split, message", [

@@ -56,9 +56,10 @@ def split_counts(video_frames: Mapping[str, int]) -> dict[str, int]:
 
 
 def split_summary(video_frames: Mapping[str, int]) -> str:
-    """EndoViT's summary table: frames per split (right-aligned names and counts)."""
+    """EndoViT's summary table: frames per split (right-aligned names and counts), under a header that says
+    what it counts."""
     rows = [f"{name:>40}: {count:>10}" for name, count in split_counts(video_frames).items()]
-    return "\n".join(["Summary:", "-" * 10, *rows])
+    return "\n".join(["Summary (frames in each of EndoViT's Cholec80 splits, by video number):", "-" * 10, *rows])
 
 
 def _require_cholec80_videos(videos: Iterable[str], where: str) -> None:
