@@ -142,6 +142,8 @@ def test_two_processes_split_the_data_and_the_batch(tmp_path, frames_dir):
     (["--train_data", "{missing}"], "data path {missing} does not exist"),
     (["--train_data", "{empty}"], "--train_data: no image files"),
     (["--train_data", "{frames}", "--val_data", "{empty}", "--batch_size", "8"], "--val_data: no image files"),
+    (["--train_data", "{release}"], "--train_data: {release} holds video files (2 videos, e.g. video01.mp4), not "
+     "frames; prepare them first (python scripts/prepare_data.py --input {release} --out PREPARED)"),
     (["--train_data", "{frames}", "--img_size", "40"], "--img_size [40, 40]: each side must be divisible by"),
     (["--train_data", "{frames}", "--mask_ratio", "0"], "--mask_ratio 0.0: must be strictly between 0 and 1"),
     (["--train_data", "{frames}", "--recipe", "{typo_recipe}"], "unknown key 'epoch' (did you mean 'epochs'?)"),
@@ -153,10 +155,14 @@ def test_two_processes_split_the_data_and_the_batch(tmp_path, frames_dir):
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, frames_dir, pretrain_main, flags, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "a_file").write_text("not a folder")
+    for video in ("video01.mp4", "video02.mp4"):  # a Cholec80 release folder: found by their names
+        (tmp_path / "cholec80" / "videos").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cholec80" / "videos" / video).write_bytes(b"\0" * 64)
     typo_recipe = tmp_path / "typo.yaml"
     typo_recipe.write_text("model: mae_vit_tiny_patch16\nepoch: 3\n")
     places = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "frames": frames_dir,
-              "typo_recipe": typo_recipe, "a_file": tmp_path / "a_file"}
+              "typo_recipe": typo_recipe, "a_file": tmp_path / "a_file",
+              "release": tmp_path / "cholec80"}
     flags = [f.format(**places) for f in flags]
     message = message.format(**places)
     out = tmp_path / "out"

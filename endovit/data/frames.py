@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from endovit.data.store import MANIFEST, filesystem, is_prepared, load_prepared, require_image_bytes
-from endovit.errors import DataError, did_you_mean
+from endovit.data.video import is_video_file
+from endovit.errors import DataError, counted, did_you_mean
 from endovit.io import is_plain_name, is_remote, walk_once
 
 __all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DataLocation", "locate",
@@ -52,6 +53,13 @@ def find_image_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _video_files(root: Path) -> list[Path]:
+    """Video files under ``root`` (the hint for a folder that holds videos where frames were expected)."""
+    folders, _ = walk_once(root, keep_folder=lambda name: not name.startswith("."))
+    return sorted(Path(dirpath, f) for dirpath, filenames in folders for f in filenames
+                  if not f.startswith(".") and is_video_file(Path(f)))
+
+
 def frame_number(path: Path) -> int:
     """The frame index in a file name: its last group of digits (``video01_000042.png`` -> 42), else -1."""
     digits = re.findall(r"\d+", path.stem)
@@ -66,6 +74,12 @@ def video_name(path: Path, root: Path) -> str:
 def _from_image_folder(root: Path) -> datasets.Dataset:
     files = find_image_files(root)
     if not files:
+        if videos := _video_files(root):
+            raise DataError(
+                f"{root} holds video files ({counted(len(videos), 'video')}, e.g. {videos[0].name}), not frames; "
+                f"prepare them first (python scripts/prepare_data.py --input {root} --out PREPARED) and give "
+                "PREPARED here"
+            )
         raise DataError(
             f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}; "
             "give a folder of frames or a prepared dataset"
