@@ -364,6 +364,10 @@ def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path, monkey
     ("output", ["--output", "{folder}"], "--output {folder} is a folder; give the JSON file to write"),
     ("frame", ["--num_workers", "1"], "cannot decode frame {frame}: "),
     ("mean", ["--mean", "88,58,57"], "--mean 88,58,57: give values in [0, 1] units"),
+    ("videos", ["--data", "{videos}"], "--data: {videos} holds video files (1 video, e.g. video01.mp4), not frames; "
+                                       "prepare them first (python scripts/prepare_data.py --input {videos} --out"),
+    ("seg", ["--data", "{missing}", "--label_format", "cholecseg8k"],
+     "--data: {missing} does not exist; give the CholecSeg8k folder"),
 ])
 def test_evaluate_errors_are_one_line_before_anything_is_written(tmp_path, capsys, case, flags, message):
     tools = [[1, 0, 0, 0, 0, 0, 0]] * 4
@@ -374,8 +378,11 @@ def test_evaluate_errors_are_one_line_before_anything_is_written(tmp_path, capsy
         frame.write_bytes(frame.read_bytes()[:40])
     folder = tmp_path / "a_folder"
     folder.mkdir()
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "video01.mp4").write_bytes(b"\0" * 64)  # found by its name
+    places = {"folder": folder, "frame": frame, "videos": tmp_path / "videos", "missing": tmp_path / "missing"}
     main = runpy.run_path(str(REPO / "scripts" / "evaluate.py"), run_name="evaluate_script")["main"]
-    flags = [f.format(folder=folder) for f in flags]
+    flags = [f.format(**places) for f in flags]
     try:
         code = main(["--weights", "random", "--model", "mae_vit_tiny_patch16", "--data", str(tmp_path / "data"),
                      "--img_size", "32", "--output", str(tmp_path / "probe.json"), "--num_workers", "0", *flags])
@@ -383,7 +390,7 @@ def test_evaluate_errors_are_one_line_before_anything_is_written(tmp_path, capsy
         code = exit_.code
     stderr = capsys.readouterr().err
     assert code == 2 and stderr.splitlines() == [stderr.strip()], stderr
-    assert stderr.startswith("error: " + message.format(folder=folder, frame=frame)), stderr
+    assert stderr.startswith("error: " + message.format(**places)), stderr
     assert not (tmp_path / "probe.json").exists() and not (tmp_path / "tensorboard").exists()
 
 

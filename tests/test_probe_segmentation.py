@@ -85,7 +85,7 @@ def test_the_reader_finds_the_layout_splits_by_endovits_test_videos_and_names_a_
     write_seg_frames(broken, videos=(12, 27), frames=1, height=32, width=48)
     missing = next(broken.glob("video27/*/frame_*_endo_watershed_mask.png"))
     missing.unlink()
-    with pytest.raises(DataError, match=rf"^{missing}: missing, the watershed mask of frame "):
+    with pytest.raises(DataError, match=rf"^--data: {missing}: missing, the watershed mask of frame "):
         load_probe_data(ProbeSettings(data=str(broken), label_format="cholecseg8k"))
 
 

@@ -150,11 +150,15 @@ def _load_segmentation_data(s: ProbeSettings) -> ProbeData:
                      {"train": sorted({videos[i] for i in train}), "test": sorted({videos[i] for i in test})})
 
 
-def load_probe_data(settings: ProbeSettings) -> ProbeData:
-    """Frames, labels and the video split; a video never has frames on both sides."""
-    if settings.label_format == SEG_FORMAT:
-        return _load_segmentation_data(settings)
-    frames = load_frames(settings.data)
+def load_probe_data(settings: ProbeSettings, *, prefix: str = "") -> ProbeData:
+    """Frames, labels and the video split; a video never has frames on both sides. A frames error names its flag,
+    ``--<prefix>data``."""
+    try:
+        if settings.label_format == SEG_FORMAT:
+            return _load_segmentation_data(settings)
+        frames = load_frames(settings.data)
+    except DataError as err:
+        raise DataError(f"--{prefix}data: {err}") from None
     labels = _labels(frames, settings)
     if "video" not in frames.column_names:
         raise DataError(f"probe data {settings.data} has no 'video' column; probes split by video")
@@ -308,7 +312,7 @@ def build_probe(settings: ProbeSettings, *, img_size, mean, std, accelerator, nu
                 local_processes: int = 1) -> Probe:
     """Load, label, split and decode the probe frames once (by ``num_workers`` workers; kept on
     ``accelerator.device`` as uint8; ``local_processes`` of this machine each keep a copy)."""
-    data = load_probe_data(settings.validate("probe_"))
+    data = load_probe_data(settings.validate("probe_"), prefix="probe_")
     check_probe_size(len(data.frames), img_size=img_size, settings=settings, device=accelerator.device,
                      local_processes=local_processes)
     pixels = decode_frames(data.frames, img_size, num_workers).to(accelerator.device)

@@ -65,6 +65,8 @@ def find_cholecseg8k(root: str | Path) -> list[tuple[Path, Path, str]]:
     """``(frame, watershed mask, video)`` of every ``videoNN/videoNN_SSSSS/frame_K_endo.png`` under ``root``, in
     video, clip and frame order; a frame without its watershed mask is a DataError naming the missing file."""
     root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} does not exist; give the CholecSeg8k folder that holds the videoNN folders")
     found = []
     for frame in root.glob("*/*/frame_*_endo.png"):
         match = _FRAME.fullmatch(frame.name)
