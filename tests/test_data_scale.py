@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,8 +145,13 @@ def test_prepare_is_idempotent_and_resumes_only_missing_shards(cholec, tmp_path)
     assert not list((out / "shards").glob(".*.tmp"))
     assert rows_of(load_frames(out)) == rows_of(load_frames(tmp_path / "prep")) and len(load_frames(out)) == 24
 
-    with pytest.raises(DataError, match="prepared from other input or settings.*--overwrite true"):
+    with pytest.raises(DataError, match=r"prepared from other input or settings \(--short_side 32 then, 16 now\); "
+                                         "pass --overwrite true"):
         prepare_frames(cholec, out, PrepareSettings(short_side=16, shard_size=5), progress=False)
+    more = shutil.copytree(cholec, tmp_path / "more" / cholec.parent.name / cholec.name)  # same source, a frame more
+    shutil.copy(more / "video11" / "video11_000000.png", more / "video11" / "video11_000099.png")
+    with pytest.raises(DataError, match=r"prepared from other input or settings \(the input's files differ\)"):
+        prepare_frames(more, out, SMALL, progress=False)
 
 
 def test_repeated_prepared_dataset_links_the_shards_in_turn(cholec, tmp_path):
