@@ -18,6 +18,7 @@ from endovit.data import DataError, PrepareSettings, load_frames, prepare_frames
 from endovit.data import prepare as prepare_module  # noqa: E402
 from endovit.data.prepare import encode_rgb  # noqa: E402
 from endovit.data.store import SHARDS_DIR  # noqa: E402
+from endovit.data.synthetic import write_sample_frames  # noqa: E402
 
 LOSSLESS = PrepareSettings(short_side=0, image_format="png", shard_size=4)
 
@@ -107,6 +108,25 @@ def test_truncated_and_non_video_files_are_counted_and_the_rest_kept(tmp_path):
     assert "1 damaged (decodable frames kept), 1 non-video file skipped; 1 other file ignored" in lines[0]
     with pytest.raises(DataError, match=r"^damaged video .*cut\.mkv: .*pass --on_error skip"):
         prepare_frames(cut, tmp_path / "stop", PrepareSettings(on_error="stop"), progress=False)
+
+
+def test_two_videos_of_one_name_or_one_video_as_frames_and_file_are_refused(tmp_path):
+    # rows are named by a video file's stem and a frame's folder: a clash would merge two videos into one name
+    archive = tmp_path / "archive"
+    for year in ("2023", "2024"):
+        write_video(archive / year / "case1.mp4", noise_frames(25))
+    with pytest.raises(DataError, match=rf"^{archive}/2023/case1.mp4 and {archive}/2024/case1.mp4 would both be "
+                                        r"video 'case1' .*: rename one, or prepare their folders as separate"):
+        prepare_frames(archive, tmp_path / "out", PrepareSettings(), progress=False)
+    release = tmp_path / "cholec80"
+    write_video(release / "videos" / "video05.mp4", noise_frames(25))
+    write_sample_frames(release, videos=1, frames=2, height=32, width=48, first_video=5)  # frames/video05/
+    with pytest.raises(DataError, match=rf"^video 'video05' is under {release} twice, as frames \({release}/frames/"
+                                        rf"video05\) and as a video file \({release}/videos/video05.mp4\): give "
+                                        rf"--input {release}/frames or --input {release}/videos$"):
+        prepare_frames(release, tmp_path / "out", PrepareSettings(), progress=False)
+    assert not (tmp_path / "out").exists()
+    assert prepare_frames(release / "videos", tmp_path / "out", PrepareSettings(), progress=False).frames == 1
 
 
 def test_a_killed_video_prepare_resumes_by_chunk_and_ends_byte_identical(tmp_path, monkeypatch):

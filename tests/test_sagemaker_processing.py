@@ -377,6 +377,22 @@ def test_the_merge_refuses_missing_incomplete_and_changed_parts(tmp_path):
         merge_parts(out)
 
 
+def test_the_merge_refuses_two_instances_videos_of_one_name(tmp_path):
+    # each instance sees only its share, so two files named case1.mp4 in different folders meet only in the merge
+    settings = PrepareSettings(source="Hospital", short_side=32, shard_size=3)
+    parts = tmp_path / "out" / "parts" / "job-1"
+    for host, year in (("algo-1", "2023"), ("algo-2", "2024")):
+        videos = write_sample_videos(tmp_path / "tmp", videos=1, seconds=1, height=32, width=48, first_video=1)
+        (tmp_path / f"share-{host}" / year).mkdir(parents=True)
+        videos[0].rename(tmp_path / f"share-{host}" / year / "case1.mp4")
+        prepare_part(tmp_path / f"share-{host}", parts, settings, host=host, hosts=["algo-1", "algo-2"],
+                     progress=False, log=lambda _: None)
+    with pytest.raises(DataError, match=r"2023/case1.mp4 and 2024/case1.mp4 would both be video 'case1' .*: rename "
+                                        r"one, or prepare their folders as separate datasets$"):
+        merge_parts(tmp_path / "out")
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
 def test_an_instance_part_outside_a_processing_job_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path / "ml"))
     main = runpy.run_path(str(REPO / "scripts" / "prepare_data.py"), run_name="prepare_data")["main"]

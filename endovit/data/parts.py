@@ -21,7 +21,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from endovit.data.prepare import PrepareResult, PrepareSettings, prepare_frames
 from endovit.data.prepare_inputs import find_inputs
@@ -36,6 +36,7 @@ from endovit.data.store import (
     shard_records,
     write_manifest,
 )
+from endovit.data.video import is_video_file
 from endovit.errors import DataError, counted
 from endovit.io import atomic_write_json
 
@@ -148,12 +149,18 @@ def merge_parts(out: str | os.PathLike, *, job: str | None = None, storage_optio
     names = _continued(fs, root, job) + [f"{job}/{info['host']}" for info in infos if not info.get("empty")]
     parts = [(name, _part_manifest(fs, root, str(out), name)) for name in names]
     owner: dict[str, str] = {}
+    video_files: dict[str, str] = {}  # stem -> path: one instance sees only its share, so names clash only here
     for name in names:  # ShardedByS3Key shares are disjoint, and a continuing job leaves the kept files out
         for path in records.get(name.split("/")[0], {}).get(name.split("/")[1], {}).get("inputs", []):
             if owner.setdefault(path, name) != name:
                 raise DataError(f"{out}: {path} was prepared by two parts ({owner[path]} and {name}); their frames "
                                 "would be counted twice: was a job continued with another --input? Prepare into a "
                                 "new --out")
+            stem = PurePosixPath(path).stem
+            if is_video_file(Path(path)) and video_files.setdefault(stem, path) != path:
+                raise DataError(f"{out}: {video_files[stem]} and {path} would both be video {stem!r} (a video's rows "
+                                "are named by its file name): rename one, or prepare their folders as separate "
+                                "datasets")
     if not parts:
         raise DataError(f"{out}: every part of job {job} is empty: its input held no frames or videos")
     first = parts[0][1]

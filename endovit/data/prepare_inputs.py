@@ -37,7 +37,7 @@ def select_files(root: Path, split: str, files: list[Path], videos: list[Path]) 
                         "frames/videoNN/videoNN_NNNNNN.png (Cholec80), any folder of .png/.jpg files, or video "
                         f"files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
     if not split:
-        return files, videos
+        return _one_name_each(root, files, videos)
     base = root if root.is_dir() else root.parent
     names = {f: video_name(f, base) for f in files} | {v: v.stem for v in videos}
     if not any(video_number(v) is not None for v in names.values()):
@@ -51,4 +51,22 @@ def select_files(root: Path, split: str, files: list[Path], videos: list[Path]) 
         present = sorted({n for v in names.values() if (n := video_number(v)) is not None})
         raise DataError(f"Cholec80 split {split} is empty under {root}: it takes videos {sorted(wanted)}, "
                         f"found videos {present}")
-    return chosen
+    return _one_name_each(root, *chosen)
+
+
+def _one_name_each(root: Path, files: list[Path], videos: list[Path]) -> tuple[list[Path], list[Path]]:
+    """``(files, videos)`` once no two videos share a name: rows are named by a video file's stem and a frame's
+    folder, and the probes label and split by that name, so a clash would merge two videos (or the same one, as
+    frames and as a file) into one."""
+    by_name: dict[str, Path] = {}
+    for video in videos:
+        if (first := by_name.setdefault(video.stem, video)) is not video:
+            raise DataError(f"{first} and {video} would both be video {video.stem!r} (a video's rows are named by its "
+                            "file name): rename one, or prepare their folders as separate datasets")
+    base = root if root.is_dir() else root.parent
+    folders = {video_name(f, base): f.parent for f in files}
+    if clash := sorted(set(folders) & set(by_name)):
+        name = clash[0]
+        raise DataError(f"video {name!r} is under {root} twice, as frames ({folders[name]}) and as a video file "
+                        f"({by_name[name]}): give --input {folders[name].parent} or --input {by_name[name].parent}")
+    return files, videos
