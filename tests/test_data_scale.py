@@ -127,6 +127,17 @@ def test_recipe_rejects_unknown_split_and_bad_weights():
 # --- prepare: idempotent, interrupt-safe, corrupt frames -------------------------------------------------------
 
 
+def test_two_frame_folders_of_one_name_are_refused_before_anything_is_written(tmp_path):
+    # frames are named by their folder: two datasets' video01 under one --input would become one video
+    for dataset in ("Cholec80", "HeiCo"):
+        write_sample_frames(tmp_path / "all" / dataset, videos=1, frames=2, height=32, width=48)
+    first, second = (tmp_path / "all" / name / "frames" / "video01" for name in ("Cholec80", "HeiCo"))
+    with pytest.raises(DataError, match=rf"^frame folders {first} and {second} would both be video 'video01' .*: "
+                                        r"rename one, or prepare them as separate datasets$"):
+        prepare_frames(tmp_path / "all", tmp_path / "out", SMALL, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_prepare_is_idempotent_and_resumes_only_missing_shards(cholec, tmp_path):
     out = tmp_path / "prep"
     first = prepare_frames(cholec, out, SMALL, progress=False)

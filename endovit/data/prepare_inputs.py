@@ -64,7 +64,11 @@ def _one_name_each(root: Path, files: list[Path], videos: list[Path]) -> tuple[l
             raise DataError(f"{first} and {video} would both be video {video.stem!r} (a video's rows are named by its "
                             "file name): rename one, or prepare their folders as separate datasets")
     base = root if root.is_dir() else root.parent
-    folders = {video_name(f, base): f.parent for f in files}
+    folders: dict[str, Path] = {}
+    for file in files:
+        if (first := folders.setdefault(video_name(file, base), file.parent)) != file.parent:
+            raise DataError(f"frame folders {first} and {file.parent} would both be video {first.name!r} (frames are "
+                            "named by their folder): rename one, or prepare them as separate datasets")
     if clash := sorted(set(folders) & set(by_name)):
         name = clash[0]
         raise DataError(f"video {name!r} is under {root} twice, as frames ({folders[name]}) and as a video file "
