@@ -7,6 +7,7 @@ import json
 import random
 import re
 import runpy
+import shutil
 
 import datasets
 import numpy as np
@@ -368,6 +369,8 @@ def test_evaluate_script_prints_table_and_writes_json(labelled, tmp_path, monkey
                                        "prepare them first (python scripts/prepare_data.py --input {videos} --out"),
     ("seg", ["--data", "{missing}", "--label_format", "cholecseg8k"],
      "--data: {missing} does not exist; give the CholecSeg8k folder"),
+    ("labels", ["--data", "{bare}"],
+     "no phase_annotations folder in {bare} or {bare.parent}; give --labels, the folder that holds it"),
 ])
 def test_evaluate_errors_are_one_line_before_anything_is_written(tmp_path, capsys, case, flags, message):
     tools = [[1, 0, 0, 0, 0, 0, 0]] * 4
@@ -380,7 +383,9 @@ def test_evaluate_errors_are_one_line_before_anything_is_written(tmp_path, capsy
     folder.mkdir()
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "video01.mp4").write_bytes(b"\0" * 64)  # found by its name
-    places = {"folder": folder, "frame": frame, "videos": tmp_path / "videos", "missing": tmp_path / "missing"}
+    shutil.copytree(tmp_path / "data" / "frames", tmp_path / "bare" / "frames")  # no annotations beside these
+    places = {"folder": folder, "frame": frame, "videos": tmp_path / "videos", "missing": tmp_path / "missing",
+              "bare": tmp_path / "bare" / "frames"}
     main = runpy.run_path(str(REPO / "scripts" / "evaluate.py"), run_name="evaluate_script")["main"]
     flags = [f.format(**places) for f in flags]
     try:

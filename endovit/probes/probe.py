@@ -113,22 +113,22 @@ class ProbeData:
                    else counted(len(self.labels.names), "class", "classes")))
 
 
-def _annotation_root(data: str, sub: str) -> Path:
+def _annotation_root(data: str, sub: str, *, prefix: str) -> Path:
     candidates = [Path(data), Path(data).parent]
     for folder in candidates:
         if (folder / sub).is_dir():
             return folder
-    raise DataError(f"no {sub} folder in {candidates[0]} or {candidates[1]}; pass the folder that holds it "
-                    "as the labels setting")
+    raise DataError(f"no {sub} folder in {candidates[0]} or {candidates[1]}; give --{prefix}labels, the folder that "
+                    f"holds it (a prepared dataset keeps no annotations: the folder it was prepared from)")
 
 
-def _labels(frames: datasets.Dataset, s: ProbeSettings) -> Labels:
+def _labels(frames: datasets.Dataset, s: ProbeSettings, *, prefix: str) -> Labels:
     if s.label_format == "csv":
         return csv_labels(frames, s.labels, s.data)
     if s.label_format == "column":
         return column_labels(frames, s.labels or "label")
     task = s.label_format.removeprefix("cholec80_")
-    folder = s.labels or _annotation_root(s.data, f"{task}_annotations")
+    folder = s.labels or _annotation_root(s.data, f"{task}_annotations", prefix=prefix)
     return cholec80_labels(frames, folder, task, frame_fps=s.frame_fps, annotation_fps=s.annotation_fps,
                            first_frame=s.first_frame)
 
@@ -159,7 +159,7 @@ def load_probe_data(settings: ProbeSettings, *, prefix: str = "") -> ProbeData:
         frames = load_frames(settings.data)
     except DataError as err:
         raise DataError(f"--{prefix}data: {err}") from None
-    labels = _labels(frames, settings)
+    labels = _labels(frames, settings, prefix=prefix)
     if "video" not in frames.column_names:
         raise DataError(f"probe data {settings.data} has no 'video' column; probes split by video")
     videos = frames.select_columns(["video"]).to_dict()["video"]
