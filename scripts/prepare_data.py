@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of frames and/or videos (any nesting; Cholec80: its folder), or one video file")
     parser.add_argument("--out", required=True, help="folder for the prepared dataset")
     add_settings_flags(parser)
-    parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (default: this machine's CPUs, %(default)s)")
     parser.add_argument("--overwrite", type=parse_bool, default=False, help="true: delete an existing --out first")
     parser.add_argument("--stats", type=parse_bool, default=False, help="true: also compute mean/std into the manifest")
     parser.add_argument("--instance_part", type=parse_bool, default=False,

@@ -20,15 +20,20 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, split: bool = True) -
     if split:
         parser.add_argument("--split", default="", help=f"keep one Cholec80 split: {', '.join(CHOLEC80_SPLITS)}")
     parser.add_argument("--short_side", type=int, default=defaults.short_side,
-                        help="resize (down only) to this short side in pixels; 0 keeps the size")
+                        help="resize (down only) to this short side in pixels; 0 keeps the size "
+                             "(default: %(default)s)")
     parser.add_argument("--image_format", choices=IMAGE_FORMATS, default=defaults.image_format,
-                        help="jpeg, png (lossless) or keep (original bytes; needs --short_side 0)")
-    parser.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality")
-    parser.add_argument("--shard_size", type=int, default=defaults.shard_size, help="frames per shard")
+                        help="jpeg, png (lossless) or keep (original bytes; needs --short_side 0) "
+                             "(default: %(default)s)")
+    parser.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality (default: %(default)s)")
+    parser.add_argument("--shard_size", type=int, default=defaults.shard_size,
+                        help="frames per shard (default: %(default)s)")
     parser.add_argument("--on_error", choices=ON_ERROR, default=defaults.on_error,
-                        help="corrupt frames, damaged videos: report and skip (keeping decodable frames), or stop")
+                        help="corrupt frames, damaged videos: report and skip (keeping decodable frames), or stop "
+                             "(default: %(default)s)")
     parser.add_argument("--fps", type=float, default=defaults.fps,
-                        help="videos: frames sampled per second of presentation time; 0 = every frame")
+                        help="videos: frames sampled per second of presentation time; 0 = every frame "
+                             "(default: %(default)g, EndoViT's rate)")
 
 
 def settings_from_args(args: argparse.Namespace) -> PrepareSettings:
