@@ -331,3 +331,39 @@ def our_batches(frames_dir: str, img_size, batch_size: int, num_workers: int):
                                 batch_size=batch_size, seed=0,
                                 num_workers=num_workers, fast_decode=Recipe.fast_decode)
     return _cycle(loader, loader.sampler.set_epoch)
+
+
+def run_segmentation_probe_benchmark(model: str, img_size: int, frames: int, device: torch.device, *, mask_size,
+                                     classes: int = 8, batch_size: int = 16) -> dict:
+    """Seconds of each stage of the segmentation probe of ``model`` on ``frames`` random frames (half fit, half
+    scored) with random blocky masks of ``mask_size`` (H, W): features (bf16 on GPUs that run it natively, as the
+    in-training probe), fit, predict (upsampled to the masks), scores. Each stage ends when its GPU work has run."""
+    from endovit.probes.features import features_from_pixels
+    from endovit.probes.segmentation import class_names, fit_segmentation_probe, predict_masks, segmentation_scores
+
+    precision, _ = resolve_mixed_precision("auto", device, lambda: ("no", "the probe runs as the CPU step runs"))
+    accelerator = _fresh_accelerator(precision, device)
+    mae = create_mae(model, img_size=(img_size, img_size)).to(accelerator.device).eval()
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (frames, 3, img_size, img_size), generator=generator, dtype=torch.uint8)
+    blocks = torch.randint(0, classes, (frames, 1, 8, 14), generator=generator).float()
+    masks = torch.nn.functional.interpolate(blocks, size=tuple(mask_size), mode="nearest")[:, 0].to(torch.uint8)
+    n, seconds = frames // 2, {}
+    last = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal last
+        _synchronize(accelerator.device)
+        seconds[name], last = round(time.perf_counter() - last, 3), time.perf_counter()
+
+    tokens = features_from_pixels(mae, pixels, accelerator, mean=MEAN, std=STD, batch_size=batch_size,
+                                  dense=True)["patch"]
+    stage("features_s")
+    probe = fit_segmentation_probe(tokens[:n], masks[:n].to(tokens.device), num_classes=classes)
+    stage("fit_s")
+    pred = predict_masks(probe, tokens[n:], tuple(mask_size))
+    stage("predict_s")
+    segmentation_scores(pred.numpy(), masks[n:].numpy(), class_names(classes))
+    stage("scores_s")
+    return {"model": model, "img_size": img_size, "frames": frames, "mask_size": list(mask_size),
+            "precision": precision, **seconds, "total_s": round(sum(seconds.values()), 3)}

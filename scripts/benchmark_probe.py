@@ -11,12 +11,11 @@ import argparse
 import json
 
 import torch
-from accelerate import Accelerator
 
+from endovit.benchmark import run_segmentation_probe_benchmark
 from endovit.cli import OneLineParser, exit_script
 from endovit.hardware import cpu_name
-from endovit.models.mae import MODEL_ARCHS, create_mae
-from endovit.probes.segmentation import time_segmentation_probe
+from endovit.models.mae import MODEL_ARCHS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,17 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.frames < 2:
         parser.error("--frames must be at least 2 (half fit, half are scored)")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    device = accelerator.device
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    mae = create_mae(args.model, img_size=(args.img_size, args.img_size)).to(device)
-    seconds = time_segmentation_probe(mae, accelerator, frames=args.frames, mask_size=args.mask_size,
-                                      classes=args.classes, batch_size=args.batch_size)
-    print(f"machine: {machine}; torch threads {torch.get_num_threads()}")
+    result = run_segmentation_probe_benchmark(args.model, args.img_size, args.frames, device,
+                                              mask_size=args.mask_size, classes=args.classes,
+                                              batch_size=args.batch_size)
+    seconds = {k: v for k, v in result.items() if k.endswith("_s")}
+    print(f"machine: {machine}; torch threads {torch.get_num_threads()}; precision {result['precision']}")
     print(f"{args.model} at {args.img_size}, {args.frames} frames, masks {args.mask_size[0]}x{args.mask_size[1]}: "
           + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in seconds.items()))
     with open(args.output, "w") as f:
-        json.dump({"machine": machine, "threads": torch.get_num_threads(), **vars(args), **seconds}, f, indent=1)
+        json.dump({"machine": machine, "threads": torch.get_num_threads(), **vars(args), **result}, f, indent=1)
     return 0
 
 

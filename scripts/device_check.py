@@ -12,6 +12,7 @@
    for data, MFU, peak GPU memory, time to the first step, time to save a checkpoint.
 3. fp16 path: the same run forced to ``--mixed_precision fp16``: its loss curve against bf16's, no NaN.
 4. Probe cost: one in-training probe (features, k-NN, linear probe) of the model on 10,000 frames on the GPU.
+5. Segmentation probe cost: features, fit, prediction at CholecSeg8k's 480x854 and scores, on 256 frames.
 
 Writes ``device_check.json`` and prints a table; exits non-zero when a check fails (a recompile after the
 trial, a host sync in our step, a NaN, or an fp16 loss curve off bf16's).
@@ -43,16 +44,22 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from endovit.benchmark import BenchConfig, baseline_of, run_benchmark, run_probe_benchmark  # noqa: E402
+from endovit.benchmark import (  # noqa: E402
+    BenchConfig,
+    baseline_of,
+    run_benchmark,
+    run_probe_benchmark,
+    run_segmentation_probe_benchmark,
+)
 from endovit.cli import exit_script  # noqa: E402
 from endovit.hardware import cpu_name  # noqa: E402
 
 FULL = {"model": "mae_vit_base_patch16", "img_size": 224, "batch_size": 256, "bench_steps": 20, "videos": 16,
         "frames": 128, "height": 256, "width": 455, "epoch_frames": 38400, "steps": 300, "fp16_steps": 100,
-        "log_every": 20, "probe_frames": 10000}
+        "log_every": 20, "probe_frames": 10000, "seg_frames": 256, "mask_size": (480, 854)}
 REHEARSAL = {"model": "mae_vit_tiny_patch16", "img_size": 32, "batch_size": 8, "bench_steps": 3, "videos": 2,
              "frames": 16, "height": 48, "width": 64, "epoch_frames": 64, "steps": 8, "fp16_steps": 6,
-             "log_every": 2, "probe_frames": 64}
+             "log_every": 2, "probe_frames": 64, "seg_frames": 8, "mask_size": (48, 64)}
 STEP_LINE = re.compile(r"^step=(\d+) .*?loss=(\S+) .*?images_per_sec=(\S+)(.*)$", re.M)
 
 
@@ -221,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         report["probe"] = probe
         print(f"probe of {probe['frames']} frames ({probe['pixels_gb']} GB on the device): features "
               f"{probe['features_seconds']}s, k-NN + linear {probe['classifiers_seconds']}s", flush=True)
+
+        # 5. what the segmentation probe costs, at CholecSeg8k's mask size
+        seg = run_segmentation_probe_benchmark(sizes["model"], sizes["img_size"], sizes["seg_frames"], device,
+                                               mask_size=sizes["mask_size"])
+        report["segmentation_probe"] = seg
+        print(f"segmentation probe of {seg['frames']} frames, masks {seg['mask_size'][0]}x{seg['mask_size'][1]}: "
+              f"features {seg['features_s']}s, fit {seg['fit_s']}s, predict {seg['predict_s']}s, scores "
+              f"{seg['scores_s']}s", flush=True)
     report["failures"] = failures
     (out / "device_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {out / 'device_check.json'}")

@@ -70,6 +70,8 @@ def test_device_check_runs_in_the_gpu_image_shape(tmp_path):
     assert all(0 <= r["data_wait"] <= 1 for r in bf16["log"]) and bf16["first_step_seconds"] > 0
     assert [r["step"] for r in fp16["log"]] == [2, 4, 6] and report["failures"] == []
     assert report["probe"]["frames"] == 64 and report["probe"]["probe_seconds"] > 0
+    seg = report["segmentation_probe"]
+    assert (seg["frames"], seg["mask_size"]) == (8, [48, 64]) and seg["total_s"] > 0
 
 
 def test_step_benchmark_needs_no_datasets(tmp_path):

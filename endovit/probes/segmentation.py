@@ -222,31 +222,3 @@ def segmentation_picture(pixels: np.ndarray, truth: np.ndarray, pred: np.ndarray
         draw.rectangle([4, y + 1, 16, y + 11], fill=tuple(colour), outline=(0, 0, 0))
         draw.text((22, y), f"{i} {name}", fill=(0, 0, 0))
     return np.concatenate([grid, np.asarray(legend)], axis=0)
-
-
-def time_segmentation_probe(mae, accelerator, *, frames: int, mask_size, classes: int = 8, batch_size: int = 16,
-                            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)) -> dict[str, float]:
-    """Seconds of each stage of the probe on ``frames`` random frames at the model's size (half fit, half scored)
-    with random blocky masks of ``mask_size`` (H, W): features, fit, predict (upsampled to the masks), scores."""
-    import time
-
-    from endovit.probes.features import features_from_pixels
-
-    generator = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (frames, 3, *mae.patch_embed.img_size), generator=generator, dtype=torch.uint8)
-    blocks = torch.randint(0, classes, (frames, 8, 14), generator=generator)
-    masks = _resize_masks(blocks, mask_size).to(torch.uint8)
-    n = frames // 2
-    seconds = {}
-    start = time.perf_counter()
-    tokens = features_from_pixels(mae.eval(), pixels, accelerator, mean=mean, std=std, batch_size=batch_size,
-                                  dense=True)["patch"]
-    seconds["features_s"] = time.perf_counter() - (last := start)
-    probe = fit_segmentation_probe(tokens[:n], masks[:n].to(tokens.device), num_classes=classes)
-    seconds["fit_s"] = time.perf_counter() - (last := last + seconds["features_s"])
-    pred = predict_masks(probe, tokens[n:], tuple(mask_size))
-    seconds["predict_s"] = time.perf_counter() - (last := last + seconds["fit_s"])
-    segmentation_scores(pred.numpy(), masks[n:].numpy(), class_names(classes))
-    seconds["scores_s"] = time.perf_counter() - (last + seconds["predict_s"])
-    seconds["total_s"] = time.perf_counter() - start
-    return seconds
