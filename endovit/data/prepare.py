@@ -356,14 +356,11 @@ def _resume_or_create(out: Path, plan: dict, overwrite: bool) -> dict:
         return plan
     existing = json.loads((out / PLAN).read_text())
     keys = ("format", "settings", "frames", "shards", "files_sha1")
-    changed = [key for key in keys if existing.get(key) != plan[key]]
-    if changed:
+    if changed := [key for key in keys if existing.get(key) != plan[key]]:
         then, now = existing.get("settings") or {}, plan["settings"]
         what = [f"--{key} {then.get(key)!r} then, {now[key]!r} now" for key in now if then.get(key) != now[key]]
-        if existing.get("format") != plan["format"]:
-            what.append(f"format {existing.get('format')!r}")
-        if "files_sha1" in changed or not what:
-            what.append("the input's files differ")
+        what += [f"format {existing.get('format')!r}"] if existing.get("format") != plan["format"] else []
+        what += ["the input's files differ"] if "files_sha1" in changed or not what else []
         raise DataError(f"--out {out} was prepared from other input or settings ({'; '.join(what)}); "
                         "pass --overwrite true to start again, or choose another --out")
     return existing
