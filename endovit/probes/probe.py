@@ -119,7 +119,7 @@ def _annotation_root(data: str, sub: str, *, prefix: str) -> Path:
         if (folder / sub).is_dir():
             return folder
     raise DataError(f"no {sub} folder in {candidates[0]} or {candidates[1]}; give --{prefix}labels, the folder that "
-                    f"holds it (a prepared dataset keeps no annotations: the folder it was prepared from)")
+                    "holds it (a prepared dataset keeps no annotations: the folder it was prepared from)")
 
 
 def _labels(frames: datasets.Dataset, s: ProbeSettings, *, prefix: str) -> Labels:
