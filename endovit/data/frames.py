@@ -29,7 +29,7 @@ from endovit.io import is_plain_name, is_remote, walk_once
 
 __all__ = ["DataError", "FrameError", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DataLocation", "locate",
            "load_location", "load_frames", "decode_image",
-           "max_pixels", "find_image_files", "frame_number", "video_name"]
+           "max_pixels", "list_files", "is_image_file", "find_image_files", "frame_number", "video_name"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # The only decoders Pillow may pick (it picks by content, not by name): those of IMAGE_EXTENSIONS. Without this list
@@ -38,26 +38,26 @@ DECODED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP per frame (8000 x 8000); a 4K frame has 8.3 MP
 
 
-def find_image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, hidden files skipped), in a stable sorted order.
+def list_files(root: Path) -> list[Path]:
+    """Every file under ``root`` (recursive, hidden files and folders skipped), in a stable sorted order.
 
     Linked folders are followed, each real folder once (by device and inode): a link back up the tree (a loop)
     or a second link to a folder already walked is skipped, and the skipped links are reported in one warning.
     """
     folders, skipped = walk_once(root, keep_folder=lambda name: not name.startswith("."))
-    found = [Path(dirpath, f) for dirpath, filenames in folders for f in filenames
-             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
     if skipped:
         warnings.warn(f"{root}: skipped {len(skipped)} linked folder(s) already walked (a symlink loop or a second "
-                      f"link to the same folder), e.g. {skipped[0]}", stacklevel=2)
-    return sorted(found)
+                      f"link to the same folder), e.g. {skipped[0]}", stacklevel=3)
+    return sorted(Path(dirpath, f) for dirpath, filenames in folders for f in filenames if not f.startswith("."))
 
 
-def _video_files(root: Path) -> list[Path]:
-    """Video files under ``root`` (the hint for a folder that holds videos where frames were expected)."""
-    folders, _ = walk_once(root, keep_folder=lambda name: not name.startswith("."))
-    return sorted(Path(dirpath, f) for dirpath, filenames in folders for f in filenames
-                  if not f.startswith(".") and is_video_file(Path(f)))
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_image_files(root: Path) -> list[Path]:
+    """The image files of ``list_files(root)``."""
+    return [p for p in list_files(root) if is_image_file(p)]
 
 
 def frame_number(path: Path) -> int:
@@ -72,9 +72,10 @@ def video_name(path: Path, root: Path) -> str:
 
 
 def _from_image_folder(root: Path) -> datasets.Dataset:
-    files = find_image_files(root)
+    everything = list_files(root)
+    files = [p for p in everything if is_image_file(p)]
     if not files:
-        if videos := _video_files(root):
+        if videos := [p for p in everything if is_video_file(p)]:
             raise DataError(
                 f"{root} holds video files ({counted(len(videos), 'video')}, e.g. {videos[0].name}), not frames; "
                 f"prepare them first (python scripts/prepare_data.py --input {root} --out PREPARED) and give "

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path, PurePath
 
-from endovit.data.frames import find_image_files, video_name
+from endovit.data.frames import is_image_file, list_files, video_name
 from endovit.data.splits import split_videos, video_number
 from endovit.data.video import VIDEO_EXTENSIONS, is_video_file
 from endovit.errors import DataError
-from endovit.io import walk_once
 
 __all__ = ["find_inputs", "select_files", "input_name"]
 
@@ -24,10 +23,9 @@ def find_inputs(root: Path) -> tuple[list[Path], list[Path], int]:
     many other files were passed over (annotations, notes, ...)."""
     if root.is_file():
         return ([], [root], 0) if is_video_file(root) else ([root], [], 0)
-    folders, _ = walk_once(root, keep_folder=lambda name: not name.startswith("."))
-    names = [Path(d, f) for d, files in folders for f in files if not f.startswith(".")]
-    videos = sorted(p for p in names if is_video_file(p))
-    frames = find_image_files(root)
+    names = list_files(root)  # one walk for both kinds
+    videos = [p for p in names if is_video_file(p)]
+    frames = [p for p in names if is_image_file(p)]
     return frames, videos, len(names) - len(videos) - len(frames)
 
 
